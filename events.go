@@ -1,0 +1,170 @@
+package aegis
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// EventType says what happened to an instance.
+type EventType int
+
+// Event types.
+const (
+	// EventRegistered: this node learned of a new instance (or registered
+	// one).
+	EventRegistered EventType = iota + 1
+	// EventDeregistered: the instance is gone. Reasons: "deregistered",
+	// "left" (its node left gracefully), "reaped" (unhealthy longer than
+	// ReapTimeout), "replaced" (re-registered with a newer incarnation).
+	EventDeregistered
+	// EventStatusChanged: the instance's status changed. Reasons:
+	// "heartbeat-timeout", "node-failed", "recovered", "self-reported".
+	EventStatusChanged
+	// EventRoleChanged: the instance's role changed.
+	EventRoleChanged
+)
+
+// String returns a lower-case name such as "registered".
+func (t EventType) String() string {
+	switch t {
+	case EventRegistered:
+		return "registered"
+	case EventDeregistered:
+		return "deregistered"
+	case EventStatusChanged:
+		return "status-changed"
+	case EventRoleChanged:
+		return "role-changed"
+	}
+	return fmt.Sprintf("event(%d)", int(t))
+}
+
+// Event is a change in this node's view of an instance.
+type Event struct {
+	Type      EventType
+	Instance  Instance
+	OldStatus Status
+	NewStatus Status
+	Reason    string
+	Time      time.Time
+}
+
+// Subscribe calls fn for every Event from now on, in order, from a goroutine
+// of its own: fn never blocks gossip or other subscribers, and a slow fn only
+// lets its own backlog grow. cancel stops delivery (events not yet delivered
+// are dropped) and waits for a running fn to return; it must not be called
+// from fn. Shutdown cancels every subscription.
+func (n *Node) Subscribe(fn func(Event)) (cancel func()) {
+	return n.bus.subscribe(fn)
+}
+
+// eventBus fans events out to subscribers, each with an unbounded queue and a
+// goroutine of its own.
+type eventBus struct {
+	mu     sync.Mutex // guards subs and closed
+	subs   map[*subscriber]struct{}
+	closed bool
+}
+
+type subscriber struct {
+	fn     func(Event)
+	mu     sync.Mutex // guards queue and stop
+	queue  []Event
+	stop   bool
+	wake   chan struct{} // capacity 1
+	doneCh chan struct{}
+}
+
+func newEventBus() *eventBus {
+	return &eventBus{subs: make(map[*subscriber]struct{})}
+}
+
+func (b *eventBus) subscribe(fn func(Event)) func() {
+	s := &subscriber{fn: fn, wake: make(chan struct{}, 1), doneCh: make(chan struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		close(s.doneCh)
+		return func() {}
+	}
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	go s.run()
+	return func() {
+		b.mu.Lock()
+		delete(b.subs, s)
+		b.mu.Unlock()
+		s.close()
+	}
+}
+
+// publish queues ev for every subscriber; it never blocks.
+func (b *eventBus) publish(ev Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.subs {
+		s.mu.Lock()
+		if !s.stop {
+			s.queue = append(s.queue, ev)
+		}
+		s.mu.Unlock()
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// close cancels every subscription and waits for their goroutines.
+func (b *eventBus) close() {
+	b.mu.Lock()
+	b.closed = true
+	subs := b.subs
+	b.subs = map[*subscriber]struct{}{}
+	b.mu.Unlock()
+	for s := range subs {
+		s.close()
+	}
+}
+
+func (s *subscriber) close() {
+	s.mu.Lock()
+	s.stop = true
+	s.queue = nil
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	<-s.doneCh
+}
+
+func (s *subscriber) run() {
+	defer close(s.doneCh)
+	for range s.wake {
+		for {
+			s.mu.Lock()
+			if s.stop {
+				s.mu.Unlock()
+				return
+			}
+			if len(s.queue) == 0 {
+				s.mu.Unlock()
+				break
+			}
+			batch := s.queue
+			s.queue = nil
+			s.mu.Unlock()
+			for _, ev := range batch {
+				s.fn(ev)
+				s.mu.Lock()
+				stop := s.stop
+				s.mu.Unlock()
+				if stop {
+					return
+				}
+			}
+		}
+	}
+}

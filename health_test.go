@@ -1,0 +1,308 @@
+package aegis
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis/internal/testutil"
+)
+
+func TestConverge(t *testing.T) {
+	for _, n := range []int{3, 10} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			c := newCluster(t, n, false)
+			c.waitConverged(20 * time.Second)
+			for _, nd := range c.nodes {
+				require.Equal(t, []string{"svc"}, nd.Services())
+				insts := nd.Instances("svc")
+				require.Len(t, insts, n)
+				for i, in := range insts {
+					require.Equal(t, StatusHealthy, in.Status)
+					require.NotEmpty(t, in.Addr)
+					require.False(t, in.LastHeartbeat.IsZero())
+					if i > 0 {
+						require.Less(t, insts[i-1].ID, in.ID, "stable order")
+					}
+				}
+			}
+		})
+	}
+}
+
+// advance moves the fake clock in heartbeat-sized steps and waits after each
+// until every node has received every live instance's newest heartbeat, so
+// that gossip delay never turns into heartbeat age.
+func (c *cluster) advance(total time.Duration, paused map[int]bool) {
+	c.t.Helper()
+	step := 5 * time.Second
+	for total > 0 {
+		d := min(step, total)
+		total -= d
+		c.clk.Advance(d)
+		// Heartbeat ticks fall on start + k×HeartbeatInterval.
+		hb := c.nodes[0].cfg.HeartbeatInterval
+		lastTick := c.start.Add(c.clk.Now().Sub(c.start) / hb * hb)
+		testutil.Eventually(c.t, 10*time.Second, func() bool {
+			for _, nd := range c.nodes {
+				for i, reg := range c.regs {
+					if paused[i] {
+						continue
+					}
+					in, ok := nd.reg.get(reg.key)
+					if !ok || in.LastHeartbeat.Before(lastTick) {
+						return false
+					}
+				}
+			}
+			return true
+		}, "heartbeats of live instances reach every node: %s", c.describe())
+		for _, nd := range c.nodes {
+			nd.reg.check()
+		}
+	}
+}
+
+func TestHeartbeatTimeoutAndRecovery(t *testing.T) {
+	c := newCluster(t, 3, true)
+	c.waitConverged(10 * time.Second)
+	logs := make([]*eventLog, len(c.nodes))
+	for i, nd := range c.nodes {
+		logs[i] = subscribeLog(nd)
+	}
+	silent := c.regs[0]
+	silent.PauseHeartbeats()
+	paused := map[int]bool{0: true}
+
+	// 30 s after its last heartbeat the instance is still healthy: the
+	// timeout is "older than", not "as old as".
+	c.advance(30*time.Second, paused)
+	for _, nd := range c.nodes {
+		require.Equal(t, StatusHealthy, status(nd, "inst-0"), "node %s at exactly the timeout", nd.Name())
+		require.Len(t, nd.HealthyInstances("svc"), 3)
+	}
+	c.advance(time.Second, paused)
+	for i, nd := range c.nodes {
+		require.Equal(t, StatusUnhealthy, status(nd, "inst-0"), "node %s after the timeout", nd.Name())
+		ids := []string{}
+		for _, in := range nd.HealthyInstances("svc") {
+			ids = append(ids, in.ID)
+		}
+		require.Equal(t, []string{"inst-1", "inst-2"}, ids)
+		require.Len(t, nd.Instances("svc"), 3, "unhealthy instances stay visible")
+		testutil.Eventually(t, 5*time.Second, func() bool {
+			return logs[i].has(EventStatusChanged, "inst-0", StatusUnhealthy, "heartbeat-timeout")
+		}, "heartbeat-timeout event on %s", nd.Name())
+		// the others never flapped
+		require.False(t, logs[i].has(EventStatusChanged, "inst-1", StatusUnhealthy, "heartbeat-timeout"))
+	}
+
+	silent.ResumeHeartbeats()
+	for i, nd := range c.nodes {
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			return status(nd, "inst-0") == StatusHealthy &&
+				logs[i].has(EventStatusChanged, "inst-0", StatusHealthy, "recovered")
+		}, "inst-0 recovered on %s", nd.Name())
+	}
+}
+
+func TestSelfReportedStatus(t *testing.T) {
+	c := newCluster(t, 3, false)
+	c.waitConverged(10 * time.Second)
+	c.regs[1].SetStatus(StatusDraining)
+	for _, nd := range c.nodes {
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			return status(nd, "inst-1") == StatusDraining && len(nd.HealthyInstances("svc")) == 2
+		}, "draining seen on %s", nd.Name())
+	}
+	// Degraded instances are routable only when no healthy one is left.
+	c.regs[0].SetStatus(StatusDegraded)
+	c.regs[2].SetStatus(StatusDegraded)
+	for _, nd := range c.nodes {
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			h := nd.HealthyInstances("svc")
+			return len(h) == 2 && h[0].Status == StatusDegraded
+		}, "degraded fallback on %s", nd.Name())
+	}
+	c.regs[2].SetStatus(StatusHealthy)
+	for _, nd := range c.nodes {
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			h := nd.HealthyInstances("svc")
+			return len(h) == 1 && h[0].ID == "inst-2"
+		}, "healthy preferred on %s", nd.Name())
+	}
+}
+
+func TestAbruptShutdownMarksNodeFailed(t *testing.T) {
+	c := newCluster(t, 4, false)
+	c.waitConverged(10 * time.Second)
+	logs := []*eventLog{subscribeLog(c.nodes[0]), subscribeLog(c.nodes[1]), subscribeLog(c.nodes[2])}
+	start := time.Now()
+	require.NoError(t, c.nodes[3].Shutdown())
+	for i, nd := range c.nodes[:3] {
+		testutil.Eventually(t, 15*time.Second, func() bool {
+			return status(nd, "inst-3") == StatusUnhealthy &&
+				logs[i].has(EventStatusChanged, "inst-3", StatusUnhealthy, "node-failed")
+		}, "inst-3 node-failed on %s", nd.Name())
+	}
+	t.Logf("node-failed everywhere after %v (heartbeat timeout is %v)", time.Since(start), DefaultConfig().HeartbeatTimeout)
+	require.Less(t, time.Since(start), DefaultConfig().HeartbeatTimeout)
+}
+
+func TestGracefulLeaveDeregisters(t *testing.T) {
+	c := newCluster(t, 4, false)
+	c.waitConverged(10 * time.Second)
+	logs := []*eventLog{subscribeLog(c.nodes[0]), subscribeLog(c.nodes[1]), subscribeLog(c.nodes[2])}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, c.nodes[3].Leave(ctx))
+	require.NoError(t, c.nodes[3].Leave(ctx), "Leave is idempotent")
+	require.NoError(t, c.nodes[3].Shutdown(), "Shutdown after Leave")
+	for i, nd := range c.nodes[:3] {
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			return status(nd, "inst-3") == -1 && (logs[i].has(EventDeregistered, "inst-3", StatusHealthy, "left") ||
+				logs[i].has(EventDeregistered, "inst-3", StatusHealthy, "deregistered"))
+		}, "inst-3 deregistered on %s", nd.Name())
+	}
+	_, err := c.nodes[3].Register(context.Background(), Service{Name: "svc", Handler: echoHandler})
+	require.ErrorIs(t, err, ErrShutdown)
+}
+
+func TestDeregister(t *testing.T) {
+	c := newCluster(t, 3, false)
+	c.waitConverged(10 * time.Second)
+	require.NoError(t, c.regs[2].Deregister(context.Background()))
+	require.NoError(t, c.regs[2].Deregister(context.Background()))
+	for _, nd := range c.nodes {
+		testutil.Eventually(t, 10*time.Second, func() bool { return status(nd, "inst-2") == -1 }, "gone on %s", nd.Name())
+	}
+	// The same ID can be registered again, elsewhere, and wins over the
+	// tombstone.
+	_, err := c.nodes[0].Register(context.Background(), Service{Name: "svc", InstanceID: "inst-2", Handler: echoHandler})
+	require.NoError(t, err)
+	for _, nd := range c.nodes {
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			for _, in := range nd.Instances("svc") {
+				if in.ID == "inst-2" {
+					return in.Node == c.nodes[0].Name() && in.Status == StatusHealthy
+				}
+			}
+			return false
+		}, "re-registered on %s", nd.Name())
+	}
+}
+
+func TestPartitionAndHeal(t *testing.T) {
+	c := newCluster(t, 4, false, func(cfg *Config) {
+		cfg.HeartbeatInterval = 200 * time.Millisecond
+		cfg.HeartbeatTimeout = 2 * time.Second
+	})
+	c.waitConverged(10 * time.Second)
+	addrs := func(nodes ...*Node) []string {
+		var out []string
+		for _, nd := range nodes {
+			out = append(out, nd.Addr(), nd.tr.CallAddr())
+		}
+		return out
+	}
+	c.net.Partition(addrs(c.nodes[3]), addrs(c.nodes[:3]...))
+	for _, nd := range c.nodes[:3] {
+		testutil.Eventually(t, 15*time.Second, func() bool { return status(nd, "inst-3") == StatusUnhealthy }, "inst-3 unhealthy on %s", nd.Name())
+	}
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		return len(c.nodes[3].HealthyInstances("svc")) == 1
+	}, "the isolated node sees the others unhealthy")
+	c.net.Heal()
+	c.waitConverged(30 * time.Second)
+}
+
+func TestLateJoinerLearnsEverything(t *testing.T) {
+	c := newCluster(t, 5, false)
+	c.waitConverged(10 * time.Second)
+	late := c.addNode()
+	c.waitConverged(10 * time.Second)
+	require.Len(t, late.Instances("svc"), 6)
+}
+
+func TestRegisterRules(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	ctx := context.Background()
+	for _, svc := range []Service{
+		{Name: "", Handler: echoHandler},
+		{Name: "has space", Handler: echoHandler},
+		{Name: "svc:colon", Handler: echoHandler},
+		{Name: "svc", InstanceID: "bad/id", Handler: echoHandler},
+		{Name: "svc", Metadata: map[string]string{"bad key": "v"}, Handler: echoHandler},
+		{Name: "svc", Metadata: map[string]string{"big": string(make([]byte, 2000))}, Handler: echoHandler},
+		{Name: "svc"},
+	} {
+		_, err := c.nodes[0].Register(ctx, svc)
+		require.ErrorIs(t, err, ErrInvalidName, "%+v", svc.Name)
+	}
+	_, err := c.nodes[0].Register(ctx, Service{Name: "svc", InstanceID: "inst-0", Handler: echoHandler})
+	require.ErrorIs(t, err, ErrDuplicateInstance, "local duplicate")
+	_, err = c.nodes[0].Register(ctx, Service{Name: "svc", InstanceID: "inst-1", Handler: echoHandler})
+	require.ErrorIs(t, err, ErrDuplicateInstance, "duplicate of a remote instance")
+	r, err := c.nodes[0].Register(ctx, Service{Name: "other", Metadata: map[string]string{"zone": "a"}, Handler: echoHandler})
+	require.NoError(t, err)
+	require.Equal(t, "a", r.Instance().Metadata["zone"])
+	require.Contains(t, r.Instance().ID, "other-")
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return len(c.nodes[1].Instances("other")) == 1
+	}, "metadata instance spreads")
+	require.Equal(t, "a", c.nodes[1].Instances("other")[0].Metadata["zone"])
+}
+
+func TestShutdownWhileRegistering(t *testing.T) {
+	c := newCluster(t, 2, false)
+	nd := c.nodes[1]
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				_, err := nd.Register(context.Background(), Service{Name: "load", Handler: echoHandler})
+				if err != nil {
+					require.ErrorIs(t, err, ErrShutdown)
+					return
+				}
+			}
+		}()
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = nd.Leave(context.Background()) }()
+	go func() { defer wg.Done(); _ = nd.Shutdown() }()
+	wg.Wait()
+	require.NoError(t, nd.Shutdown())
+	require.NoError(t, nd.Leave(context.Background()))
+}
+
+func TestReap(t *testing.T) {
+	c := newCluster(t, 2, true, func(cfg *Config) { cfg.ReapTimeout = time.Minute })
+	c.waitConverged(10 * time.Second)
+	log0 := subscribeLog(c.nodes[0])
+	c.regs[1].PauseHeartbeats()
+	c.advance(31*time.Second, map[int]bool{1: true})
+	require.Equal(t, StatusUnhealthy, status(c.nodes[0], "inst-1"), c.describe())
+	c.advance(61*time.Second, map[int]bool{1: true})
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		return status(c.nodes[0], "inst-1") == -1 && log0.has(EventDeregistered, "inst-1", StatusUnhealthy, "reaped")
+	}, "reaped")
+}
+
+func (c *cluster) describe() string {
+	out := ""
+	for _, nd := range c.nodes {
+		out += "\n" + nd.Name() + ":"
+		for _, in := range nd.Instances("svc") {
+			out += fmt.Sprintf(" %s(%s, hb %s)", in.ID, in.Status, in.LastHeartbeat.Format("15:04:05.000"))
+		}
+	}
+	return out
+}

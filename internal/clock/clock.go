@@ -1,0 +1,101 @@
+// Package clock lets Aegis read time and wait through an interface, so tests
+// can drive the absolute heartbeat timeout without sleeping for it.
+package clock
+
+import (
+	"sync"
+	"time"
+)
+
+// Clock is the source of time for health decisions. Implementations must be
+// safe for concurrent use.
+type Clock interface {
+	// Now returns the current time.
+	Now() time.Time
+	// NewTicker returns a ticker firing every d on this clock.
+	NewTicker(d time.Duration) Ticker
+}
+
+// Ticker is the part of time.Ticker Aegis uses.
+type Ticker interface {
+	C() <-chan time.Time
+	Stop()
+}
+
+// Real is the wall clock.
+type Real struct{}
+
+// Now returns time.Now().
+func (Real) Now() time.Time { return time.Now() }
+
+// NewTicker wraps time.NewTicker.
+func (Real) NewTicker(d time.Duration) Ticker { return realTicker{time.NewTicker(d)} }
+
+type realTicker struct{ t *time.Ticker }
+
+func (r realTicker) C() <-chan time.Time { return r.t.C }
+func (r realTicker) Stop()               { r.t.Stop() }
+
+// Fake is a manually advanced clock for tests. Tickers fire when Advance
+// moves time past their next deadline; a tick that finds the ticker's
+// channel full is dropped, as with time.Ticker.
+type Fake struct {
+	mu      sync.Mutex // guards now and tickers
+	now     time.Time
+	tickers map[*fakeTicker]struct{}
+}
+
+// NewFake returns a fake clock set to start.
+func NewFake(start time.Time) *Fake {
+	return &Fake{now: start, tickers: make(map[*fakeTicker]struct{})}
+}
+
+// Now returns the fake time.
+func (f *Fake) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+// NewTicker returns a ticker driven by Advance.
+func (f *Fake) NewTicker(d time.Duration) Ticker {
+	if d <= 0 {
+		panic("clock: non-positive ticker interval")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := &fakeTicker{f: f, d: d, next: f.now.Add(d), c: make(chan time.Time, 1)}
+	f.tickers[t] = struct{}{}
+	return t
+}
+
+// Advance moves the clock forward by d, firing due tickers.
+func (f *Fake) Advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
+	for t := range f.tickers {
+		for !t.next.After(f.now) {
+			select {
+			case t.c <- t.next:
+			default:
+			}
+			t.next = t.next.Add(t.d)
+		}
+	}
+}
+
+type fakeTicker struct {
+	f    *Fake
+	d    time.Duration
+	next time.Time // guarded by f.mu
+	c    chan time.Time
+}
+
+func (t *fakeTicker) C() <-chan time.Time { return t.c }
+
+func (t *fakeTicker) Stop() {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	delete(t.f.tickers, t)
+}

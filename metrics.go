@@ -1,0 +1,52 @@
+package aegis
+
+import (
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Stats are counters of one Node since it started.
+type Stats struct {
+	// GossipReceived counts decoded gossip messages and push/pull states.
+	GossipReceived uint64
+	// GossipDropped counts gossip messages dropped as malformed, truncated,
+	// of an unknown version or type.
+	GossipDropped uint64
+	// HeartbeatsSent counts heartbeats this node originated.
+	HeartbeatsSent uint64
+	// HeartbeatsReceived counts heartbeats received (fresh or not).
+	HeartbeatsReceived uint64
+	// HeartbeatsUnknown counts heartbeats for instances not yet known here.
+	HeartbeatsUnknown uint64
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats {
+	return Stats{
+		GossipReceived:     n.stats.gossipReceived.Load(),
+		GossipDropped:      n.stats.gossipDropped.Load(),
+		HeartbeatsSent:     n.stats.heartbeatsSent.Load(),
+		HeartbeatsReceived: n.stats.heartbeatsReceived.Load(),
+		HeartbeatsUnknown:  n.stats.heartbeatsUnknown.Load(),
+	}
+}
+
+type nodeStats struct {
+	gossipReceived, gossipDropped                           atomic.Uint64
+	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown atomic.Uint64
+}
+
+// nodeMetrics are the OpenTelemetry instruments of a Node.
+type nodeMetrics struct {
+	gossipDropped  metric.Int64Counter
+	heartbeatsSent metric.Int64Counter
+}
+
+func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
+	m := mp.Meter("github.com/aegisipc/aegis")
+	// Instrument creation only fails on invalid names; ours are constant.
+	gd, _ := m.Int64Counter("aegis.gossip.dropped", metric.WithDescription("gossip messages dropped as malformed or of an unknown version"))
+	hs, _ := m.Int64Counter("aegis.heartbeat.sent", metric.WithDescription("heartbeats originated by this node"))
+	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs}
+}

@@ -1,0 +1,572 @@
+package aegis
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aegisipc/aegis/internal/clock"
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+// Status is an instance's health as this node sees it.
+type Status int
+
+// Instance statuses.
+const (
+	// StatusHealthy: fresh heartbeats, ready for calls.
+	StatusHealthy Status = iota
+	// StatusDegraded: self-reported; picked only when no healthy instance
+	// exists.
+	StatusDegraded
+	// StatusUnhealthy: self-reported, heartbeat timed out, or its node
+	// failed. Never picked.
+	StatusUnhealthy
+	// StatusDraining: the instance is finishing in-flight calls before it
+	// leaves. Never picked.
+	StatusDraining
+)
+
+// String returns "healthy", "degraded", "unhealthy" or "draining".
+func (s Status) String() string {
+	switch s {
+	case StatusHealthy:
+		return "healthy"
+	case StatusDegraded:
+		return "degraded"
+	case StatusUnhealthy:
+		return "unhealthy"
+	case StatusDraining:
+		return "draining"
+	}
+	return fmt.Sprintf("status(%d)", int(s))
+}
+
+// Role is an instance's part in active/standby setups.
+type Role int
+
+// Instance roles.
+const (
+	RoleNone Role = iota
+	RoleActive
+	RoleStandby
+)
+
+// String returns "none", "active" or "standby".
+func (r Role) String() string {
+	switch r {
+	case RoleNone:
+		return "none"
+	case RoleActive:
+		return "active"
+	case RoleStandby:
+		return "standby"
+	}
+	return fmt.Sprintf("role(%d)", int(r))
+}
+
+// Handler serves the calls made to one service instance. It is called
+// concurrently, once per call, and should return when ctx ends.
+type Handler func(ctx context.Context, req *Request) ([]byte, error)
+
+// Request is one call as a Handler sees it.
+type Request struct {
+	Service, Method, InstanceID, MessageID string
+	Payload                                []byte
+	Header                                 map[string]string
+}
+
+// Service describes an instance to register.
+//
+// Naming rules: Name is 1-128 characters of letters, digits, '.', '_', '-';
+// InstanceID (generated when empty) is 1-128 characters of the same set plus
+// ':'. Metadata keys follow the Name rule; the whole record (names, address
+// and metadata) must encode to at most MaxRecordSize bytes so that it fits
+// one gossip packet.
+type Service struct {
+	Name       string
+	InstanceID string
+	Role       Role
+	Metadata   map[string]string
+	Handler    Handler
+}
+
+// MaxRecordSize is the largest encoded instance record (names, address,
+// metadata) Register accepts. Records travel in UDP gossip packets of about
+// 1,400 bytes.
+const MaxRecordSize = 1024
+
+// Instance is a copy of what this node knows about one service instance.
+type Instance struct {
+	Service, ID, Node, Addr string
+	Role                    Role
+	Status                  Status
+	Metadata                map[string]string
+	// RegisteredAt is the registering node's clock at registration.
+	RegisteredAt time.Time
+	// LastHeartbeat is this node's clock when it received the newest
+	// heartbeat (or first learned of the instance).
+	LastHeartbeat time.Time
+}
+
+type instKey struct{ service, id string }
+
+func (k instKey) String() string { return k.service + "/" + k.id }
+
+// validName reports whether s is 1..maxLen characters of [A-Za-z0-9._-:].
+func validName(s string, maxLen int) bool {
+	if s == "" || len(s) > maxLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-', c == ':':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func validateService(svc *Service) error {
+	if !validName(svc.Name, 128) || strings.Contains(svc.Name, ":") {
+		return fmt.Errorf("%w: service name %q: use 1-128 letters, digits, '.', '_' or '-'", ErrInvalidName, svc.Name)
+	}
+	if svc.InstanceID != "" && !validName(svc.InstanceID, 128) {
+		return fmt.Errorf("%w: instance ID %q: use 1-128 letters, digits, '.', '_', '-' or ':'", ErrInvalidName, svc.InstanceID)
+	}
+	for k := range svc.Metadata {
+		if !validName(k, 128) {
+			return fmt.Errorf("%w: metadata key %q: use 1-128 letters, digits, '.', '_', '-' or ':'", ErrInvalidName, k)
+		}
+	}
+	if svc.Role < RoleNone || svc.Role > RoleStandby {
+		return fmt.Errorf("%w: role %d", ErrInvalidName, svc.Role)
+	}
+	if svc.Handler == nil {
+		return fmt.Errorf("%w: service %q has a nil Handler", ErrInvalidName, svc.Name)
+	}
+	return nil
+}
+
+// Registration is a local instance registered with Register.
+type Registration struct {
+	n       *Node
+	key     instKey
+	svc     Service
+	status  atomic.Int32 // self-reported Status
+	paused  atomic.Bool  // heartbeats paused
+	done    atomic.Bool  // deregistered or node stopped
+	hbMu    sync.Mutex   // serializes heartbeats of this instance
+	regTime time.Time
+}
+
+// Register registers a local instance of svc, gossips it to the cluster and
+// starts its heartbeats. It returns ErrDuplicateInstance if an instance with
+// the same service name and ID is already known, ErrInvalidName for names
+// breaking the rules on Service, and ErrShutdown once the node is leaving.
+func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := validateService(&svc); err != nil {
+		return nil, err
+	}
+	if svc.InstanceID == "" {
+		svc.InstanceID = svc.Name + "-" + randomHex(6)
+	}
+	meta := make(map[string]string, len(svc.Metadata))
+	for k, v := range svc.Metadata {
+		meta[k] = v
+	}
+	svc.Metadata = meta
+	key := instKey{svc.Name, svc.InstanceID}
+
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state.Load() != stateRunning {
+		return nil, ErrShutdown
+	}
+	if _, ok := n.local[key]; ok {
+		return nil, fmt.Errorf("%w: %s is already registered on this node", ErrDuplicateInstance, key)
+	}
+	now := n.clk.Now()
+	rec := wire.Record{
+		Service: svc.Name, ID: svc.InstanceID, Node: n.name, Addr: n.tr.CallAddr(),
+		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: meta,
+		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
+	}
+	if err := n.reg.registerLocal(&rec); err != nil {
+		return nil, err
+	}
+	msg, err := wire.Encode(&rec)
+	if err == nil && len(msg) > MaxRecordSize {
+		err = fmt.Errorf("%w: instance %s encodes to %d bytes, more than MaxRecordSize (%d); shorten its metadata", ErrInvalidName, key, len(msg), MaxRecordSize)
+	}
+	if err != nil {
+		n.reg.forgetLocal(key)
+		return nil, err
+	}
+	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation)}
+	n.local[key] = r
+	n.reg.commitLocal(&rec)
+	n.broadcast("r:"+key.String(), msg)
+	n.log.Info("registered instance", "service", svc.Name, "instance", svc.InstanceID)
+	if n.cfg.HeartbeatEnabled {
+		n.sendHeartbeat(r)
+	}
+	return r, nil
+}
+
+// Deregister removes the instance from the cluster and stops its
+// heartbeats. Peers see EventDeregistered with reason "deregistered". It is
+// idempotent.
+func (r *Registration) Deregister(ctx context.Context) error {
+	r.n.deregister(r, "deregistered")
+	return nil
+}
+
+func (n *Node) deregister(r *Registration, reason string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if cur, ok := n.local[r.key]; !ok || cur != r {
+		return
+	}
+	delete(n.local, r.key)
+	r.done.Store(true)
+	r.hbMu.Lock() // wait out a heartbeat in progress
+	defer r.hbMu.Unlock()
+	if tomb, ok := n.reg.tombstoneLocal(r.key, reason); ok {
+		if msg, err := wire.Encode(&tomb); err == nil {
+			n.broadcast("r:"+r.key.String(), msg)
+		}
+	}
+	n.log.Info("deregistered instance", "service", r.key.service, "instance", r.key.id, "reason", reason)
+}
+
+// SetStatus sets the instance's self-reported status. It is sent at once in
+// an extra heartbeat and carried by every later one; peers honour it.
+// StatusUnhealthy and StatusDraining take the instance out of routing,
+// StatusDegraded makes it a last resort.
+func (r *Registration) SetStatus(s Status) {
+	if s < StatusHealthy || s > StatusDraining {
+		panic(fmt.Sprintf("aegis: SetStatus(%d): not a Status", int(s)))
+	}
+	if Status(r.status.Swap(int32(s))) == s {
+		return
+	}
+	r.n.sendHeartbeat(r)
+}
+
+// PauseHeartbeats stops this instance's heartbeats while its node stays up,
+// as if the instance hung: after HeartbeatTimeout every node marks it
+// unhealthy. For tests, demos, and applications that detect they are wedged.
+func (r *Registration) PauseHeartbeats() { r.paused.Store(true) }
+
+// ResumeHeartbeats undoes PauseHeartbeats and sends a heartbeat at once.
+func (r *Registration) ResumeHeartbeats() {
+	if r.paused.Swap(false) {
+		r.n.sendHeartbeat(r)
+	}
+}
+
+// Instance returns this node's current view of the registered instance.
+func (r *Registration) Instance() Instance {
+	if inst, ok := r.n.reg.get(r.key); ok {
+		return inst
+	}
+	return Instance{
+		Service: r.svc.Name, ID: r.svc.InstanceID, Node: r.n.name, Addr: r.n.tr.CallAddr(),
+		Role: r.svc.Role, Status: StatusUnhealthy, Metadata: copyMeta(r.svc.Metadata), RegisteredAt: r.regTime,
+	}
+}
+
+// Services returns the names of all services with at least one known
+// instance, sorted.
+func (n *Node) Services() []string { return n.reg.services() }
+
+// Instances returns copies of every known instance of service, healthy or
+// not, sorted by instance ID.
+func (n *Node) Instances(service string) []Instance { return n.reg.instances(service, false) }
+
+// HealthyInstances returns the instances routing may pick, sorted by ID: the
+// healthy ones, or, when there are none, the degraded ones.
+func (n *Node) HealthyInstances(service string) []Instance { return n.reg.instances(service, true) }
+
+// entry is the local state of one known instance.
+type entry struct {
+	rec           wire.Record
+	lastHeartbeat time.Time // local clock
+	timedOut      bool      // heartbeat older than the timeout
+	nodeFailed    bool      // memberlist declared its node dead
+	status        Status    // effective status, as last reported in events
+	badSince      time.Time // when timedOut or nodeFailed became true
+}
+
+func (e *entry) effective() Status {
+	if e.timedOut || e.nodeFailed {
+		return StatusUnhealthy
+	}
+	return Status(e.rec.Status)
+}
+
+func (e *entry) instance() Instance {
+	return Instance{
+		Service: e.rec.Service, ID: e.rec.ID, Node: e.rec.Node, Addr: e.rec.Addr,
+		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
+		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
+	}
+}
+
+func copyMeta(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+type tombstone struct {
+	rec wire.Record // Deleted, with the version it supersedes
+	at  time.Time   // local clock
+}
+
+// registry is the replicated view of all instances, merged from gossip.
+// Its methods are safe for concurrent use; emit is called with mu held, in
+// order, and must not block.
+type registry struct {
+	self    string
+	clk     clock.Clock
+	timeout time.Duration
+	reap    time.Duration
+	emit    func(Event)
+
+	mu      sync.RWMutex // guards everything below
+	entries map[instKey]*entry
+	tombs   map[instKey]tombstone
+	dead    map[string]time.Time // nodes memberlist declared dead
+	pending map[instKey]bool     // local registrations in progress
+	snaps   *snapshots
+}
+
+func newRegistry(self string, clk clock.Clock, timeout, reap time.Duration, emit func(Event)) *registry {
+	return &registry{
+		self: self, clk: clk, timeout: timeout, reap: reap, emit: emit,
+		entries: make(map[instKey]*entry),
+		tombs:   make(map[instKey]tombstone),
+		dead:    make(map[string]time.Time),
+		pending: make(map[instKey]bool),
+		snaps:   newSnapshots(),
+	}
+}
+
+// registerLocal reserves key for a new local record, checking for a live
+// instance with the same key anywhere in the cluster, and raises
+// rec.Incarnation above any version seen for the key.
+func (r *registry) registerLocal(rec *wire.Record) error {
+	k := instKey{rec.Service, rec.ID}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.entries[k]; ok {
+		return fmt.Errorf("%w: %s is already registered by node %s", ErrDuplicateInstance, k, e.rec.Node)
+	}
+	if r.pending[k] {
+		return fmt.Errorf("%w: %s is being registered", ErrDuplicateInstance, k)
+	}
+	if t, ok := r.tombs[k]; ok && rec.Incarnation <= t.rec.Incarnation {
+		rec.Incarnation = t.rec.Incarnation + 1
+	}
+	r.pending[k] = true
+	return nil
+}
+
+func (r *registry) forgetLocal(k instKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.pending, k)
+}
+
+// commitLocal stores a local record reserved by registerLocal.
+func (r *registry) commitLocal(rec *wire.Record) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.pending, instKey{rec.Service, rec.ID})
+	r.applyLocked(rec, "registered")
+}
+
+// tombstoneLocal deletes a local instance and returns the tombstone to
+// gossip.
+func (r *registry) tombstoneLocal(k instKey, reason string) (wire.Record, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[k]
+	if !ok {
+		return wire.Record{}, false
+	}
+	tomb := wire.Record{Service: k.service, ID: k.id, Node: e.rec.Node, Incarnation: e.rec.Incarnation,
+		Seq: e.rec.Seq + 1, Time: r.clk.Now().UnixNano(), Deleted: true}
+	r.applyLocked(&tomb, reason)
+	return tomb, true
+}
+
+// apply merges a record received from gossip. It reports whether the record
+// was new to this node (and so worth re-broadcasting).
+func (r *registry) apply(rec *wire.Record, reason string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applyLocked(rec, reason)
+}
+
+func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
+	k := instKey{rec.Service, rec.ID}
+	now := r.clk.Now()
+	if t, ok := r.tombs[k]; ok && !wire.Newer(rec.Incarnation, rec.Seq, t.rec.Incarnation, t.rec.Seq) {
+		return false
+	}
+	e, ok := r.entries[k]
+	if ok && !wire.Newer(rec.Incarnation, rec.Seq, e.rec.Incarnation, e.rec.Seq) {
+		return false
+	}
+	if rec.Deleted {
+		r.tombs[k] = tombstone{rec: *rec, at: now}
+		if ok {
+			delete(r.entries, k)
+			r.snaps.update(r.entries, k.service)
+			inst := e.instance()
+			r.emit(Event{Type: EventDeregistered, Instance: inst, OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
+		}
+		return true
+	}
+	delete(r.tombs, k)
+	if ok && e.rec.Incarnation == rec.Incarnation {
+		// A newer version of the same incarnation: fresh state, counts as
+		// a heartbeat.
+		roleChanged := e.rec.Role != rec.Role
+		e.rec = *rec
+		e.rec.Meta = copyMeta(rec.Meta)
+		r.heartbeatLocked(e, now)
+		if roleChanged {
+			r.snaps.update(r.entries, k.service)
+			r.emit(Event{Type: EventRoleChanged, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: "updated", Time: now})
+		}
+		return true
+	}
+	if ok {
+		// A re-registration replaces the old incarnation.
+		delete(r.entries, k)
+		r.emit(Event{Type: EventDeregistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: "replaced", Time: now})
+	}
+	e = &entry{rec: *rec, lastHeartbeat: now}
+	e.rec.Meta = copyMeta(rec.Meta)
+	if _, dead := r.dead[rec.Node]; dead {
+		e.nodeFailed, e.badSince = true, now
+	}
+	e.status = e.effective()
+	r.entries[k] = e
+	r.snaps.update(r.entries, k.service)
+	r.emit(Event{Type: EventRegistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
+	return true
+}
+
+// heartbeatLocked records a fresh heartbeat for e.
+func (r *registry) heartbeatLocked(e *entry, now time.Time) {
+	e.lastHeartbeat = now
+	wasBad := e.timedOut || e.nodeFailed
+	e.timedOut = false
+	reason := "self-reported"
+	if wasBad && !e.nodeFailed {
+		reason = "recovered"
+	}
+	r.setStatusLocked(e, reason, now)
+}
+
+// setStatusLocked recomputes e's effective status and emits a change.
+func (r *registry) setStatusLocked(e *entry, reason string, now time.Time) {
+	ns := e.effective()
+	if ns == e.status {
+		return
+	}
+	old := e.status
+	e.status = ns
+	if (e.timedOut || e.nodeFailed) && e.badSince.IsZero() {
+		e.badSince = now
+	} else if !e.timedOut && !e.nodeFailed {
+		e.badSince = time.Time{}
+	}
+	r.snaps.update(r.entries, e.rec.Service)
+	r.emit(Event{Type: EventStatusChanged, Instance: e.instance(), OldStatus: old, NewStatus: ns, Reason: reason, Time: now})
+}
+
+func (r *registry) get(k instKey) (Instance, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.entries[k]
+	if !ok {
+		return Instance{}, false
+	}
+	return e.instance(), true
+}
+
+func (r *registry) services() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	seen := make(map[string]struct{})
+	for k := range r.entries {
+		seen[k.service] = struct{}{}
+	}
+	out := make([]string, 0, len(seen))
+	for s := range seen {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (r *registry) instances(service string, routable bool) []Instance {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var healthy, degraded, all []Instance
+	for k, e := range r.entries {
+		if k.service != service {
+			continue
+		}
+		switch {
+		case !routable:
+			all = append(all, e.instance())
+		case e.status == StatusHealthy:
+			healthy = append(healthy, e.instance())
+		case e.status == StatusDegraded:
+			degraded = append(degraded, e.instance())
+		}
+	}
+	if routable {
+		all = healthy
+		if len(all) == 0 {
+			all = degraded
+		}
+	}
+	slices.SortFunc(all, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+	return all
+}
+
+// state returns every live record and tombstone, for push/pull.
+func (r *registry) state() []wire.Record {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]wire.Record, 0, len(r.entries)+len(r.tombs))
+	for _, e := range r.entries {
+		out = append(out, e.rec)
+	}
+	for _, t := range r.tombs {
+		out = append(out, t.rec)
+	}
+	return out
+}
