@@ -33,7 +33,7 @@ func (n *Node) Stats() Stats {
 }
 
 type nodeStats struct {
-	gossipReceived, gossipDropped                           atomic.Uint64
+	gossipReceived, gossipDropped                         atomic.Uint64
 	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown atomic.Uint64
 }
 
