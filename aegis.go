@@ -115,9 +115,13 @@ type GossipConfig struct {
 	GossipInterval time.Duration
 	// GossipNodes is the gossip fan-out.
 	GossipNodes int
-	// RetransmitMult scales how many times each node sends one broadcast
-	// (RetransmitMult × log10(N+1)).
+	// RetransmitMult scales how many times each node sends one record
+	// broadcast (RetransmitMult × log10(N+1)).
 	RetransmitMult int
+	// HeartbeatRetransmitMult does the same for heartbeat batches. They are
+	// re-broadcast by every receiver and repeat every HeartbeatInterval, so
+	// fewer sends per node suffice; the default is 2.
+	HeartbeatRetransmitMult int
 	// PushPullInterval is the period of full-state anti-entropy exchange.
 	PushPullInterval time.Duration
 	// GossipToTheDeadTime is how long dead nodes still receive gossip, so a
@@ -138,17 +142,18 @@ type GossipConfig struct {
 // reconnect attempts every 10s for 24h.
 func LANGossip() GossipConfig {
 	return GossipConfig{
-		ProbeInterval:       time.Second,
-		ProbeTimeout:        500 * time.Millisecond,
-		SuspicionMult:       4,
-		GossipInterval:      200 * time.Millisecond,
-		GossipNodes:         3,
-		RetransmitMult:      4,
-		PushPullInterval:    30 * time.Second,
-		GossipToTheDeadTime: 30 * time.Second,
-		TCPTimeout:          10 * time.Second,
-		ReconnectInterval:   10 * time.Second,
-		ReconnectTimeout:    24 * time.Hour,
+		ProbeInterval:           time.Second,
+		ProbeTimeout:            500 * time.Millisecond,
+		SuspicionMult:           4,
+		GossipInterval:          200 * time.Millisecond,
+		GossipNodes:             3,
+		RetransmitMult:          4,
+		HeartbeatRetransmitMult: 2,
+		PushPullInterval:        30 * time.Second,
+		GossipToTheDeadTime:     30 * time.Second,
+		TCPTimeout:              10 * time.Second,
+		ReconnectInterval:       10 * time.Second,
+		ReconnectTimeout:        24 * time.Hour,
 	}
 }
 
@@ -156,17 +161,18 @@ func LANGossip() GossipConfig {
 // 200ms, gossip every 50ms, push/pull every 5s, reconnect every second.
 func LocalGossip() GossipConfig {
 	return GossipConfig{
-		ProbeInterval:       200 * time.Millisecond,
-		ProbeTimeout:        100 * time.Millisecond,
-		SuspicionMult:       3,
-		GossipInterval:      50 * time.Millisecond,
-		GossipNodes:         3,
-		RetransmitMult:      4,
-		PushPullInterval:    5 * time.Second,
-		GossipToTheDeadTime: 5 * time.Second,
-		TCPTimeout:          2 * time.Second,
-		ReconnectInterval:   time.Second,
-		ReconnectTimeout:    time.Hour,
+		ProbeInterval:           200 * time.Millisecond,
+		ProbeTimeout:            100 * time.Millisecond,
+		SuspicionMult:           3,
+		GossipInterval:          50 * time.Millisecond,
+		GossipNodes:             3,
+		RetransmitMult:          4,
+		HeartbeatRetransmitMult: 2,
+		PushPullInterval:        5 * time.Second,
+		GossipToTheDeadTime:     5 * time.Second,
+		TCPTimeout:              2 * time.Second,
+		ReconnectInterval:       time.Second,
+		ReconnectTimeout:        time.Hour,
 	}
 }
 
@@ -243,7 +249,8 @@ func (c *Config) Validate() error {
 		name string
 		n    int
 	}{{"MaxAttempts", c.MaxAttempts}, {"Gossip.SuspicionMult", c.Gossip.SuspicionMult},
-		{"Gossip.GossipNodes", c.Gossip.GossipNodes}, {"Gossip.RetransmitMult", c.Gossip.RetransmitMult}} {
+		{"Gossip.GossipNodes", c.Gossip.GossipNodes}, {"Gossip.RetransmitMult", c.Gossip.RetransmitMult},
+		{"Gossip.HeartbeatRetransmitMult", c.Gossip.HeartbeatRetransmitMult}} {
 		if v.n < 1 {
 			return bad(v.name, "must be at least 1, got %d", v.n)
 		}
@@ -281,22 +288,27 @@ const (
 // Node is one member of an Aegis cluster: it gossips, hosts registered
 // service instances and calls other nodes' instances.
 type Node struct {
-	cfg   Config
-	name  string
-	log   *slog.Logger
-	clk   clock.Clock
-	tr    transport.Transport
-	ml    *memberlist.Memberlist
-	mlp   atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
-	queue *memberlist.TransmitLimitedQueue
-	reg   *registry
-	bus   *eventBus
-	met   *nodeMetrics
-	stats nodeStats
+	cfg     Config
+	name    string
+	log     *slog.Logger
+	clk     clock.Clock
+	tr      transport.Transport
+	ml      *memberlist.Memberlist
+	mlp     atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
+	queue   *memberlist.TransmitLimitedQueue      // records and tombstones
+	hbQueue *memberlist.TransmitLimitedQueue      // heartbeat batches
+	hbMu    sync.Mutex                            // serializes heartbeat rounds
+	outbox  chan outMsg                           // direct sends, run by outboxLoop
+	reg     *registry
+	bus     *eventBus
+	met     *nodeMetrics
+	stats   nodeStats
 
 	mu    sync.Mutex // guards local and serializes Register/Deregister with Leave/Shutdown
 	local map[instKey]*Registration
 	state atomic.Int32
+
+	lastPull atomic.Int64 // unix ns of the last pull triggered by an unknown heartbeat
 
 	failedMu sync.Mutex // guards failed
 	failed   map[string]failedNode
@@ -375,15 +387,15 @@ func New(cfg *Config) (*Node, error) {
 	}
 	n.tr = tr
 
-	n.queue = &memberlist.TransmitLimitedQueue{
-		NumNodes: func() int {
-			if ml := n.mlp.Load(); ml != nil {
-				return ml.NumMembers()
-			}
-			return 1
-		},
-		RetransmitMult: c.Gossip.RetransmitMult,
+	numNodes := func() int {
+		if ml := n.mlp.Load(); ml != nil {
+			return ml.NumMembers()
+		}
+		return 1
 	}
+	n.queue = &memberlist.TransmitLimitedQueue{NumNodes: numNodes, RetransmitMult: c.Gossip.RetransmitMult}
+	n.hbQueue = &memberlist.TransmitLimitedQueue{NumNodes: numNodes, RetransmitMult: c.Gossip.HeartbeatRetransmitMult}
+	n.outbox = make(chan outMsg, outboxSize)
 	ml, err := memberlist.Create(n.memberlistConfig())
 	if err != nil {
 		_ = tr.Shutdown()
@@ -393,6 +405,7 @@ func New(cfg *Config) (*Node, error) {
 	n.ml = ml
 	n.mlp.Store(ml)
 
+	n.spawn(n.outboxLoop)
 	n.spawn(n.heartbeatLoop)
 	n.spawn(n.healthLoop)
 	n.spawn(n.reconnectLoop)
@@ -431,13 +444,21 @@ func (n *Node) memberlistConfig() *memberlist.Config {
 	return mc
 }
 
-// spawn runs f in a goroutine counted by the Node's WaitGroup.
-func (n *Node) spawn(f func()) {
+// spawn runs f in a goroutine counted by the Node's WaitGroup, unless the
+// node has stopped (then it reports false and f does not run).
+func (n *Node) spawn(f func()) bool {
+	n.mu.Lock()
+	if n.state.Load() == stateStopped {
+		n.mu.Unlock()
+		return false
+	}
 	n.wg.Add(1)
+	n.mu.Unlock()
 	go func() {
 		defer n.wg.Done()
 		f()
 	}()
+	return true
 }
 
 // Name returns the node's unique name.
@@ -460,10 +481,12 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 		err error
 	}
 	ch := make(chan result, 1)
-	n.spawn(func() {
+	if !n.spawn(func() {
 		k, err := n.ml.Join(seeds)
 		ch <- result{k, err}
-	})
+	}) {
+		return 0, ErrShutdown
+	}
 	select {
 	case r := <-ch:
 		if r.err != nil && r.n == 0 {

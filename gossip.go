@@ -3,6 +3,8 @@ package aegis
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 	"go.opentelemetry.io/otel/attribute"
@@ -30,8 +32,14 @@ func (d *delegate) NodeMeta(limit int) []byte { return nil }
 
 func (d *delegate) NotifyMsg(b []byte) { d.n.handleGossip(b) }
 
+// GetBroadcasts fills a gossip packet: records and tombstones first, then
+// heartbeat batches in the space left.
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.n.queue.GetBroadcasts(overhead, limit)
+	out := d.n.queue.GetBroadcasts(overhead, limit)
+	for _, b := range out {
+		limit -= overhead + len(b)
+	}
+	return append(out, d.n.hbQueue.GetBroadcasts(overhead, limit)...)
 }
 
 func (d *delegate) LocalState(join bool) []byte {
@@ -55,7 +63,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	}
 	n.stats.gossipReceived.Add(1)
 	for i := range msg.State.Records {
-		n.applyRecord(&msg.State.Records[i], nil)
+		n.applyRecord(&msg.State.Records[i])
 	}
 }
 
@@ -68,6 +76,9 @@ func (d *delegate) NotifyJoin(node *memberlist.Node) {
 	delete(n.failed, node.Name)
 	n.failedMu.Unlock()
 	n.reg.nodeAlive(node.Name)
+	// Introduce our instances to the newcomer straight away instead of
+	// waiting for gossip or push/pull to carry them.
+	n.queueDirect(outMsg{to: node, introduce: true})
 }
 
 func (d *delegate) NotifyLeave(node *memberlist.Node) {
@@ -90,7 +101,9 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 func (d *delegate) NotifyUpdate(node *memberlist.Node) {}
 
 // handleGossip decodes and applies one gossip message. Bad messages are
-// dropped with a log line and a counter.
+// dropped with a log line and a counter. What is new to this node is
+// re-broadcast (epidemic gossip), unless it came straight from its origin,
+// which reaches every member directly and gossips it itself.
 func (n *Node) handleGossip(b []byte) {
 	msg, err := wire.Decode(b)
 	if err != nil {
@@ -100,53 +113,36 @@ func (n *Node) handleGossip(b []byte) {
 	n.stats.gossipReceived.Add(1)
 	switch msg.Type {
 	case wire.MsgRecord:
-		n.applyRecord(msg.Record, b)
+		if n.applyRecord(msg.Record) && !msg.Direct {
+			n.broadcast("r:"+msg.Record.Service+"/"+msg.Record.ID, append([]byte(nil), b...))
+		}
 	case wire.MsgHeartbeats:
-		for i := range msg.Heartbeats {
-			hb := &msg.Heartbeats[i]
-			fresh, unknown := n.reg.heartbeat(hb)
+		batch := msg.Heartbeats
+		anyFresh := false
+		for i := range batch.Beats {
+			fresh, unknown := n.reg.heartbeat(&batch.Beats[i], batch.Time)
 			n.stats.heartbeatsReceived.Add(1)
 			if unknown {
 				n.stats.heartbeatsUnknown.Add(1)
+				n.requestPull()
 			}
-			if !fresh {
-				continue
-			}
-			out := b
-			if len(msg.Heartbeats) > 1 {
-				if out, err = wire.Encode([]wire.Heartbeat{*hb}); err != nil {
-					continue
-				}
-			} else {
-				out = append([]byte(nil), b...)
-			}
-			n.broadcast("h:"+hb.Service+"/"+hb.ID, out)
+			anyFresh = anyFresh || fresh
+		}
+		if anyFresh && !msg.Direct && batch.Node != n.name {
+			n.hbQueue.QueueBroadcast(&broadcast{name: batchName(batch), msg: append([]byte(nil), b...)})
 		}
 	default:
 		n.dropGossip("message", errors.New("state message outside push/pull"))
 	}
 }
 
-// applyRecord merges a record and re-broadcasts it when it was new. raw is
-// its encoding if it arrived as a message of its own.
-func (n *Node) applyRecord(rec *wire.Record, raw []byte) {
+// applyRecord merges a record and reports whether it was new here.
+func (n *Node) applyRecord(rec *wire.Record) bool {
 	if rec.Node == n.name && !rec.Deleted {
 		n.refute(rec)
-		return
+		return false
 	}
-	if !n.reg.apply(rec, reasonFor(rec)) {
-		return
-	}
-	var out []byte
-	if raw != nil {
-		out = append([]byte(nil), raw...)
-	} else {
-		var err error
-		if out, err = wire.Encode(rec); err != nil {
-			return
-		}
-	}
-	n.broadcast("r:"+rec.Service+"/"+rec.ID, out)
+	return n.reg.apply(rec, reasonFor(rec))
 }
 
 func reasonFor(rec *wire.Record) string {
@@ -171,7 +167,7 @@ func (n *Node) refute(rec *wire.Record) {
 		Seq: rec.Seq + 1, Time: n.clk.Now().UnixNano(), Deleted: true}
 	n.reg.apply(&tomb, "deregistered")
 	if msg, err := wire.Encode(&tomb); err == nil {
-		n.broadcast("r:"+k.String(), msg)
+		n.announce("r:"+k.String(), msg)
 	}
 }
 
@@ -180,6 +176,116 @@ func (n *Node) dropGossip(where string, err error) {
 	n.met.gossipDropped.Add(bg, 1, metric.WithAttributes(attribute.String("where", where)))
 	n.log.Warn("dropped bad gossip", "where", where, "err", err)
 }
+
+// announce queues msg for gossip and sends it straight to every live member
+// over UDP. Registrations, deregistrations and self-reported status changes
+// use it: they are rare, and direct fan-out makes them visible cluster-wide
+// within one network round trip, while gossip from the origin and push/pull
+// repair whatever a lost packet missed.
+func (n *Node) announce(name string, msg []byte) {
+	n.broadcast(name, msg)
+	n.sendDirect(nil, wire.Direct(msg))
+}
+
+// outMsg is a direct send for outboxLoop: msg to one node, or to every
+// member when to is nil; introduce sends this node's records and
+// heartbeats to a newcomer instead of msg.
+type outMsg struct {
+	to        *memberlist.Node
+	msg       []byte
+	introduce bool
+}
+
+// outboxSize bounds pending direct sends; beyond it they are dropped (gossip
+// still carries the same messages).
+const outboxSize = 1024
+
+func (n *Node) sendDirect(to *memberlist.Node, msg []byte) {
+	n.queueDirect(outMsg{to: to, msg: msg})
+}
+
+func (n *Node) queueDirect(m outMsg) {
+	select {
+	case n.outbox <- m:
+	default:
+		n.log.Debug("outbox full: direct send dropped")
+	}
+}
+
+// outboxLoop performs direct sends off the caller's goroutine (memberlist
+// callbacks must not block, and Register should not wait for N sends).
+func (n *Node) outboxLoop() {
+	for {
+		select {
+		case <-n.stopCh:
+			return
+		case m := <-n.outbox:
+			n.deliver(m)
+		}
+	}
+}
+
+func (n *Node) deliver(m outMsg) {
+	ml := n.ml
+	if m.introduce {
+		recs := n.reg.localRecords()
+		for i := range recs {
+			b, err := wire.Encode(&recs[i])
+			if err != nil {
+				continue
+			}
+			if err := ml.SendBestEffort(m.to, wire.Direct(b)); err != nil {
+				n.log.Debug("introduce failed", "peer", m.to.Name, "err", err)
+				return
+			}
+		}
+		return
+	}
+	targets := []*memberlist.Node{m.to}
+	if m.to == nil {
+		targets = ml.Members()
+	}
+	for _, t := range targets {
+		if t.Name == n.name {
+			continue
+		}
+		if err := ml.SendBestEffort(t, m.msg); err != nil {
+			n.log.Debug("direct send failed", "peer", t.Name, "err", err)
+		}
+	}
+}
+
+// requestPull schedules one push/pull exchange with a random peer, at most
+// once per pullInterval: a heartbeat for an instance this node has never
+// heard of means a record broadcast passed it by.
+func (n *Node) requestPull() {
+	now := time.Now().UnixNano()
+	last := n.lastPull.Load()
+	if now-last < int64(pullInterval) || !n.lastPull.CompareAndSwap(last, now) {
+		return
+	}
+	n.spawn(func() {
+		ml := n.ml
+		members := ml.Members()
+		if len(members) < 2 {
+			return
+		}
+		for tries := 0; tries < 3; tries++ {
+			m := members[rand.IntN(len(members))]
+			if m.Name == n.name {
+				continue
+			}
+			// Join with a current member is a push/pull state exchange.
+			if _, err := ml.Join([]string{m.FullAddress().Addr}); err != nil {
+				n.log.Debug("pull failed", "peer", m.Name, "err", err)
+			}
+			return
+		}
+	})
+}
+
+// pullInterval limits pulls triggered by unknown heartbeats.
+const pullInterval = 500 * time.Millisecond
 
 // broadcast queues msg for gossip. A newer message with the same name
 // replaces an older one still in the queue.

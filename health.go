@@ -7,8 +7,7 @@ import (
 	"github.com/aegisipc/aegis/internal/wire"
 )
 
-// heartbeatLoop sends a heartbeat for every local instance each
-// HeartbeatInterval.
+// heartbeatLoop sends a heartbeat round each HeartbeatInterval.
 func (n *Node) heartbeatLoop() {
 	if !n.cfg.HeartbeatEnabled {
 		return
@@ -21,64 +20,99 @@ func (n *Node) heartbeatLoop() {
 			return
 		case <-t.C():
 		}
-		n.mu.Lock()
-		regs := make([]*Registration, 0, len(n.local))
-		for _, r := range n.local {
-			regs = append(regs, r)
-		}
-		n.mu.Unlock()
-		for _, r := range regs {
-			n.sendHeartbeat(r)
-		}
+		n.heartbeatRound(false)
 	}
 }
 
-// sendHeartbeat advances r's sequence number, applies the heartbeat locally
-// and gossips it.
-func (n *Node) sendHeartbeat(r *Registration) {
-	if !n.cfg.HeartbeatEnabled || r.paused.Load() {
+// maxBatchBytes bounds one heartbeat message so it fits a gossip packet
+// beside other broadcasts.
+const maxBatchBytes = 900
+
+// heartbeatRound advances the sequence number of every local instance whose
+// heartbeats are not paused, applies the heartbeats locally and gossips them
+// in as few batches as fit a packet. direct also sends the batches straight
+// to every member (used when a self-reported status changes).
+func (n *Node) heartbeatRound(direct bool) {
+	if !n.cfg.HeartbeatEnabled {
 		return
 	}
-	r.hbMu.Lock()
-	defer r.hbMu.Unlock()
-	if r.done.Load() {
+	n.hbMu.Lock()
+	defer n.hbMu.Unlock()
+	n.mu.Lock()
+	keys := make([]instKey, 0, len(n.local))
+	statuses := make([]Status, 0, len(n.local))
+	for k, r := range n.local {
+		if r.paused.Load() || r.done.Load() {
+			continue
+		}
+		keys = append(keys, k)
+		statuses = append(statuses, Status(r.status.Load()))
+	}
+	n.mu.Unlock()
+	if len(keys) == 0 {
 		return
 	}
-	hb, ok := n.reg.localHeartbeat(r.key, Status(r.status.Load()))
-	if !ok {
-		return
+	beats := n.reg.localHeartbeats(keys, statuses)
+	now := n.clk.Now().UnixNano()
+	for len(beats) > 0 {
+		// Fill a batch up to maxBatchBytes (each beat costs about its
+		// strings plus 24 bytes).
+		size, k := 0, 0
+		for k < len(beats) && (k == 0 || size+len(beats[k].Service)+len(beats[k].ID)+24 <= maxBatchBytes) {
+			size += len(beats[k].Service) + len(beats[k].ID) + 24
+			k++
+		}
+		batch := &wire.HeartbeatBatch{Node: n.name, Time: now, Beats: beats[:k]}
+		beats = beats[k:]
+		msg, err := wire.Encode(batch)
+		if err != nil {
+			n.log.Error("encode heartbeat", "err", err)
+			continue
+		}
+		name := batchName(batch)
+		n.hbQueue.QueueBroadcast(&broadcast{name: name, msg: msg})
+		if direct {
+			n.sendDirect(nil, wire.Direct(msg))
+		}
+		n.stats.heartbeatsSent.Add(uint64(k))
+		n.met.heartbeatsSent.Add(bg, int64(k))
 	}
-	msg, err := wire.Encode([]wire.Heartbeat{hb})
-	if err != nil {
-		n.log.Error("encode heartbeat", "err", err)
-		return
-	}
-	n.broadcast("h:"+r.key.String(), msg)
-	n.stats.heartbeatsSent.Add(1)
-	n.met.heartbeatsSent.Add(bg, 1)
 }
 
-// localHeartbeat makes the next heartbeat of a local instance and applies it
-// to the local view.
-func (r *registry) localHeartbeat(k instKey, status Status) (wire.Heartbeat, bool) {
+// batchName names a heartbeat batch in the broadcast queue: a newer batch
+// from the same node starting with the same instance replaces an older one.
+func batchName(b *wire.HeartbeatBatch) string {
+	if len(b.Beats) == 0 {
+		return "h:" + b.Node
+	}
+	return "h:" + b.Node + "/" + b.Beats[0].Service + "/" + b.Beats[0].ID
+}
+
+// localHeartbeats makes the next heartbeat of each local instance in keys
+// and applies it to the local view.
+func (r *registry) localHeartbeats(keys []instKey, statuses []Status) []wire.Heartbeat {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.entries[k]
-	if !ok || e.rec.Node != r.self {
-		return wire.Heartbeat{}, false
-	}
 	now := r.clk.Now()
-	e.rec.Seq++
-	e.rec.Status = uint8(status)
-	e.rec.Time = now.UnixNano()
-	r.heartbeatLocked(e, now)
-	return wire.Heartbeat{Service: k.service, ID: k.id, Incarnation: e.rec.Incarnation,
-		Seq: e.rec.Seq, Status: e.rec.Status, Time: e.rec.Time}, true
+	out := make([]wire.Heartbeat, 0, len(keys))
+	for i, k := range keys {
+		e, ok := r.entries[k]
+		if !ok || e.rec.Node != r.self {
+			continue
+		}
+		e.rec.Seq++
+		e.rec.Status = uint8(statuses[i])
+		e.rec.Time = now.UnixNano()
+		r.heartbeatLocked(e, now)
+		out = append(out, wire.Heartbeat{Service: k.service, ID: k.id, Incarnation: e.rec.Incarnation,
+			Seq: e.rec.Seq, Status: e.rec.Status})
+	}
+	return out
 }
 
 // heartbeat applies a received heartbeat. It reports whether it was new
 // (worth re-broadcasting) and whether the instance was unknown.
-func (r *registry) heartbeat(hb *wire.Heartbeat) (fresh, unknown bool) {
+func (r *registry) heartbeat(hb *wire.Heartbeat, sent int64) (fresh, unknown bool) {
 	k := instKey{hb.Service, hb.ID}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -94,9 +128,22 @@ func (r *registry) heartbeat(hb *wire.Heartbeat) (fresh, unknown bool) {
 	}
 	e.rec.Seq = hb.Seq
 	e.rec.Status = hb.Status
-	e.rec.Time = hb.Time
+	e.rec.Time = sent
 	r.heartbeatLocked(e, r.clk.Now())
 	return true, false
+}
+
+// localRecords returns the records of instances this node hosts.
+func (r *registry) localRecords() []wire.Record {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []wire.Record
+	for _, e := range r.entries {
+		if e.rec.Node == r.self {
+			out = append(out, e.rec)
+		}
+	}
+	return out
 }
 
 // check applies the absolute heartbeat timeout, reaps long-dead instances

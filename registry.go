@@ -162,7 +162,6 @@ type Registration struct {
 	status  atomic.Int32 // self-reported Status
 	paused  atomic.Bool  // heartbeats paused
 	done    atomic.Bool  // deregistered or node stopped
-	hbMu    sync.Mutex   // serializes heartbeats of this instance
 	regTime time.Time
 }
 
@@ -187,6 +186,16 @@ func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error)
 	svc.Metadata = meta
 	key := instKey{svc.Name, svc.InstanceID}
 
+	r, err := n.registerLocked(key, svc)
+	if err != nil {
+		return nil, err
+	}
+	n.log.Info("registered instance", "service", svc.Name, "instance", svc.InstanceID)
+	n.heartbeatRound(false)
+	return r, nil
+}
+
+func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.state.Load() != stateRunning {
@@ -198,7 +207,7 @@ func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error)
 	now := n.clk.Now()
 	rec := wire.Record{
 		Service: svc.Name, ID: svc.InstanceID, Node: n.name, Addr: n.tr.CallAddr(),
-		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: meta,
+		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
 	}
 	if err := n.reg.registerLocal(&rec); err != nil {
@@ -215,11 +224,7 @@ func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error)
 	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation)}
 	n.local[key] = r
 	n.reg.commitLocal(&rec)
-	n.broadcast("r:"+key.String(), msg)
-	n.log.Info("registered instance", "service", svc.Name, "instance", svc.InstanceID)
-	if n.cfg.HeartbeatEnabled {
-		n.sendHeartbeat(r)
-	}
+	n.announce("r:"+key.String(), msg)
 	return r, nil
 }
 
@@ -239,11 +244,9 @@ func (n *Node) deregister(r *Registration, reason string) {
 	}
 	delete(n.local, r.key)
 	r.done.Store(true)
-	r.hbMu.Lock() // wait out a heartbeat in progress
-	defer r.hbMu.Unlock()
 	if tomb, ok := n.reg.tombstoneLocal(r.key, reason); ok {
 		if msg, err := wire.Encode(&tomb); err == nil {
-			n.broadcast("r:"+r.key.String(), msg)
+			n.announce("r:"+r.key.String(), msg)
 		}
 	}
 	n.log.Info("deregistered instance", "service", r.key.service, "instance", r.key.id, "reason", reason)
@@ -260,7 +263,7 @@ func (r *Registration) SetStatus(s Status) {
 	if Status(r.status.Swap(int32(s))) == s {
 		return
 	}
-	r.n.sendHeartbeat(r)
+	r.n.heartbeatRound(true)
 }
 
 // PauseHeartbeats stops this instance's heartbeats while its node stays up,
@@ -271,7 +274,7 @@ func (r *Registration) PauseHeartbeats() { r.paused.Store(true) }
 // ResumeHeartbeats undoes PauseHeartbeats and sends a heartbeat at once.
 func (r *Registration) ResumeHeartbeats() {
 	if r.paused.Swap(false) {
-		r.n.sendHeartbeat(r)
+		r.n.heartbeatRound(true)
 	}
 }
 

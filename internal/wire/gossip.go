@@ -22,7 +22,7 @@ const (
 	// MsgRecord carries one full instance record (registration, update or
 	// tombstone).
 	MsgRecord MsgType = 1
-	// MsgHeartbeats carries a batch of heartbeats.
+	// MsgHeartbeats carries a batch of heartbeats from one node.
 	MsgHeartbeats MsgType = 2
 	// MsgState carries a node's whole registry, for push/pull anti-entropy.
 	MsgState MsgType = 3
@@ -66,7 +66,29 @@ type Heartbeat struct {
 	Incarnation int64
 	Seq         uint64
 	Status      uint8
-	Time        int64
+}
+
+// HeartbeatBatch carries heartbeats of instances hosted by one node, sent
+// at one moment.
+type HeartbeatBatch struct {
+	_struct bool `codec:",toarray"` //nolint:unused // codec directive
+
+	Node  string
+	Time  int64 // origin's clock when sent (unix ns); informational only
+	Beats []Heartbeat
+}
+
+// FlagDirect, set in the type byte, marks a message sent straight from its
+// origin to every member (not gossiped); receivers need not re-broadcast it.
+const FlagDirect byte = 0x80
+
+// Direct returns a copy of an encoded message with FlagDirect set.
+func Direct(b []byte) []byte {
+	out := append([]byte(nil), b...)
+	if len(out) > 1 {
+		out[1] |= FlagDirect
+	}
+	return out
 }
 
 // State is a node's full registry (live records and tombstones).
@@ -93,13 +115,13 @@ var handle = func() *codec.MsgpackHandle {
 }()
 
 // Encode returns the framed encoding of v, which must be a *Record,
-// []Heartbeat or *State.
+// *HeartbeatBatch or *State.
 func Encode(v any) ([]byte, error) {
 	var t MsgType
 	switch v.(type) {
 	case *Record:
 		t = MsgRecord
-	case []Heartbeat:
+	case *HeartbeatBatch:
 		t = MsgHeartbeats
 	case *State:
 		t = MsgState
@@ -119,8 +141,9 @@ func Encode(v any) ([]byte, error) {
 // Message is a decoded gossip message; exactly one field is set.
 type Message struct {
 	Type       MsgType
+	Direct     bool // FlagDirect was set
 	Record     *Record
-	Heartbeats []Heartbeat
+	Heartbeats *HeartbeatBatch
 	State      *State
 }
 
@@ -134,14 +157,16 @@ func Decode(b []byte) (msg Message, err error) {
 	if b[0] != Version {
 		return Message{}, fmt.Errorf("%w: %d (this node speaks %d)", ErrUnknownVersion, b[0], Version)
 	}
-	msg.Type = MsgType(b[1])
+	msg.Type = MsgType(b[1] &^ FlagDirect)
+	msg.Direct = b[1]&FlagDirect != 0
 	var target any
 	switch msg.Type {
 	case MsgRecord:
 		msg.Record = new(Record)
 		target = msg.Record
 	case MsgHeartbeats:
-		target = &msg.Heartbeats
+		msg.Heartbeats = new(HeartbeatBatch)
+		target = msg.Heartbeats
 	case MsgState:
 		msg.State = new(State)
 		target = msg.State

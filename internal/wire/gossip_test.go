@@ -17,11 +17,16 @@ func TestRoundTrip(t *testing.T) {
 	require.Equal(t, MsgRecord, m.Type)
 	require.Equal(t, rec, m.Record)
 
-	hbs := []Heartbeat{{Service: "svc", ID: "a", Incarnation: 1, Seq: 2, Status: 0, Time: 3}}
+	hbs := &HeartbeatBatch{Node: "n", Time: 3, Beats: []Heartbeat{{Service: "svc", ID: "a", Incarnation: 1, Seq: 2, Status: 0}}}
 	b, err = Encode(hbs)
 	require.NoError(t, err)
 	m, err = Decode(b)
 	require.NoError(t, err)
+	require.Equal(t, hbs, m.Heartbeats)
+	require.False(t, m.Direct)
+	m, err = Decode(Direct(b))
+	require.NoError(t, err)
+	require.True(t, m.Direct)
 	require.Equal(t, hbs, m.Heartbeats)
 
 	st := &State{Node: "n", Records: []Record{*rec}}
@@ -43,7 +48,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty", nil, ErrTruncated},
 		{"one byte", []byte{Version}, ErrTruncated},
 		{"unknown version", append([]byte{99}, good[1:]...), ErrUnknownVersion},
-		{"unknown type", []byte{Version, 200, 0x90}, ErrUnknownType},
+		{"unknown type", []byte{Version, 100, 0x90}, ErrUnknownType},
 		{"truncated body", good[:len(good)-3], ErrMalformed},
 		{"garbage body", []byte{Version, byte(MsgRecord), 0xc1, 0xff, 0x00}, ErrMalformed},
 		{"wrong shape", []byte{Version, byte(MsgHeartbeats), 0x05}, ErrMalformed},
@@ -67,7 +72,7 @@ func TestNewer(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	for _, v := range []any{
 		&Record{Service: "s", ID: "i", Meta: map[string]string{"a": "b"}},
-		[]Heartbeat{{Service: "s", ID: "i", Seq: 1}},
+		&HeartbeatBatch{Node: "n", Beats: []Heartbeat{{Service: "s", ID: "i", Seq: 1}}},
 		&State{Node: "n", Records: []Record{{Service: "s"}}},
 	} {
 		b, err := Encode(v)

@@ -1,0 +1,67 @@
+package aegis
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis/internal/testutil"
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+// TestBadGossipIsDropped sends malformed, truncated and unknown-version
+// messages through memberlist to a live node: each is dropped and counted,
+// and the registry is untouched.
+func TestBadGossipIsDropped(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	good, err := wire.Encode(&wire.Record{Service: "svc", ID: "evil", Node: "x", Incarnation: 1})
+	require.NoError(t, err)
+	bad := [][]byte{
+		{},                             // empty
+		{wire.Version},                 // truncated header
+		append([]byte{9}, good[1:]...), // unknown version
+		{wire.Version, 77, 0x90},       // unknown type
+		good[:len(good)-4],             // truncated body
+		{wire.Version, byte(wire.MsgRecord), 0xdd, 0xff, 0xff, 0xff, 0xff}, // array claiming 4G elements
+		{wire.Version, byte(wire.MsgState), 0x90},                          // state outside push/pull
+	}
+	victim := c.nodes[1]
+	sender := c.nodes[0]
+	before := victim.Stats().GossipDropped
+	var target = victim.ml.LocalNode()
+	for _, b := range bad {
+		require.NoError(t, sender.ml.SendBestEffort(target, b))
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return victim.Stats().GossipDropped-before == uint64(len(bad))
+	}, "every bad message counted as dropped (got %d)", victim.Stats().GossipDropped-before)
+	require.Len(t, victim.Instances("svc"), 2)
+	require.Equal(t, []string{"svc"}, victim.Services())
+
+	// Push/pull with garbage is dropped too.
+	d := &delegate{n: victim}
+	d.MergeRemoteState([]byte{wire.Version, byte(wire.MsgState), 0xc1}, false)
+	d.MergeRemoteState(good, false)
+	require.Equal(t, uint64(len(bad)+2), victim.Stats().GossipDropped-before)
+	require.Len(t, victim.Instances("svc"), 2)
+
+	// The node still works.
+	c.regs[0].SetStatus(StatusDegraded)
+	testutil.Eventually(t, 10*time.Second, func() bool { return status(victim, "inst-0") == StatusDegraded }, "still gossiping")
+}
+
+func TestRefuteStaleOwnRecord(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	// A record that claims to be node-01's but that node-01 does not host
+	// (a previous life of the node name) is superseded by a tombstone.
+	ghost := &wire.Record{Service: "svc", ID: "ghost", Node: c.nodes[1].Name(), Addr: "10.9.9.9:1", Incarnation: 5, Heartbeats: true}
+	c.nodes[0].applyRecord(ghost)
+	require.Equal(t, StatusHealthy, status(c.nodes[0], "ghost"))
+	c.nodes[1].applyRecord(ghost)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return status(c.nodes[0], "ghost") == -1 && status(c.nodes[1], "ghost") == -1
+	}, "ghost refuted")
+}
