@@ -47,6 +47,14 @@ type cluster struct {
 
 type clusterOpt func(*Config)
 
+// overTCP makes the cluster use the real network on loopback instead of the
+// in-memory one.
+func overTCP(cfg *Config) {
+	_ = cfg.Transport.Shutdown() // the in-memory one testConfig made
+	cfg.Transport = nil
+	cfg.BindAddr = "127.0.0.1:0"
+}
+
 // newCluster starts n nodes, joins them all to node 0, and registers one
 // instance of service "svc" on each (ID "inst-<i>").
 func newCluster(t *testing.T, n int, fake bool, opts ...clusterOpt) *cluster {
@@ -74,6 +82,7 @@ func (c *cluster) addNode(opts ...clusterOpt) *Node {
 	for _, o := range opts {
 		o(cfg)
 	}
+
 	nd, err := New(cfg)
 	require.NoError(c.t, err)
 	c.nodes = append(c.nodes, nd)

@@ -23,6 +23,14 @@ const (
 	EventStatusChanged
 	// EventRoleChanged: the instance's role changed.
 	EventRoleChanged
+	// EventEjected: passive failure tracking took the instance out of this
+	// node's routing pool for a while (reason "consecutive-failures"). Only
+	// this node's routing is affected; other nodes judge for themselves.
+	EventEjected
+	// EventReinstated: the ejection period passed and a fresh heartbeat
+	// arrived; the instance is back in this node's pool (reason
+	// "ejection-expired").
+	EventReinstated
 )
 
 // String returns a lower-case name such as "registered".
@@ -36,6 +44,10 @@ func (t EventType) String() string {
 		return "status-changed"
 	case EventRoleChanged:
 		return "role-changed"
+	case EventEjected:
+		return "ejected"
+	case EventReinstated:
+		return "reinstated"
 	}
 	return fmt.Sprintf("event(%d)", int(t))
 }

@@ -153,6 +153,7 @@ func (r *registry) check() {
 	defer r.mu.Unlock()
 	now := r.clk.Now()
 	for k, e := range r.entries {
+		r.reinstateLocked(e, now, r.ejectAfter)
 		if e.rec.Heartbeats && !e.timedOut && now.Sub(e.lastHeartbeat) > r.timeout {
 			e.timedOut = true
 			r.setStatusLocked(e, "heartbeat-timeout", now)

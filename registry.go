@@ -111,6 +111,8 @@ type Instance struct {
 	// LastHeartbeat is this node's clock when it received the newest
 	// heartbeat (or first learned of the instance).
 	LastHeartbeat time.Time
+
+	load *instLoad // this node's in-flight calls and failures; nil in copies made by users
 }
 
 type instKey struct{ service, id string }
@@ -156,13 +158,14 @@ func validateService(svc *Service) error {
 
 // Registration is a local instance registered with Register.
 type Registration struct {
-	n       *Node
-	key     instKey
-	svc     Service
-	status  atomic.Int32 // self-reported Status
-	paused  atomic.Bool  // heartbeats paused
-	done    atomic.Bool  // deregistered or node stopped
-	regTime time.Time
+	n        *Node
+	key      instKey
+	svc      Service
+	status   atomic.Int32 // self-reported Status
+	inflight atomic.Int64 // calls running in the handler
+	paused   atomic.Bool  // heartbeats paused
+	done     atomic.Bool  // deregistered or node stopped
+	regTime  time.Time
 }
 
 // Register registers a local instance of svc, gossips it to the cluster and
@@ -223,6 +226,7 @@ func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
 	}
 	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation)}
 	n.local[key] = r
+	n.publishServed()
 	n.reg.commitLocal(&rec)
 	n.announce("r:"+key.String(), msg)
 	return r, nil
@@ -243,6 +247,7 @@ func (n *Node) deregister(r *Registration, reason string) {
 		return
 	}
 	delete(n.local, r.key)
+	n.publishServed()
 	r.done.Store(true)
 	if tomb, ok := n.reg.tombstoneLocal(r.key, reason); ok {
 		if msg, err := wire.Encode(&tomb); err == nil {
@@ -309,6 +314,12 @@ type entry struct {
 	nodeFailed    bool      // memberlist declared its node dead
 	status        Status    // effective status, as last reported in events
 	badSince      time.Time // when timedOut or nodeFailed became true
+	load          *instLoad // shared with every Instance copy
+
+	// passive failure tracking (this node only)
+	ejectedUntil time.Time // non-zero while ejected from routing
+	ejectedAt    time.Time
+	ejections    int // consecutive ejections without a successful call
 }
 
 func (e *entry) effective() Status {
@@ -323,12 +334,13 @@ func (e *entry) instance() Instance {
 		Service: e.rec.Service, ID: e.rec.ID, Node: e.rec.Node, Addr: e.rec.Addr,
 		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
 		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
+		load: e.load,
 	}
 }
 
 func copyMeta(m map[string]string) map[string]string {
-	if m == nil {
-		return map[string]string{}
+	if len(m) == 0 {
+		return nil
 	}
 	c := make(map[string]string, len(m))
 	for k, v := range m {
@@ -351,6 +363,8 @@ type registry struct {
 	timeout time.Duration
 	reap    time.Duration
 	emit    func(Event)
+
+	ejectAfter int // Config.EjectAfterFailures
 
 	mu      sync.RWMutex // guards everything below
 	entries map[instKey]*entry
@@ -467,7 +481,7 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 		delete(r.entries, k)
 		r.emit(Event{Type: EventDeregistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: "replaced", Time: now})
 	}
-	e = &entry{rec: *rec, lastHeartbeat: now}
+	e = &entry{rec: *rec, lastHeartbeat: now, load: &instLoad{}}
 	e.rec.Meta = copyMeta(rec.Meta)
 	if _, dead := r.dead[rec.Node]; dead {
 		e.nodeFailed, e.badSince = true, now

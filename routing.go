@@ -1,9 +1,14 @@
 package aegis
 
 import (
+	"math/rand/v2"
 	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
+	"unsafe"
 )
 
 // Balancer picks the instance for one call attempt.
@@ -43,6 +48,162 @@ func (b *roundRobin) Pick(req RouteRequest, healthy []Instance) (Instance, error
 		}
 	}
 	return Instance{}, ErrNoHealthyInstances
+}
+
+// Random returns a Balancer that picks uniformly at random among the
+// instances not excluded.
+func Random() Balancer { return random{} }
+
+type random struct{}
+
+func (random) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
+	n := len(healthy)
+	if n == 0 {
+		return Instance{}, ErrNoHealthyInstances
+	}
+	if j := scanFrom(req, healthy, rand.IntN(n), -1); j >= 0 {
+		return healthy[j], nil
+	}
+	return Instance{}, ErrNoHealthyInstances
+}
+
+// LeastLoaded returns a Balancer using the power of two choices: it draws
+// two random instances and picks the one with fewer calls in flight from
+// this node.
+func LeastLoaded() Balancer { return leastLoaded{} }
+
+type leastLoaded struct{}
+
+func (leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
+	n := len(healthy)
+	if n == 0 {
+		return Instance{}, ErrNoHealthyInstances
+	}
+	first := scanFrom(req, healthy, rand.IntN(n), -1)
+	if first < 0 {
+		return Instance{}, ErrNoHealthyInstances
+	}
+	second := scanFrom(req, healthy, rand.IntN(n), first)
+	if second < 0 || healthy[first].InFlight() <= healthy[second].InFlight() {
+		return healthy[first], nil
+	}
+	return healthy[second], nil
+}
+
+// scanFrom returns the index of the first instance from start on (wrapping)
+// that is neither excluded nor skip, or -1.
+func scanFrom(req RouteRequest, healthy []Instance, start, skip int) int {
+	n := len(healthy)
+	for i := 0; i < n; i++ {
+		j := (start + i) % n
+		if j == skip {
+			continue
+		}
+		if _, ex := req.Exclude[healthy[j].ID]; !ex {
+			return j
+		}
+	}
+	return -1
+}
+
+// ConsistentHash returns a Balancer that maps RouteRequest.Key onto a hash
+// ring of the instances (64 points each), so that a key keeps going to the
+// same instance and only about 1/N of keys move when an instance comes or
+// goes. An excluded instance's keys go to the next instance on the ring.
+// Calls without a key are spread at random.
+func ConsistentHash() Balancer { return &consistentHash{} }
+
+type consistentHash struct {
+	ring atomic.Pointer[hashRing] // ring of the last snapshot seen
+}
+
+type hashRing struct {
+	base   *Instance // identity of the snapshot it was built from
+	n      int
+	hashes []uint64
+	idx    []int32
+}
+
+const ringPoints = 64
+
+func (b *consistentHash) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
+	n := len(healthy)
+	if n == 0 {
+		return Instance{}, ErrNoHealthyInstances
+	}
+	if req.Key == "" {
+		return random{}.Pick(req, healthy)
+	}
+	r := b.ring.Load()
+	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != n {
+		r = buildRing(healthy)
+		b.ring.Store(r)
+	}
+	h := hashString(req.Key)
+	i := sort.Search(len(r.hashes), func(i int) bool { return r.hashes[i] >= h })
+	for k := 0; k < len(r.hashes); k++ {
+		inst := healthy[r.idx[(i+k)%len(r.hashes)]]
+		if _, ex := req.Exclude[inst.ID]; !ex {
+			return inst, nil
+		}
+	}
+	return Instance{}, ErrNoHealthyInstances
+}
+
+func buildRing(healthy []Instance) *hashRing {
+	type point struct {
+		h   uint64
+		idx int32
+	}
+	pts := make([]point, 0, len(healthy)*ringPoints)
+	for i, inst := range healthy {
+		for p := 0; p < ringPoints; p++ {
+			pts = append(pts, point{hashString(inst.ID + "#" + strconv.Itoa(p)), int32(i)})
+		}
+	}
+	slices.SortFunc(pts, func(a, b point) int {
+		switch {
+		case a.h < b.h:
+			return -1
+		case a.h > b.h:
+			return 1
+		}
+		return 0
+	})
+	r := &hashRing{base: unsafe.SliceData(healthy), n: len(healthy), hashes: make([]uint64, len(pts)), idx: make([]int32, len(pts))}
+	for i, p := range pts {
+		r.hashes[i], r.idx[i] = p.h, p.idx
+	}
+	return r
+}
+
+// hashString is 64-bit FNV-1a followed by a finalizer that spreads the bits.
+func hashString(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	return h
+}
+
+// instLoad is this node's live view of calls to one instance; it is shared
+// by every snapshot copy of the instance.
+type instLoad struct {
+	inflight    atomic.Int64
+	consecFails atomic.Int32
+	ejections   atomic.Int32 // mirrors entry.ejections for a lock-free check
+}
+
+// InFlight returns how many calls this node has in flight to the instance.
+func (i Instance) InFlight() int64 {
+	if i.load == nil {
+		return 0
+	}
+	return i.load.inflight.Load()
 }
 
 // serviceSnapshot is the immutable routing view of one service.
@@ -89,6 +250,17 @@ func (s *snapshots) update(entries map[instKey]*entry, service string) {
 	if len(snap.routable) == 0 {
 		snap.routable = degraded
 	}
+	// Instances ejected by passive failure tracking leave the pool, but
+	// never the last candidates.
+	kept := snap.routable[:0:0]
+	for _, in := range snap.routable {
+		if e := entries[instKey{service, in.ID}]; e == nil || e.ejectedUntil.IsZero() {
+			kept = append(kept, in)
+		}
+	}
+	if len(kept) > 0 {
+		snap.routable = kept
+	}
 	slices.SortFunc(snap.routable, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
 	old := *s.m.Load()
 	next := make(map[string]*serviceSnapshot, len(old)+1)
@@ -101,4 +273,56 @@ func (s *snapshots) update(entries map[instKey]*entry, service string) {
 		next[service] = snap
 	}
 	s.m.Store(&next)
+}
+
+// eject removes an instance from this node's routing pool for a period that
+// doubles with each consecutive ejection (base, 2×base, ... up to max).
+func (r *registry) eject(k instKey, base, maxTime time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[k]
+	if !ok || !e.ejectedUntil.IsZero() {
+		return
+	}
+	now := r.clk.Now()
+	d := base << min(e.ejections, 16)
+	if d > maxTime || d <= 0 {
+		d = maxTime
+	}
+	e.ejections++
+	e.load.ejections.Store(int32(e.ejections))
+	e.load.consecFails.Store(0)
+	e.ejectedAt, e.ejectedUntil = now, now.Add(d)
+	r.snaps.update(r.entries, k.service)
+	r.emit(Event{Type: EventEjected, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
+		Reason: "consecutive-failures", Time: now})
+}
+
+// callSucceeded clears the failure history of an instance after a call it
+// answered.
+func (r *registry) callSucceeded(k instKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.entries[k]; ok && e.ejectedUntil.IsZero() {
+		e.ejections = 0
+		e.load.ejections.Store(0)
+	}
+}
+
+// reinstateLocked returns ejected instances to the pool once their period
+// has passed and a heartbeat newer than the ejection has arrived (or at
+// once, for instances that send no heartbeats). The next call decides: a
+// success clears the history, a failure ejects again for twice as long.
+func (r *registry) reinstateLocked(e *entry, now time.Time, threshold int) {
+	if e.ejectedUntil.IsZero() || now.Before(e.ejectedUntil) {
+		return
+	}
+	if e.rec.Heartbeats && !e.lastHeartbeat.After(e.ejectedAt) {
+		return
+	}
+	e.ejectedUntil = time.Time{}
+	e.load.consecFails.Store(int32(threshold - 1))
+	r.snaps.update(r.entries, e.rec.Service)
+	r.emit(Event{Type: EventReinstated, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
+		Reason: "ejection-expired", Time: now})
 }

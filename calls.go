@@ -1,0 +1,180 @@
+package aegis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/aegisipc/aegis/internal/rpc"
+)
+
+// Remote error codes set by Aegis itself (handlers choose their own).
+const (
+	// CodeUnavailable: the addressed instance is not on the node, draining,
+	// or the node is shutting down. Retryable.
+	CodeUnavailable = "unavailable"
+	// CodeHandler: the handler returned a plain error.
+	CodeHandler = "handler"
+	// CodePanic: the handler panicked; the node kept serving.
+	CodePanic = "panic"
+	// CodeUnknownMethod: no handler for the method (see Mux).
+	CodeUnknownMethod = "unknown-method"
+	// CodeTooLarge: the request or the response exceeded MaxFrameSize.
+	CodeTooLarge = "too-large"
+)
+
+// ErrMessageTooLarge: a request or response exceeded Config.MaxFrameSize.
+var ErrMessageTooLarge = errors.New("aegis: message too large")
+
+// Is lets errors.Is match a RemoteError with code CodeUnavailable against
+// ErrInstanceUnavailable, and one with CodeTooLarge against
+// ErrMessageTooLarge.
+func (e *RemoteError) Is(target error) bool {
+	switch target {
+	case ErrInstanceUnavailable:
+		return e.Code == CodeUnavailable
+	case ErrMessageTooLarge:
+		return e.Code == CodeTooLarge
+	}
+	return false
+}
+
+// Retryable marks err so that CallWithFailover moves the call to another
+// instance when a handler returns it. The caller sees a *RemoteError with
+// Retryable set.
+func Retryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &RemoteError{Code: CodeHandler, Message: err.Error(), Retryable: true}
+}
+
+// localHandler returns the registration serving (service, id) here, or nil.
+func (n *Node) localHandler(service, id string) *Registration {
+	m := n.served.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[instKey{service, id}]
+}
+
+// publishServed rebuilds the lock-free map of local registrations the call
+// server reads. Called with n.mu held.
+func (n *Node) publishServed() {
+	m := make(map[instKey]*Registration, len(n.local))
+	for k, r := range n.local {
+		m[k] = r
+	}
+	n.served.Store(&m)
+}
+
+func unavailable(format string, args ...any) *rpc.Response {
+	return &rpc.Response{Err: &rpc.ErrorInfo{Code: CodeUnavailable, Message: fmt.Sprintf(format, args...), Retryable: true}}
+}
+
+// serveCall runs one incoming call on the addressed local instance.
+func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Response) {
+	r := n.localHandler(req.Service, req.InstanceID)
+	if r == nil || r.done.Load() {
+		return unavailable("instance %s/%s is not registered on node %s", req.Service, req.InstanceID, n.name)
+	}
+	if st := Status(r.status.Load()); st == StatusDraining || n.state.Load() != stateRunning {
+		return unavailable("instance %s/%s is draining", req.Service, req.InstanceID)
+	}
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+	areq := &Request{Service: req.Service, Method: req.Method, InstanceID: req.InstanceID,
+		MessageID: req.MessageID, Payload: req.Payload, Header: req.Header}
+	defer func() {
+		if p := recover(); p != nil {
+			n.log.Error("handler panicked", "service", req.Service, "method", req.Method, "instance", req.InstanceID,
+				"panic", p, "stack", string(debug.Stack()))
+			resp = &rpc.Response{Err: &rpc.ErrorInfo{Code: CodePanic, Message: fmt.Sprintf("handler for %s.%s panicked: %v", req.Service, req.Method, p)}}
+		}
+	}()
+	out, err := r.svc.Handler(ctx, areq)
+	if err != nil {
+		var re *RemoteError
+		if errors.As(err, &re) {
+			return &rpc.Response{Err: &rpc.ErrorInfo{Code: re.Code, Message: re.Message, Retryable: re.Retryable}}
+		}
+		return &rpc.Response{Err: &rpc.ErrorInfo{Code: CodeHandler, Message: err.Error()}}
+	}
+	return &rpc.Response{Payload: out}
+}
+
+// nextMessageID returns a cluster-unique message ID.
+func (n *Node) nextMessageID() string {
+	return n.msgPrefix + strconv.FormatUint(n.msgSeq.Add(1), 36)
+}
+
+// attempt makes one call to inst. It classifies failures:
+//   - ErrInstanceUnavailable (wrapped): not delivered (dial failed, remote
+//     said unavailable) or delivery unknown (connection lost);
+//   - ErrTimeout (wrapped): no answer before the attempt timeout or the
+//     caller's deadline;
+//   - *RemoteError: the handler's error;
+//   - ErrMessageTooLarge (wrapped).
+func (n *Node) attempt(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, msgID string, try int) ([]byte, error) {
+	actx := ctx
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > n.cfg.AttemptTimeout {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, n.cfg.AttemptTimeout)
+		defer cancel()
+	}
+	if inst.load != nil {
+		inst.load.inflight.Add(1)
+		defer inst.load.inflight.Add(-1)
+	}
+	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID,
+		Header: o.header, Payload: payload, Attempt: uint32(try)}
+	resp, err := n.client.Call(actx, inst.Addr, &req)
+	if err != nil {
+		err = n.classify(ctx, actx, inst, err)
+		n.observe(inst, err)
+		return nil, err
+	}
+	if resp.Err != nil {
+		re := &RemoteError{Code: resp.Err.Code, Message: resp.Err.Message, Retryable: resp.Err.Retryable}
+		switch re.Code {
+		case rpc.CodeFrameTooLarge, rpc.CodeResponseTooLarge:
+			re.Code = CodeTooLarge
+		case rpc.CodePanic:
+			re.Code = CodePanic
+		}
+		n.observe(inst, re)
+		return nil, re
+	}
+	n.observe(inst, nil)
+	return resp.Payload, nil
+}
+
+func (n *Node) classify(ctx, actx context.Context, inst *Instance, err error) error {
+	switch {
+	case errors.Is(err, rpc.ErrFrameTooLarge):
+		return fmt.Errorf("%w: %s.%s on %s: %w", ErrMessageTooLarge, inst.Service, inst.ID, inst.Addr, err)
+	case ctx.Err() != nil:
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, ctx.Err())
+		}
+		return fmt.Errorf("aegis: call to %s canceled: %w", inst.ID, ctx.Err())
+	case actx.Err() != nil:
+		return fmt.Errorf("%w: no answer from %s within %v", ErrTimeout, inst.ID, n.cfg.AttemptTimeout)
+	case errors.Is(err, rpc.ErrClosed):
+		return fmt.Errorf("%w: %w", ErrShutdown, err)
+	}
+	return fmt.Errorf("%w: %s at %s: %w", ErrInstanceUnavailable, inst.ID, inst.Addr, err)
+}
+
+// notDelivered reports whether err proves the request never reached a
+// handler (so even a non-idempotent call may go elsewhere).
+func notDelivered(err error) bool {
+	if errors.Is(err, rpc.ErrDial) {
+		return true
+	}
+	var re *RemoteError
+	return errors.As(err, &re) && re.Code == CodeUnavailable
+}

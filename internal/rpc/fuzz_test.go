@@ -1,0 +1,84 @@
+// This file holds the fuzz targets for the body decoders: any input must
+// decode or fail without panicking, and whatever decodes must survive an
+// encode/decode round trip unchanged.
+
+package rpc
+
+import (
+	"bytes"
+	"testing"
+)
+
+func FuzzDecodeRequest(f *testing.F) {
+	for _, req := range sampleRequests()[:2] {
+		body := appendRequestFrame(nil, &req, 7, int64(req.Timeout))[frameOverhead:]
+		f.Add(body)
+		f.Add(body[:len(body)/2])
+	}
+	f.Add([]byte{0x99, 1, 0xa0, 0xa0, 0xa0, 0xa0, 0, 0xde, 0xff, 0xff})
+	f.Add([]byte{0x9a, 1, 0xa0, 0xa0, 0xa0, 0xa0, 0, 0xc0, 0xc4, 0, 0, 0x91, 0x91, 0xc0})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req Request
+		if err := decodeRequest(body, &req); err != nil {
+			return
+		}
+		if len(req.Payload) > len(body) || cap(req.Payload) != len(req.Payload) {
+			t.Fatalf("payload %d/%d from body of %d", len(req.Payload), cap(req.Payload), len(body))
+		}
+		frame := appendRequestFrame(nil, &req, req.CallID, int64(req.Timeout))
+		if got := requestFrameLen(&req, req.CallID, int64(req.Timeout)); got != len(frame)-prefixLen {
+			t.Fatalf("requestFrameLen %d, encoded %d", got, len(frame)-prefixLen)
+		}
+		var again Request
+		if err := decodeRequest(frame[frameOverhead:], &again); err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+		if !requestsEqual(&req, &again) {
+			t.Fatalf("round trip changed the request:\n%+v\n%+v", req, again)
+		}
+	})
+}
+
+func FuzzDecodeResponse(f *testing.F) {
+	for _, resp := range []Response{{Payload: []byte("x")}, {Err: &ErrorInfo{Code: "c", Message: "m", Retryable: true}}} {
+		body := appendResponseFrame(nil, &resp, 9)[frameOverhead:]
+		f.Add(body)
+		f.Add(body[:len(body)-1])
+	}
+	f.Add([]byte{0x96, 1, 1, 0xc0, 0xa0, 0xdb, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var resp Response
+		if err := decodeResponse(body, &resp); err != nil {
+			return
+		}
+		if len(resp.Payload) > len(body) {
+			t.Fatalf("payload %d from body of %d", len(resp.Payload), len(body))
+		}
+		frame := appendResponseFrame(nil, &resp, resp.CallID)
+		if got := responseFrameLen(&resp, resp.CallID); got != len(frame)-prefixLen {
+			t.Fatalf("responseFrameLen %d, encoded %d", got, len(frame)-prefixLen)
+		}
+		var again Response
+		if err := decodeResponse(frame[frameOverhead:], &again); err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+		if again.CallID != resp.CallID || !bytes.Equal(again.Payload, resp.Payload) ||
+			(again.Err == nil) != (resp.Err == nil) || (again.Err != nil && *again.Err != *resp.Err) {
+			t.Fatalf("round trip changed the response:\n%+v\n%+v", resp, again)
+		}
+	})
+}
+
+func requestsEqual(a, b *Request) bool {
+	if a.CallID != b.CallID || a.Service != b.Service || a.Method != b.Method ||
+		a.InstanceID != b.InstanceID || a.MessageID != b.MessageID || a.Timeout != b.Timeout ||
+		a.Attempt != b.Attempt || !bytes.Equal(a.Payload, b.Payload) || len(a.Header) != len(b.Header) {
+		return false
+	}
+	for k, v := range a.Header {
+		if bv, ok := b.Header[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}

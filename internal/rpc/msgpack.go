@@ -1,0 +1,559 @@
+// This file holds the minimal msgpack encoder and decoder the envelope codec
+// is built on: append-style writers for the few types the protocol uses, and
+// a bounds-checked reader that never panics and never allocates.
+
+package rpc
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+)
+
+// msgpack format bytes used here.
+const (
+	mpNil      = 0xc0
+	mpFalse    = 0xc2
+	mpTrue     = 0xc3
+	mpBin8     = 0xc4
+	mpBin16    = 0xc5
+	mpBin32    = 0xc6
+	mpExt8     = 0xc7
+	mpExt16    = 0xc8
+	mpExt32    = 0xc9
+	mpFloat32  = 0xca
+	mpFloat64  = 0xcb
+	mpUint8    = 0xcc
+	mpUint16   = 0xcd
+	mpUint32   = 0xce
+	mpUint64   = 0xcf
+	mpInt8     = 0xd0
+	mpInt16    = 0xd1
+	mpInt32    = 0xd2
+	mpInt64    = 0xd3
+	mpFixExt1  = 0xd4
+	mpFixExt2  = 0xd5
+	mpFixExt4  = 0xd6
+	mpFixExt8  = 0xd7
+	mpFixExt16 = 0xd8
+	mpStr8     = 0xd9
+	mpStr16    = 0xda
+	mpStr32    = 0xdb
+	mpArray16  = 0xdc
+	mpArray32  = 0xdd
+	mpMap16    = 0xde
+	mpMap32    = 0xdf
+
+	mpFixMap   = 0x80 // 0x80-0x8f
+	mpFixArray = 0x90 // 0x90-0x9f
+	mpFixStr   = 0xa0 // 0xa0-0xbf
+	mpNegFix   = 0xe0 // 0xe0-0xff
+)
+
+// Decoding errors. They are sentinels so that failing to decode allocates
+// nothing.
+var (
+	errShort    = errors.New("rpc: msgpack: truncated value")
+	errType     = errors.New("rpc: msgpack: unexpected type")
+	errRange    = errors.New("rpc: msgpack: integer out of range")
+	errDepth    = errors.New("rpc: msgpack: nesting too deep")
+	errTrailing = errors.New("rpc: msgpack: trailing bytes")
+	errShape    = errors.New("rpc: msgpack: array too short")
+)
+
+// ---- encoding ----
+
+func appendArrayHeader(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, mpFixArray|byte(n))
+	case n <= math.MaxUint16:
+		return append(b, mpArray16, byte(n>>8), byte(n))
+	default:
+		return append(b, mpArray32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+func appendMapHeader(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, mpFixMap|byte(n))
+	case n <= math.MaxUint16:
+		return append(b, mpMap16, byte(n>>8), byte(n))
+	default:
+		return append(b, mpMap32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+func appendUint(b []byte, v uint64) []byte {
+	switch {
+	case v < 128:
+		return append(b, byte(v))
+	case v <= math.MaxUint8:
+		return append(b, mpUint8, byte(v))
+	case v <= math.MaxUint16:
+		return append(b, mpUint16, byte(v>>8), byte(v))
+	case v <= math.MaxUint32:
+		return append(b, mpUint32, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+	default:
+		b = append(b, mpUint64)
+		return binary.BigEndian.AppendUint64(b, v)
+	}
+}
+
+func appendInt(b []byte, v int64) []byte {
+	if v >= 0 {
+		return appendUint(b, uint64(v))
+	}
+	switch {
+	case v >= -32:
+		return append(b, byte(v))
+	case v >= math.MinInt8:
+		return append(b, mpInt8, byte(v))
+	case v >= math.MinInt16:
+		return append(b, mpInt16, byte(v>>8), byte(v))
+	case v >= math.MinInt32:
+		return append(b, mpInt32, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+	default:
+		b = append(b, mpInt64)
+		return binary.BigEndian.AppendUint64(b, uint64(v))
+	}
+}
+
+func appendStr(b []byte, s string) []byte {
+	n := len(s)
+	switch {
+	case n < 32:
+		b = append(b, mpFixStr|byte(n))
+	case n <= math.MaxUint8:
+		b = append(b, mpStr8, byte(n))
+	case n <= math.MaxUint16:
+		b = append(b, mpStr16, byte(n>>8), byte(n))
+	default:
+		b = append(b, mpStr32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, s...)
+}
+
+func appendBin(b []byte, p []byte) []byte {
+	n := len(p)
+	switch {
+	case n <= math.MaxUint8:
+		b = append(b, mpBin8, byte(n))
+	case n <= math.MaxUint16:
+		b = append(b, mpBin16, byte(n>>8), byte(n))
+	default:
+		b = append(b, mpBin32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, p...)
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, mpTrue)
+	}
+	return append(b, mpFalse)
+}
+
+// ---- encoded sizes (must match the append functions) ----
+
+func containerHeaderSize(n int) int {
+	switch {
+	case n < 16:
+		return 1
+	case n <= math.MaxUint16:
+		return 3
+	default:
+		return 5
+	}
+}
+
+func uintSize(v uint64) int {
+	switch {
+	case v < 128:
+		return 1
+	case v <= math.MaxUint8:
+		return 2
+	case v <= math.MaxUint16:
+		return 3
+	case v <= math.MaxUint32:
+		return 5
+	default:
+		return 9
+	}
+}
+
+func intSize(v int64) int {
+	if v >= 0 {
+		return uintSize(uint64(v))
+	}
+	switch {
+	case v >= -32:
+		return 1
+	case v >= math.MinInt8:
+		return 2
+	case v >= math.MinInt16:
+		return 3
+	case v >= math.MinInt32:
+		return 5
+	default:
+		return 9
+	}
+}
+
+func strSize(n int) int {
+	switch {
+	case n < 32:
+		return 1 + n
+	case n <= math.MaxUint8:
+		return 2 + n
+	case n <= math.MaxUint16:
+		return 3 + n
+	default:
+		return 5 + n
+	}
+}
+
+func binSize(n int) int {
+	switch {
+	case n <= math.MaxUint8:
+		return 2 + n
+	case n <= math.MaxUint16:
+		return 3 + n
+	default:
+		return 5 + n
+	}
+}
+
+// ---- decoding ----
+
+// decoder reads msgpack values from b starting at off. Every method checks
+// bounds and returns an error instead of panicking; none allocates.
+type decoder struct {
+	b   []byte
+	off int
+}
+
+// remaining reports how many unread bytes are left.
+func (d *decoder) remaining() int { return len(d.b) - d.off }
+
+func (d *decoder) readByte() (byte, error) {
+	if d.off >= len(d.b) {
+		return 0, errShort
+	}
+	c := d.b[d.off]
+	d.off++
+	return c, nil
+}
+
+// readN reads an n-byte big-endian unsigned number (n is 1, 2, 4 or 8).
+func (d *decoder) readN(n int) (uint64, error) {
+	if d.remaining() < n {
+		return 0, errShort
+	}
+	p := d.b[d.off : d.off+n]
+	d.off += n
+	switch n {
+	case 1:
+		return uint64(p[0]), nil
+	case 2:
+		return uint64(binary.BigEndian.Uint16(p)), nil
+	case 4:
+		return uint64(binary.BigEndian.Uint32(p)), nil
+	default:
+		return binary.BigEndian.Uint64(p), nil
+	}
+}
+
+// peek returns the next format byte without consuming it.
+func (d *decoder) peek() (byte, error) {
+	if d.off >= len(d.b) {
+		return 0, errShort
+	}
+	return d.b[d.off], nil
+}
+
+// readArrayLen reads an array header.
+func (d *decoder) readArrayLen() (int, error) {
+	c, err := d.readByte()
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	switch {
+	case c&0xf0 == mpFixArray:
+		n = uint64(c & 0x0f)
+	case c == mpArray16:
+		n, err = d.readN(2)
+	case c == mpArray32:
+		n, err = d.readN(4)
+	default:
+		return 0, errType
+	}
+	if err != nil {
+		return 0, err
+	}
+	// Every element takes at least one byte.
+	if n > uint64(d.remaining()) {
+		return 0, errShort
+	}
+	return int(n), nil
+}
+
+// readMapLen reads a map header; nil counts as an empty map.
+func (d *decoder) readMapLen() (int, error) {
+	c, err := d.readByte()
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	switch {
+	case c == mpNil:
+		return 0, nil
+	case c&0xf0 == mpFixMap:
+		n = uint64(c & 0x0f)
+	case c == mpMap16:
+		n, err = d.readN(2)
+	case c == mpMap32:
+		n, err = d.readN(4)
+	default:
+		return 0, errType
+	}
+	if err != nil {
+		return 0, err
+	}
+	// Every entry takes at least two bytes.
+	if n > uint64(d.remaining())/2 {
+		return 0, errShort
+	}
+	return int(n), nil
+}
+
+// readUint reads a non-negative integer in any msgpack integer format.
+func (d *decoder) readUint() (uint64, error) {
+	c, err := d.readByte()
+	if err != nil {
+		return 0, err
+	}
+	if c < 0x80 {
+		return uint64(c), nil
+	}
+	switch c {
+	case mpUint8:
+		return d.readN(1)
+	case mpUint16:
+		return d.readN(2)
+	case mpUint32:
+		return d.readN(4)
+	case mpUint64:
+		return d.readN(8)
+	case mpInt8, mpInt16, mpInt32, mpInt64:
+		v, err := d.readSigned(c)
+		if err != nil {
+			return 0, err
+		}
+		if v < 0 {
+			return 0, errRange
+		}
+		return uint64(v), nil
+	}
+	if c >= mpNegFix {
+		return 0, errRange
+	}
+	return 0, errType
+}
+
+// readSigned reads the payload of an int8..int64 value whose format byte c
+// was consumed.
+func (d *decoder) readSigned(c byte) (int64, error) {
+	switch c {
+	case mpInt8:
+		v, err := d.readN(1)
+		return int64(int8(v)), err
+	case mpInt16:
+		v, err := d.readN(2)
+		return int64(int16(v)), err
+	case mpInt32:
+		v, err := d.readN(4)
+		return int64(int32(v)), err
+	default:
+		v, err := d.readN(8)
+		return int64(v), err
+	}
+}
+
+// readInt reads a signed integer in any msgpack integer format.
+func (d *decoder) readInt() (int64, error) {
+	c, err := d.readByte()
+	if err != nil {
+		return 0, err
+	}
+	if c < 0x80 {
+		return int64(c), nil
+	}
+	if c >= mpNegFix {
+		return int64(int8(c)), nil
+	}
+	switch c {
+	case mpInt8, mpInt16, mpInt32, mpInt64:
+		return d.readSigned(c)
+	case mpUint8, mpUint16, mpUint32, mpUint64:
+		d.off--
+		v, err := d.readUint()
+		if err != nil {
+			return 0, err
+		}
+		if v > math.MaxInt64 {
+			return 0, errRange
+		}
+		return int64(v), nil
+	}
+	return 0, errType
+}
+
+// readBool reads a boolean.
+func (d *decoder) readBool() (bool, error) {
+	c, err := d.readByte()
+	if err != nil {
+		return false, err
+	}
+	switch c {
+	case mpTrue:
+		return true, nil
+	case mpFalse:
+		return false, nil
+	}
+	return false, errType
+}
+
+// readRaw reads a str, bin or nil value and returns the [start, end) range of
+// its bytes in d.b (start == end for nil and empty values). Both str and bin
+// families are accepted for either use, as older msgpack writers encode
+// []byte as str.
+func (d *decoder) readRaw() (start, end int, err error) {
+	c, err := d.readByte()
+	if err != nil {
+		return 0, 0, err
+	}
+	var n uint64
+	switch {
+	case c&0xe0 == mpFixStr:
+		n = uint64(c & 0x1f)
+	case c == mpNil:
+		return d.off, d.off, nil
+	case c == mpStr8 || c == mpBin8:
+		n, err = d.readN(1)
+	case c == mpStr16 || c == mpBin16:
+		n, err = d.readN(2)
+	case c == mpStr32 || c == mpBin32:
+		n, err = d.readN(4)
+	default:
+		return 0, 0, errType
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	if n > uint64(d.remaining()) {
+		return 0, 0, errShort
+	}
+	start = d.off
+	d.off += int(n)
+	return start, d.off, nil
+}
+
+// maxSkipDepth bounds the nesting skip follows, so hostile input cannot
+// exhaust the stack.
+const maxSkipDepth = 32
+
+// skip consumes one value of any msgpack type.
+func (d *decoder) skip(depth int) error {
+	if depth > maxSkipDepth {
+		return errDepth
+	}
+	c, err := d.readByte()
+	if err != nil {
+		return err
+	}
+	var n uint64 // bytes to skip, or elements for containers
+	elems := 0   // 1 for arrays, 2 for maps
+	switch {
+	case c < 0x80 || c >= mpNegFix || c == mpNil || c == mpFalse || c == mpTrue:
+		return nil
+	case c&0xf0 == mpFixMap:
+		n, elems = uint64(c&0x0f), 2
+	case c&0xf0 == mpFixArray:
+		n, elems = uint64(c&0x0f), 1
+	case c&0xe0 == mpFixStr:
+		n = uint64(c & 0x1f)
+	default:
+		switch c {
+		case mpUint8, mpInt8:
+			n = 1
+		case mpUint16, mpInt16:
+			n = 2
+		case mpUint32, mpInt32, mpFloat32:
+			n = 4
+		case mpUint64, mpInt64, mpFloat64:
+			n = 8
+		case mpFixExt1:
+			n = 2
+		case mpFixExt2:
+			n = 3
+		case mpFixExt4:
+			n = 5
+		case mpFixExt8:
+			n = 9
+		case mpFixExt16:
+			n = 17
+		case mpStr8, mpBin8:
+			n, err = d.readN(1)
+		case mpStr16, mpBin16:
+			n, err = d.readN(2)
+		case mpStr32, mpBin32:
+			n, err = d.readN(4)
+		case mpExt8:
+			n, err = d.readN(1)
+			n++
+		case mpExt16:
+			n, err = d.readN(2)
+			n++
+		case mpExt32:
+			n, err = d.readN(4)
+			n++
+		case mpArray16:
+			n, err = d.readN(2)
+			elems = 1
+		case mpArray32:
+			n, err = d.readN(4)
+			elems = 1
+		case mpMap16:
+			n, err = d.readN(2)
+			elems = 2
+		case mpMap32:
+			n, err = d.readN(4)
+			elems = 2
+		default: // 0xc1, never used
+			return errType
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if elems == 0 {
+		if n > uint64(d.remaining()) {
+			return errShort
+		}
+		d.off += int(n)
+		return nil
+	}
+	total := n * uint64(elems)
+	if total > uint64(d.remaining()) {
+		return errShort
+	}
+	for i := uint64(0); i < total; i++ {
+		if err := d.skip(depth + 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}

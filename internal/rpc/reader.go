@@ -1,0 +1,131 @@
+// This file reads frames off a connection for both client and server: it
+// checks the length prefix against the frame limit, skips oversized frames
+// without buffering them, and validates the version and kind bytes.
+
+package rpc
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+)
+
+// Frame-level protocol violations. Any of them means the peer is broken and
+// the connection is closed.
+var (
+	errBadVersion = errors.New("rpc: unknown protocol version")
+	errBadKind    = errors.New("rpc: unexpected frame kind")
+	errShortFrame = errors.New("rpc: frame shorter than its header")
+	errBadBigID   = errors.New("rpc: oversized frame without a readable call ID")
+)
+
+// isProtocolError reports whether err from frameReader.next means the peer
+// broke the protocol (rather than the connection failing).
+func isProtocolError(err error) bool {
+	return err == errBadVersion || err == errBadKind || err == errShortFrame || err == errBadBigID
+}
+
+// readBufSize is the size of each connection's read buffer.
+const readBufSize = 32 << 10
+
+// peekIDLen is how much of an oversized frame's body is read to find its call
+// ID: an array32 header (5 bytes) plus a uint64 (9 bytes) fit.
+const peekIDLen = 16
+
+// frameReader reads the frames of one kind from a connection.
+type frameReader struct {
+	br   *bufio.Reader
+	max  int  // largest length prefix accepted
+	kind byte // the frame kind expected
+}
+
+func newFrameReader(conn net.Conn, max int, kind byte) *frameReader {
+	return &frameReader{br: bufio.NewReaderSize(conn, readBufSize), max: max, kind: kind}
+}
+
+// next reads one frame. Normally it returns the frame's body (the bytes after
+// version and kind) in a fresh slice the caller owns. A frame longer than the
+// limit is read past without being stored: next returns big=true and the call
+// ID found at its start. Any error means the connection is unusable.
+func (r *frameReader) next() (body []byte, bigID uint64, big bool, err error) {
+	hdr, err := r.br.Peek(prefixLen)
+	if err != nil {
+		if err == io.EOF && len(hdr) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, 0, false, err
+	}
+	n := uint64(binary.BigEndian.Uint32(hdr))
+	if _, err := r.br.Discard(prefixLen); err != nil {
+		return nil, 0, false, err
+	}
+	if n < frameHeadLen {
+		return nil, 0, false, errShortFrame
+	}
+	if n > uint64(r.max) {
+		id, err := r.skipFrame(n)
+		return nil, id, err == nil, err
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r.br, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, 0, false, err
+	}
+	if err := r.checkHead(buf); err != nil {
+		return nil, 0, false, err
+	}
+	return buf[frameHeadLen:], 0, false, nil
+}
+
+// checkHead validates the version and kind bytes at the start of p.
+func (r *frameReader) checkHead(p []byte) error {
+	if p[0] != Version {
+		return errBadVersion
+	}
+	if p[1] != r.kind {
+		return errBadKind
+	}
+	return nil
+}
+
+// skipFrame reads past an oversized frame of n bytes (after the prefix),
+// returning the call ID at its start.
+func (r *frameReader) skipFrame(n uint64) (uint64, error) {
+	head := uint64(frameHeadLen + peekIDLen)
+	if n < head {
+		head = n
+	}
+	p, err := r.br.Peek(int(head))
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, err
+	}
+	if err := r.checkHead(p); err != nil {
+		return 0, err
+	}
+	id, ok := peekCallID(p[frameHeadLen:])
+	if !ok {
+		return 0, errBadBigID
+	}
+	for n > 0 {
+		chunk := n
+		if chunk > 1<<30 {
+			chunk = 1 << 30
+		}
+		d, err := r.br.Discard(int(chunk))
+		n -= uint64(d)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+	}
+	return id, nil
+}

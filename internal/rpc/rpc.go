@@ -1,0 +1,152 @@
+// Package rpc implements the direct-call protocol between Aegis nodes: a
+// caller sends a Request to a peer's call listener over a stream connection
+// (TCP in production, an in-memory conn in tests), the peer runs a Handler and
+// answers with a Response.
+//
+// # Wire format
+//
+// Every message is one frame:
+//
+//	length uint32 (big-endian, bytes that follow) | version (1) | kind (1 request, 2 response) | body
+//
+// The body is a msgpack array, written and read by the small hand-rolled codec
+// in this package (no reflection):
+//
+//	request:  [callID uint, service str, method str, instanceID str, messageID str,
+//	           timeoutNanos int (0 = none), header map str->str (or nil), payload bin, attempt uint]
+//	response: [callID uint, status uint (0 ok, 1 error), payload bin, errCode str, errMessage str, retryable bool]
+//
+// Decoders accept trailing array elements they do not know (for later
+// versions) and every msgpack width of the types above.
+//
+// # Connections
+//
+// A Client keeps one connection per peer address and multiplexes all
+// concurrent calls on it by call ID. Writers on both sides batch frames: the
+// goroutine that finds the connection idle writes everything queued so far in
+// one syscall, others only append their frame and go on waiting.
+package rpc
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// DefaultMaxFrameSize is the frame size limit used when ClientOptions or
+// ServerOptions leave MaxFrameSize zero: 4 MiB.
+const DefaultMaxFrameSize = 4 << 20
+
+// Protocol constants.
+const (
+	// Version is the protocol version byte this build writes and accepts.
+	Version byte = 1
+	// KindRequest marks a request frame.
+	KindRequest byte = 1
+	// KindResponse marks a response frame.
+	KindResponse byte = 2
+)
+
+// Error codes a Server puts in ErrorInfo.Code on its own behalf.
+const (
+	// CodeFrameTooLarge: the request frame exceeded the server's MaxFrameSize;
+	// the handler did not run.
+	CodeFrameTooLarge = "frame-too-large"
+	// CodeResponseTooLarge: the handler's response would exceed the server's
+	// MaxFrameSize; it was dropped.
+	CodeResponseTooLarge = "response-too-large"
+	// CodePanic: the handler panicked; Message holds the panic value.
+	CodePanic = "panic"
+)
+
+// Sentinel errors returned by Client.Call (wrapped with detail; match them
+// with errors.Is).
+var (
+	// ErrFrameTooLarge: the request frame would exceed the client's
+	// MaxFrameSize (nothing was sent), or the response frame exceeded it (it
+	// was discarded).
+	ErrFrameTooLarge = errors.New("rpc: frame too large")
+	// ErrConnLost: the connection broke after the request may have been
+	// written; the request MAY have been delivered and handled.
+	ErrConnLost = errors.New("rpc: connection lost")
+	// ErrDial: no connection to the peer could be opened; the request was
+	// certainly not delivered.
+	ErrDial = errors.New("rpc: dial failed")
+	// ErrClosed: the Client was closed (before or during the call).
+	ErrClosed = errors.New("rpc: client closed")
+)
+
+// Request is one call as the caller builds it and the handler receives it.
+type Request struct {
+	// CallID identifies the call on its connection. The Client assigns it;
+	// any value set by the caller is ignored.
+	CallID uint64
+	// Service, Method, InstanceID and MessageID address and label the call.
+	Service    string
+	Method     string
+	InstanceID string
+	MessageID  string
+	// Timeout, if positive, bounds how long the handler may run. Client.Call
+	// sends the smaller of it and the time left before ctx's deadline; the
+	// handler sees the value that was sent (0 = no limit).
+	Timeout time.Duration
+	// Header carries string metadata; nil and empty travel the same way and
+	// arrive as nil.
+	Header map[string]string
+	// Payload is the opaque call body. An empty payload arrives as nil.
+	Payload []byte
+	// Attempt counts retries of the same logical call (0 = first try).
+	Attempt uint32
+}
+
+// Response is the answer to one call.
+type Response struct {
+	// CallID is the ID of the call answered. The Server sets it; handlers
+	// need not.
+	CallID uint64
+	// Payload is the result body (empty arrives as nil).
+	Payload []byte
+	// Err is nil on success; otherwise it describes the failure.
+	Err *ErrorInfo
+}
+
+// ErrorInfo is an error reported by the peer.
+type ErrorInfo struct {
+	// Code is a short machine-readable error kind, e.g. CodePanic.
+	Code string
+	// Message is human-readable detail.
+	Message string
+	// Retryable says whether the caller may try the call again.
+	Retryable bool
+}
+
+// Error makes ErrorInfo usable as an error.
+func (e *ErrorInfo) Error() string {
+	if e.Message == "" {
+		return "rpc: remote error " + e.Code
+	}
+	return fmt.Sprintf("rpc: remote error %s: %s", e.Code, e.Message)
+}
+
+// MinMaxFrameSize is the smallest effective frame size limit: a smaller
+// positive MaxFrameSize is raised to it, so error responses always fit.
+const MinMaxFrameSize = 256
+
+// normMaxFrame turns an options value into an effective frame limit.
+func normMaxFrame(n int) int {
+	if n <= 0 {
+		return DefaultMaxFrameSize
+	}
+	if n < MinMaxFrameSize {
+		return MinMaxFrameSize
+	}
+	if uint64(n) > maxWireFrame {
+		return int(maxWireFrame)
+	}
+	return n
+}
+
+// maxWireFrame is the largest length a 4-byte prefix can carry (a variable so
+// the int conversion above compiles on 32-bit platforms too, where it is
+// never reached).
+var maxWireFrame uint64 = 1<<32 - 1

@@ -1,0 +1,318 @@
+// This file implements the answering side: a Server reads requests from
+// each connection on one goroutine, runs every request's handler on its own
+// goroutine and writes the responses through the batching writer.
+
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Handler answers one request. ctx ends when req.Timeout (if nonzero) passes,
+// when the connection the request came on fails, or when the Server closes;
+// handlers must return soon after, as Server.Close waits for them. A nil
+// Response is sent as an empty success. The Response's CallID is ignored, and
+// its Payload is copied out before the response is sent, so the handler may
+// reuse it once the Server is done with the call.
+type Handler func(ctx context.Context, req *Request) *Response
+
+// ServerOptions configures a Server. The zero value is usable.
+type ServerOptions struct {
+	// MaxFrameSize bounds request frames accepted and response frames sent,
+	// counted as the length prefix value. 0 means DefaultMaxFrameSize.
+	// Larger requests are answered with CodeFrameTooLarge, larger responses
+	// replaced with CodeResponseTooLarge.
+	MaxFrameSize int
+	// Logger receives reports of broken peers and handler panics. nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// Server answers calls arriving on listeners or connections handed to it.
+// It is safe for concurrent use.
+type Server struct {
+	h        Handler
+	maxFrame int
+	log      *slog.Logger
+	ctx      context.Context // ends on Close; parent of every handler's ctx
+	cancel   context.CancelFunc
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+
+	wg sync.WaitGroup // Serve loops and connections (which wait for their handlers)
+}
+
+var errServerClosed = errors.New("rpc: server closed")
+
+// emptyResponse is sent for a handler's nil Response; it is only read.
+var emptyResponse Response
+
+// NewServer returns a Server that answers calls with h.
+func NewServer(h Handler, opts ServerOptions) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		h:         h,
+		maxFrame:  normMaxFrame(opts.MaxFrameSize),
+		log:       opts.Logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*serverConn]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	return s
+}
+
+// Serve accepts connections on ln and serves each on its own goroutine until
+// ln fails or the Server is closed. It closes ln before returning, and
+// returns nil if the Server was closed, otherwise the Accept error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		_ = ln.Close()
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Transient (e.g. out of file descriptors): back off and retry.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("rpc: accept failed; retrying", "err", err, "delay", backoff)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-s.ctx.Done():
+					t.Stop()
+					return nil
+				}
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		sc := s.track(conn)
+		if sc == nil {
+			return nil
+		}
+		go sc.readLoop()
+	}
+}
+
+// ServeConn serves one already-accepted connection and returns when it ends
+// (the peer closed it or broke the protocol, or the Server closed), after the
+// handlers of its requests have returned. It closes conn.
+func (s *Server) ServeConn(conn net.Conn) {
+	if sc := s.track(conn); sc != nil {
+		go sc.readLoop()
+		<-sc.done
+	}
+}
+
+// Close stops accepting, closes every connection, cancels handler contexts
+// and waits for every goroutine of the Server, running handlers included.
+// Responses of handlers still running are dropped. It is safe to call more
+// than once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.closed = true
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	for sc := range s.conns {
+		// Stop writes first, so callers see the connection break rather
+		// than answers of handlers cut short by the cancellation below.
+		sc.w.shutdown(errServerClosed)
+		_ = sc.conn.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// track registers conn, or closes it and returns nil if the Server is closed.
+func (s *Server) track(conn net.Conn) *serverConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		_ = conn.Close()
+		return nil
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	sc := &serverConn{
+		s:      s,
+		conn:   conn,
+		fr:     newFrameReader(conn, s.maxFrame, KindRequest),
+		ctx:    ctx,
+		cancel: cancel,
+		done:   make(chan struct{}),
+	}
+	sc.w.conn = conn
+	sc.w.onError = sc.writeFailed
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	return sc
+}
+
+// serverConn is one connection being served.
+//
+// Reading is a role that passes between goroutines: the reader that decodes a
+// request starts a new reader goroutine and runs the handler itself, so the
+// handler starts without waiting for a goroutine switch.
+type serverConn struct {
+	s      *Server
+	conn   net.Conn
+	fr     *frameReader
+	ctx    context.Context // ends when the connection ends; parent of handler ctxs
+	cancel context.CancelFunc
+	w      frameWriter
+	done   chan struct{} // closed when the connection is cleaned up
+
+	handlers sync.WaitGroup
+}
+
+// readLoop reads frames until it passes the reader role on (after decoding a
+// request, which it then handles) or the connection fails.
+func (sc *serverConn) readLoop() {
+	s := sc.s
+	for {
+		body, bigID, big, err := sc.fr.next()
+		if err != nil {
+			switch {
+			case isProtocolError(err):
+				s.log.Warn("rpc: closing connection: broken peer", "remote", sc.conn.RemoteAddr(), "err", err)
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !s.isClosed():
+				s.log.Debug("rpc: connection failed", "remote", sc.conn.RemoteAddr(), "err", err)
+			}
+			sc.finish()
+			return
+		}
+		if big {
+			sc.reply(bigID, &Response{Err: &ErrorInfo{
+				Code:    CodeFrameTooLarge,
+				Message: fmt.Sprintf("request frame exceeds the server limit of %d bytes", s.maxFrame),
+			}})
+			continue
+		}
+		req := new(Request)
+		if err := decodeRequest(body, req); err != nil {
+			s.log.Warn("rpc: closing connection: malformed request", "remote", sc.conn.RemoteAddr(), "err", err)
+			sc.finish()
+			return
+		}
+		sc.handlers.Add(1)
+		go sc.readLoop()
+		sc.handle(req)
+		return
+	}
+}
+
+// finish cleans up after the last reader: it stops writes, closes the
+// connection, cancels and waits for the handlers, then releases the
+// connection from the Server.
+func (sc *serverConn) finish() {
+	s := sc.s
+	sc.w.shutdown(net.ErrClosed)
+	_ = sc.conn.Close()
+	sc.cancel()
+	sc.handlers.Wait()
+	s.mu.Lock()
+	delete(s.conns, sc)
+	s.mu.Unlock()
+	close(sc.done)
+	s.wg.Done()
+}
+
+// handle runs the handler for req and sends its response.
+func (sc *serverConn) handle(req *Request) {
+	defer sc.handlers.Done()
+	ctx := sc.ctx
+	var cancel context.CancelFunc
+	if req.Timeout != 0 {
+		ctx, cancel = context.WithTimeout(ctx, req.Timeout)
+	}
+	resp := sc.s.invoke(ctx, req)
+	if cancel != nil {
+		cancel()
+	}
+	sc.reply(req.CallID, resp)
+}
+
+// invoke runs the handler, turning a panic into an error response.
+func (s *Server) invoke(ctx context.Context, req *Request) (resp *Response) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("rpc: handler panicked", "service", req.Service, "method", req.Method, "panic", v)
+			resp = &Response{Err: &ErrorInfo{Code: CodePanic, Message: fmt.Sprint(v)}}
+		}
+	}()
+	return s.h(ctx, req)
+}
+
+// reply sends resp as the answer to call id, replacing it with a
+// CodeResponseTooLarge error if it does not fit the frame limit.
+func (sc *serverConn) reply(id uint64, resp *Response) {
+	if resp == nil {
+		resp = &emptyResponse
+	}
+	limit := sc.s.maxFrame
+	if n := responseFrameLen(resp, id); n > limit {
+		resp = &Response{Err: &ErrorInfo{
+			Code:    CodeResponseTooLarge,
+			Message: fmt.Sprintf("response frame of %d bytes exceeds the server limit of %d bytes", n, limit),
+		}}
+		if responseFrameLen(resp, id) > limit {
+			resp.Err.Message = ""
+		}
+	}
+	if sc.w.lock() != nil {
+		return // connection gone; the caller learns from its side
+	}
+	sc.w.buf = appendResponseFrame(sc.w.buf, resp, id)
+	_ = sc.w.commit()
+}
+
+func (sc *serverConn) writeFailed(error) {
+	_ = sc.conn.Close() // the reader then fails and cleans up
+}

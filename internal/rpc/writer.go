@@ -1,0 +1,106 @@
+// This file holds the batching frame writer shared by client and server
+// connections: goroutines append encoded frames to a buffer, and the one that
+// finds the connection idle writes all queued frames with one syscall.
+
+package rpc
+
+import (
+	"net"
+	"sync"
+)
+
+// maxRetainedWriteBuf caps the capacity of a write buffer kept for reuse
+// after a batch, so one large frame does not pin memory for the life of the
+// connection.
+const maxRetainedWriteBuf = 256 << 10
+
+// frameWriter batches frames onto a connection. Use it as
+//
+//	if err := w.lock(); err != nil { ... }
+//	w.buf = appendXxxFrame(w.buf, ...)
+//	err := w.commit()
+//
+// The goroutine whose commit finds no write in progress becomes the writer:
+// it writes the buffer, and keeps writing whatever others appended meanwhile
+// until the buffer is empty. Others return at once; their frames go out with
+// the writer's next batch.
+type frameWriter struct {
+	conn net.Conn
+	// onError is called once, without the lock held, by the goroutine whose
+	// write failed.
+	onError func(error)
+
+	mu      sync.Mutex
+	buf     []byte // frames waiting to be written
+	spare   []byte // the other buffer, reused once the current batch is written
+	writing bool   // a goroutine is writing a batch
+	err     error  // sticky: once set, nothing more is written
+}
+
+// lock takes the writer's lock so a frame can be appended to w.buf. On error
+// (the writer failed or was shut down) the lock is not held.
+func (w *frameWriter) lock() error {
+	w.mu.Lock()
+	if w.err != nil {
+		err := w.err
+		w.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// unlock releases the lock without committing (nothing was appended).
+func (w *frameWriter) unlock() { w.mu.Unlock() }
+
+// commit releases the lock taken by lock after a frame was appended, writing
+// the queued frames if no other goroutine is. It returns an error only when
+// this goroutine's own write failed.
+func (w *frameWriter) commit() error {
+	if w.writing {
+		w.mu.Unlock()
+		return nil
+	}
+	w.writing = true
+	var err error
+	for len(w.buf) > 0 {
+		out := w.buf
+		w.buf = w.spare[:0]
+		w.mu.Unlock()
+		_, err = w.conn.Write(out)
+		if cap(out) > maxRetainedWriteBuf {
+			out = nil
+		}
+		w.mu.Lock()
+		w.spare = out[:0]
+		if err != nil {
+			if w.err == nil {
+				w.err = err
+			}
+			w.buf, w.spare = nil, nil
+			break
+		}
+		if w.err != nil { // shut down while writing: drop what was queued
+			w.buf, w.spare = nil, nil
+			break
+		}
+	}
+	w.writing = false
+	w.mu.Unlock()
+	if err != nil && w.onError != nil {
+		w.onError(err)
+	}
+	return err
+}
+
+// shutdown makes every later lock fail with err and drops queued frames. It
+// does not close the connection.
+func (w *frameWriter) shutdown(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	if !w.writing {
+		w.buf, w.spare = nil, nil
+	}
+	w.mu.Unlock()
+}
