@@ -27,7 +27,8 @@ var errNilRequest = errors.New("rpc: nil request")
 type ClientOptions struct {
 	// MaxFrameSize bounds request frames sent and response frames accepted,
 	// counted as the length prefix value (everything after the 4-byte
-	// prefix). 0 means DefaultMaxFrameSize.
+	// prefix). 0 means DefaultMaxFrameSize; smaller positive values are
+	// raised to MinMaxFrameSize.
 	MaxFrameSize int
 	// Dial opens a connection to a peer's call listener. nil dials TCP with
 	// DefaultDialTimeout. The ctx passed ends when the Client is closed.
@@ -143,9 +144,10 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 
 	cl := callPool.Get().(*call)
 	var (
-		cc  *clientConn
-		id  uint64
-		err error
+		cc   *clientConn
+		id   uint64
+		busy bool // other calls are in flight on cc
+		err  error
 	)
 	for tries := 0; ; tries++ {
 		cc, err = c.conn(ctx, addr, req)
@@ -153,7 +155,7 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 			callPool.Put(cl)
 			return nil, err
 		}
-		if id, err = cc.register(cl); err == nil {
+		if id, busy, err = cc.register(cl); err == nil {
 			break
 		}
 		// The connection died before anything of this call was written to
@@ -174,7 +176,7 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 	}
 	if cc.w.lock() == nil {
 		cc.w.buf = appendRequestFrame(cc.w.buf, req, id, timeout)
-		_ = cc.w.commit()
+		_ = cc.w.commit(busy)
 	}
 	// Whoever's write fails (this goroutine's or a batch writer's) fails the
 	// connection, which hands ErrConnLost to every registered call; so the
@@ -325,19 +327,21 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// register adds cl to the pending calls and returns its new call ID.
-func (cc *clientConn) register(cl *call) (uint64, error) {
+// register adds cl to the pending calls and returns its new call ID, and
+// whether other calls are pending.
+func (cc *clientConn) register(cl *call) (id uint64, busy bool, err error) {
 	cc.mu.Lock()
 	if cc.err != nil {
 		err := cc.err
 		cc.mu.Unlock()
-		return 0, err
+		return 0, false, err
 	}
 	cc.nextID++
-	id := cc.nextID
+	id = cc.nextID
 	cc.pending[id] = cl
+	busy = len(cc.pending) > 1
 	cc.mu.Unlock()
-	return id, nil
+	return id, busy, nil
 }
 
 // unregister removes call id from the pending calls. It reports false if the

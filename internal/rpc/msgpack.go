@@ -265,14 +265,6 @@ func (d *decoder) readN(n int) (uint64, error) {
 	}
 }
 
-// peek returns the next format byte without consuming it.
-func (d *decoder) peek() (byte, error) {
-	if d.off >= len(d.b) {
-		return 0, errShort
-	}
-	return d.b[d.off], nil
-}
-
 // readArrayLen reads an array header.
 func (d *decoder) readArrayLen() (int, error) {
 	c, err := d.readByte()

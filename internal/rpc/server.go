@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,7 +27,8 @@ type Handler func(ctx context.Context, req *Request) *Response
 // ServerOptions configures a Server. The zero value is usable.
 type ServerOptions struct {
 	// MaxFrameSize bounds request frames accepted and response frames sent,
-	// counted as the length prefix value. 0 means DefaultMaxFrameSize.
+	// counted as the length prefix value. 0 means DefaultMaxFrameSize;
+	// smaller positive values are raised to MinMaxFrameSize.
 	// Larger requests are answered with CodeFrameTooLarge, larger responses
 	// replaced with CodeResponseTooLarge.
 	MaxFrameSize int
@@ -210,6 +212,7 @@ type serverConn struct {
 	done   chan struct{} // closed when the connection is cleaned up
 
 	handlers sync.WaitGroup
+	inflight atomic.Int32 // requests read and not yet answered
 }
 
 // readLoop reads frames until it passes the reader role on (after decoding a
@@ -229,6 +232,7 @@ func (sc *serverConn) readLoop() {
 			return
 		}
 		if big {
+			sc.inflight.Add(1)
 			sc.reply(bigID, &Response{Err: &ErrorInfo{
 				Code:    CodeFrameTooLarge,
 				Message: fmt.Sprintf("request frame exceeds the server limit of %d bytes", s.maxFrame),
@@ -242,6 +246,7 @@ func (sc *serverConn) readLoop() {
 			return
 		}
 		sc.handlers.Add(1)
+		sc.inflight.Add(1)
 		go sc.readLoop()
 		sc.handle(req)
 		return
@@ -306,11 +311,12 @@ func (sc *serverConn) reply(id uint64, resp *Response) {
 			resp.Err.Message = ""
 		}
 	}
+	busy := sc.inflight.Add(-1) > 0
 	if sc.w.lock() != nil {
 		return // connection gone; the caller learns from its side
 	}
 	sc.w.buf = appendResponseFrame(sc.w.buf, resp, id)
-	_ = sc.w.commit()
+	_ = sc.w.commit(busy)
 }
 
 func (sc *serverConn) writeFailed(error) {

@@ -6,6 +6,7 @@ package rpc
 
 import (
 	"net"
+	"runtime"
 	"sync"
 )
 
@@ -49,20 +50,24 @@ func (w *frameWriter) lock() error {
 	return nil
 }
 
-// unlock releases the lock without committing (nothing was appended).
-func (w *frameWriter) unlock() { w.mu.Unlock() }
-
 // commit releases the lock taken by lock after a frame was appended, writing
-// the queued frames if no other goroutine is. It returns an error only when
-// this goroutine's own write failed.
-func (w *frameWriter) commit() error {
+// the queued frames if no other goroutine is. If busy (other frames are
+// likely on their way), the writer first yields its P once so that runnable
+// goroutines can add their frames to the same batch. It returns an error
+// only when this goroutine's own write failed.
+func (w *frameWriter) commit(busy bool) error {
 	if w.writing {
 		w.mu.Unlock()
 		return nil
 	}
 	w.writing = true
+	if busy {
+		w.mu.Unlock()
+		runtime.Gosched()
+		w.mu.Lock()
+	}
 	var err error
-	for len(w.buf) > 0 {
+	for len(w.buf) > 0 && w.err == nil {
 		out := w.buf
 		w.buf = w.spare[:0]
 		w.mu.Unlock()
@@ -72,17 +77,12 @@ func (w *frameWriter) commit() error {
 		}
 		w.mu.Lock()
 		w.spare = out[:0]
-		if err != nil {
-			if w.err == nil {
-				w.err = err
-			}
-			w.buf, w.spare = nil, nil
-			break
+		if err != nil && w.err == nil {
+			w.err = err
 		}
-		if w.err != nil { // shut down while writing: drop what was queued
-			w.buf, w.spare = nil, nil
-			break
-		}
+	}
+	if w.err != nil { // failed or shut down: drop whatever was queued
+		w.buf, w.spare = nil, nil
 	}
 	w.writing = false
 	w.mu.Unlock()
