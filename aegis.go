@@ -34,6 +34,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/aegisipc/aegis/internal/bqueue"
 	"github.com/aegisipc/aegis/internal/clock"
 	"github.com/aegisipc/aegis/internal/rpc"
 	"github.com/aegisipc/aegis/transport"
@@ -104,6 +105,23 @@ type Config struct {
 	EjectBaseTime time.Duration
 	// EjectMaxTime caps the ejection period. Default 30s.
 	EjectMaxTime time.Duration
+
+	// SameInstanceRetries is how many times a call is retried on the same
+	// instance, with the same message ID, after a failure that may have
+	// happened after the request was delivered (connection reset, response
+	// lost, attempt timeout), before failing over. Retries wait a jittered
+	// exponential backoff from SameInstanceBackoff. Default 2.
+	SameInstanceRetries int
+	// SameInstanceBackoff is the first backoff before a same-instance retry;
+	// it doubles per retry (with full jitter), capped at 100×. Default 5ms.
+	SameInstanceBackoff time.Duration
+	// DedupWindow is how long a local instance remembers the outcome of a
+	// call by message ID, to answer a retry without running the handler
+	// again. Default 300s.
+	DedupWindow time.Duration
+	// DedupMaxEntries bounds each local instance's dedup cache (oldest
+	// evicted first). 0 disables deduplication. Default 10,000.
+	DedupMaxEntries int
 
 	// Gossip tunes memberlist. Default LANGossip().
 	Gossip GossipConfig
@@ -220,6 +238,10 @@ func DefaultConfig() *Config {
 		EjectAfterFailures:      3,
 		EjectBaseTime:           time.Second,
 		EjectMaxTime:            30 * time.Second,
+		SameInstanceRetries:     2,
+		SameInstanceBackoff:     5 * time.Millisecond,
+		DedupWindow:             300 * time.Second,
+		DedupMaxEntries:         10000,
 		Gossip:                  LANGossip(),
 	}
 }
@@ -257,6 +279,8 @@ func (c *Config) Validate() error {
 		{"AttemptTimeout", c.AttemptTimeout},
 		{"EjectBaseTime", c.EjectBaseTime},
 		{"EjectMaxTime", c.EjectMaxTime},
+		{"SameInstanceBackoff", c.SameInstanceBackoff},
+		{"DedupWindow", c.DedupWindow},
 		{"Gossip.ProbeInterval", c.Gossip.ProbeInterval},
 		{"Gossip.ProbeTimeout", c.Gossip.ProbeTimeout},
 		{"Gossip.GossipInterval", c.Gossip.GossipInterval},
@@ -302,6 +326,12 @@ func (c *Config) Validate() error {
 	if c.EjectAfterFailures < 0 {
 		return bad("EjectAfterFailures", "must not be negative, got %d", c.EjectAfterFailures)
 	}
+	if c.SameInstanceRetries < 0 {
+		return bad("SameInstanceRetries", "must not be negative, got %d", c.SameInstanceRetries)
+	}
+	if c.DedupMaxEntries < 0 {
+		return bad("DedupMaxEntries", "must not be negative, got %d", c.DedupMaxEntries)
+	}
 	if c.EjectMaxTime < c.EjectBaseTime {
 		return bad("EjectMaxTime", "(%v) must be at least EjectBaseTime (%v)", c.EjectMaxTime, c.EjectBaseTime)
 	}
@@ -345,8 +375,8 @@ type Node struct {
 	tr      transport.Transport
 	ml      *memberlist.Memberlist
 	mlp     atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
-	queue   *memberlist.TransmitLimitedQueue      // records and tombstones
-	hbQueue *memberlist.TransmitLimitedQueue      // heartbeat batches
+	queue   *bqueue.Queue                         // records and tombstones
+	hbQueue *bqueue.Queue                         // heartbeat batches
 	hbMu    sync.Mutex                            // serializes heartbeat rounds
 	outbox  chan outMsg                           // direct sends, run by outboxLoop
 	reg     *registry
@@ -453,8 +483,8 @@ func New(cfg *Config) (*Node, error) {
 		}
 		return 1
 	}
-	n.queue = &memberlist.TransmitLimitedQueue{NumNodes: numNodes, RetransmitMult: c.Gossip.RetransmitMult}
-	n.hbQueue = &memberlist.TransmitLimitedQueue{NumNodes: numNodes, RetransmitMult: c.Gossip.HeartbeatRetransmitMult}
+	n.queue = bqueue.New(c.Gossip.RetransmitMult, numNodes)
+	n.hbQueue = bqueue.New(c.Gossip.HeartbeatRetransmitMult, numNodes)
 	n.outbox = make(chan outMsg, outboxSize)
 	ml, err := memberlist.Create(n.memberlistConfig())
 	if err != nil {
@@ -473,8 +503,14 @@ func New(cfg *Config) (*Node, error) {
 		}
 	})
 	n.spawn(n.outboxLoop)
-	n.spawn(n.heartbeatLoop)
-	n.spawn(n.healthLoop)
+	// Tickers are made here, not in the goroutines, so that a test's fake
+	// clock cannot move before they exist.
+	if c.HeartbeatEnabled {
+		hbTicker := n.clk.NewTicker(c.HeartbeatInterval)
+		n.spawn(func() { n.heartbeatLoop(hbTicker) })
+	}
+	healthTicker := n.clk.NewTicker(c.HealthCheckInterval)
+	n.spawn(func() { n.healthLoop(healthTicker) })
 	n.spawn(n.reconnectLoop)
 	n.log.Info("aegis node started", "addr", n.Addr(), "calls", tr.CallAddr())
 	return n, nil
@@ -647,7 +683,7 @@ func (n *Node) waitQueueDrained(ctx context.Context, limit time.Duration) {
 	defer deadline.Stop()
 	t := time.NewTicker(n.cfg.Gossip.GossipInterval / 4)
 	defer t.Stop()
-	for n.queue.NumQueued() > 0 && n.ml.NumMembers() > 1 {
+	for n.queue.Len() > 0 && n.ml.NumMembers() > 1 {
 		select {
 		case <-ctx.Done():
 			return

@@ -86,6 +86,39 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 	}
 	r.inflight.Add(1)
 	defer r.inflight.Add(-1)
+	if r.dedup == nil || req.MessageID == "" {
+		return n.runHandler(ctx, r, req)
+	}
+	e, first := r.dedup.Begin(req.MessageID)
+	if !first {
+		// A retry of a call this instance has seen: answer from the first
+		// execution, waiting for it if it is still running.
+		n.stats.duplicates.Add(1)
+		n.met.duplicates.Add(bg, 1)
+		select {
+		case <-e.Done():
+			v := e.Value()
+			return &rpc.Response{Payload: v.Payload, Err: v.Err}
+		case <-ctx.Done():
+			return unavailable("duplicate of %s still running on %s/%s", req.MessageID, req.Service, req.InstanceID)
+		}
+	}
+	resp = n.runHandler(ctx, r, req)
+	r.dedup.Finish(e, resp, cacheable(resp))
+	return &rpc.Response{Payload: resp.Payload, Err: resp.Err}
+}
+
+// cacheable says which outcomes the dedup cache keeps: successes and
+// non-retryable handler errors (including panics) — the handler ran and must
+// not run again. Retryable errors and "unavailable" are not kept: the next
+// try runs the handler.
+func cacheable(resp *rpc.Response) bool {
+	return resp.Err == nil || !resp.Err.Retryable && resp.Err.Code != CodeUnavailable
+}
+
+// runHandler runs r's handler for req, turning errors and panics into error
+// responses.
+func (n *Node) runHandler(ctx context.Context, r *Registration, req *rpc.Request) (resp *rpc.Response) {
 	areq := &Request{Service: req.Service, Method: req.Method, InstanceID: req.InstanceID,
 		MessageID: req.MessageID, Payload: req.Payload, Header: req.Header}
 	defer func() {

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
+
+	"github.com/aegisipc/aegis/internal/rpc"
 )
 
 // ErrRetryBudgetExhausted: CallWithFailover stopped retrying because retries
@@ -65,9 +67,12 @@ func WithHeader(key, value string) CallOption {
 }
 
 // Call calls method on one healthy instance of service picked by the
-// Balancer, once. Errors: ErrServiceNotFound, ErrNoHealthyInstances,
-// ErrInstanceUnavailable, ErrTimeout, ErrMessageTooLarge (all wrapped) or
-// the handler's *RemoteError.
+// Balancer. It does not fail over, but when the connection is lost after the
+// request may have been delivered, it retries the same instance with the
+// same message ID (see Config.SameInstanceRetries), where deduplication
+// makes the handler run once. Errors: ErrServiceNotFound,
+// ErrNoHealthyInstances, ErrInstanceUnavailable, ErrTimeout,
+// ErrMessageTooLarge (all wrapped) or the handler's *RemoteError.
 func (n *Node) Call(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	var o callOptions
 	for _, opt := range opts {
@@ -81,7 +86,8 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 	if id == "" {
 		id = n.nextMessageID()
 	}
-	return n.attempt(ctx, &inst, method, payload, &o, id, 0)
+	n.budget.deposit()
+	return n.tryInstance(ctx, &inst, method, payload, &o, id, nil)
 }
 
 // CallWithFailover calls method on a healthy instance of service and, when
@@ -89,15 +95,29 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 // up to MaxAttempts distinct instances in all, each failed one added to the
 // exclusion set.
 //
-// It retries when the instance was unavailable (connection refused or
-// reset, instance gone or draining), did not answer within AttemptTimeout,
-// or returned a *RemoteError marked Retryable. It never retries other
-// handler errors, nor once ctx is done: every attempt runs inside the
-// caller's deadline. Retries also stop when the retry budget is spent.
+// The combined policy, all of it inside the caller's deadline:
+//   - every attempt carries the call's one message ID;
+//   - on each instance, a lost connection (the request may have been
+//     delivered) is retried on the same instance up to SameInstanceRetries
+//     times with jittered exponential backoff; its dedup cache answers a
+//     request it already ran. An attempt timeout is retried the same way
+//     for methods the instance declared non-idempotent; idempotent ones move
+//     on at once;
+//   - then the call moves to another instance when the failure was
+//     "unavailable" (connection refused or reset, instance gone or
+//     draining), an attempt timeout, or a *RemoteError marked Retryable.
+//     For a method the instance declared non-idempotent
+//     (Service.NonIdempotent) it moves only if the request provably never
+//     reached the first instance (dial refused, instance unknown or
+//     draining);
+//   - it never retries other handler errors, nor once ctx is done, nor when
+//     the retry budget (RetryBudgetRatio) is spent.
 //
-// A non-retryable failure of the first attempt is returned as is. Otherwise
-// a failed call returns a *FailoverError listing every attempt; errors.Is and
-// errors.As look through it (ErrNoHealthyInstances when candidates ran out).
+// At most MaxAttempts × (1 + SameInstanceRetries) tries are made, each
+// bounded by AttemptTimeout. A failure after a single try is returned as
+// is. Otherwise a failed call returns a *FailoverError listing every try;
+// errors.Is and errors.As look through it (ErrNoHealthyInstances when
+// candidates ran out).
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := callOptions{maxAttempts: n.cfg.MaxAttempts}
 	for _, opt := range opts {
@@ -108,54 +128,113 @@ func (n *Node) CallWithFailover(ctx context.Context, service, method string, pay
 		id = n.nextMessageID()
 	}
 	n.budget.deposit()
-	var fe *FailoverError
-	for try := 0; try < o.maxAttempts; try++ {
-		if try > 0 && !n.budget.withdraw() {
-			fe.Err = ErrRetryBudgetExhausted
+	var attempts []Attempt
+	var stopErr error
+	copied := false
+	for distinct := 0; distinct < o.maxAttempts; distinct++ {
+		if distinct > 0 && !n.budget.withdraw() {
+			stopErr = ErrRetryBudgetExhausted
 			break
 		}
 		inst, err := n.pick(service, method, &o)
 		if err != nil {
-			if fe == nil {
+			if len(attempts) == 0 {
 				return nil, err
 			}
-			fe.Err = err
+			stopErr = err
 			break
 		}
-		start := time.Now()
-		out, err := n.attempt(ctx, &inst, method, payload, &o, id, try)
+		out, err := n.tryInstance(ctx, &inst, method, payload, &o, id, &attempts)
 		if err == nil {
 			return out, nil
 		}
-		if fe == nil {
-			if !retryable(ctx, err) {
-				return nil, err
-			}
-			fe = &FailoverError{Service: service}
+		if !retryable(ctx, err) || !inst.idempotent(method) && !notDelivered(err) {
+			break
+		}
+		if !copied {
 			// Copy the caller's exclusions before adding to them.
 			ex := make(map[string]struct{}, len(o.exclude)+o.maxAttempts)
 			for k := range o.exclude {
 				ex[k] = struct{}{}
 			}
-			o.exclude = ex
-		}
-		fe.Attempts = append(fe.Attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
-		if !retryable(ctx, err) {
-			break
+			o.exclude, copied = ex, true
 		}
 		o.exclude[inst.ID] = struct{}{}
-		if wait := backoff(err, try); wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				fe.Err = ctx.Err()
-				return nil, fe
-			case <-t.C:
-			}
+		if wait := backoff(err, distinct); wait > 0 && !sleepCtx(ctx, wait) {
+			stopErr = ctx.Err()
+			break
 		}
 	}
-	return nil, fe
+	if len(attempts) == 1 && stopErr == nil {
+		return nil, attempts[0].Err
+	}
+	return nil, &FailoverError{Service: service, Attempts: attempts, Err: stopErr}
+}
+
+// tryInstance calls inst, retrying it with the same message ID while the
+// failure may have come after delivery. Failed tries are appended to
+// attempts when it is not nil; the last error is returned.
+func (n *Node) tryInstance(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id string, attempts *[]Attempt) ([]byte, error) {
+	for same := 0; ; same++ {
+		var start time.Time
+		if attempts != nil {
+			start = time.Now()
+		}
+		out, err := n.attempt(ctx, inst, method, payload, o, id, same)
+		if err == nil {
+			return out, nil
+		}
+		if attempts != nil {
+			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
+		}
+		if same >= n.cfg.SameInstanceRetries || !mayHaveBeenDelivered(ctx, err, inst.idempotent(method)) || !n.budget.withdraw() {
+			return nil, err
+		}
+		n.stats.sameRetries.Add(1)
+		n.met.sameRetries.Add(bg, 1)
+		if !sleepCtx(ctx, jitter(n.cfg.SameInstanceBackoff, same)) {
+			return nil, err
+		}
+	}
+}
+
+// mayHaveBeenDelivered reports whether err leaves open that the instance got
+// the request (so a same-instance retry, answered by dedup, is the safe
+// next step): a lost connection always; an attempt timeout only for
+// non-idempotent methods, since an idempotent one is better moved to
+// another instance than waited on again.
+func mayHaveBeenDelivered(ctx context.Context, err error, idempotent bool) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if errors.Is(err, rpc.ErrConnLost) {
+		return true
+	}
+	return !idempotent && errors.Is(err, ErrTimeout)
+}
+
+// jitter returns a random duration in [0, base×2^n), capped at 100×base.
+func jitter(base time.Duration, n int) time.Duration {
+	ceiling := min(base<<min(n, 16), 100*base)
+	if ceiling <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(ceiling)))
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // retryable reports whether err may succeed on another instance.
@@ -178,8 +257,7 @@ func backoff(err error, try int) time.Duration {
 	if !errors.As(err, &re) || !re.Retryable {
 		return 0
 	}
-	ceiling := time.Millisecond << min(try, 4)
-	return time.Duration(rand.Int64N(int64(ceiling)))
+	return jitter(time.Millisecond, try)
 }
 
 // pick chooses an instance from the service's routing snapshot.

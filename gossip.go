@@ -129,7 +129,7 @@ func (n *Node) handleGossip(b []byte) {
 			anyFresh = anyFresh || fresh
 		}
 		if anyFresh && !msg.Direct && batch.Node != n.name {
-			n.hbQueue.QueueBroadcast(&broadcast{name: batchName(batch), msg: append([]byte(nil), b...)})
+			n.hbQueue.Queue(batchName(batch), append([]byte(nil), b...))
 		}
 	default:
 		n.dropGossip("message", errors.New("state message outside push/pull"))
@@ -290,20 +290,5 @@ const pullInterval = 500 * time.Millisecond
 // broadcast queues msg for gossip. A newer message with the same name
 // replaces an older one still in the queue.
 func (n *Node) broadcast(name string, msg []byte) {
-	n.queue.QueueBroadcast(&broadcast{name: name, msg: msg})
+	n.queue.Queue(name, msg)
 }
-
-type broadcast struct {
-	name string
-	msg  []byte
-}
-
-var _ memberlist.NamedBroadcast = (*broadcast)(nil)
-
-func (b *broadcast) Invalidates(other memberlist.Broadcast) bool {
-	o, ok := other.(*broadcast)
-	return ok && o.name == b.name
-}
-func (b *broadcast) Name() string    { return b.name }
-func (b *broadcast) Message() []byte { return b.msg }
-func (b *broadcast) Finished()       {}

@@ -4,15 +4,13 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/aegisipc/aegis/internal/clock"
+
 	"github.com/aegisipc/aegis/internal/wire"
 )
 
-// heartbeatLoop sends a heartbeat round each HeartbeatInterval.
-func (n *Node) heartbeatLoop() {
-	if !n.cfg.HeartbeatEnabled {
-		return
-	}
-	t := n.clk.NewTicker(n.cfg.HeartbeatInterval)
+// heartbeatLoop sends a heartbeat round on each tick of t.
+func (n *Node) heartbeatLoop(t clock.Ticker) {
 	defer t.Stop()
 	for {
 		select {
@@ -70,7 +68,7 @@ func (n *Node) heartbeatRound(direct bool) {
 			continue
 		}
 		name := batchName(batch)
-		n.hbQueue.QueueBroadcast(&broadcast{name: name, msg: msg})
+		n.hbQueue.Queue(name, msg)
 		if direct {
 			n.sendDirect(nil, wire.Direct(msg))
 		}
@@ -223,9 +221,8 @@ func (r *registry) nodeLeft(node string) {
 	}
 }
 
-// healthLoop runs the health checker every HealthCheckInterval.
-func (n *Node) healthLoop() {
-	t := n.clk.NewTicker(n.cfg.HealthCheckInterval)
+// healthLoop runs the health checker on each tick of t.
+func (n *Node) healthLoop(t clock.Ticker) {
 	defer t.Stop()
 	for {
 		select {

@@ -60,7 +60,7 @@ func (c *cluster) advance(total time.Duration, paused map[int]bool) {
 				}
 			}
 			return true
-		}, "heartbeats of live instances reach every node: %s", c.describe())
+		}, "heartbeats of live instances reach every node (%s): %s", c.clk, lazy(c.describe))
 		for _, nd := range c.nodes {
 			nd.reg.check()
 		}
@@ -296,10 +296,17 @@ func TestReap(t *testing.T) {
 	}, "reaped")
 }
 
+// lazy formats as the result of calling it, so a failure message shows the
+// state at the time of failure rather than when Eventually was called.
+type lazy func() string
+
+func (l lazy) String() string { return l() }
+
 func (c *cluster) describe() string {
 	out := ""
 	for _, nd := range c.nodes {
-		out += "\n" + nd.Name() + ":"
+		out += fmt.Sprintf("\n%s (sent %d, received %d, gossip %d, hbq %d, rq %d, members %d):", nd.Name(), nd.Stats().HeartbeatsSent,
+			nd.Stats().HeartbeatsReceived, nd.Stats().GossipReceived, nd.hbQueue.Len(), nd.queue.Len(), nd.ml.NumMembers())
 		for _, in := range nd.Instances("svc") {
 			out += fmt.Sprintf(" %s(%s, hb %s)", in.ID, in.Status, in.LastHeartbeat.Format("15:04:05.000"))
 		}

@@ -19,28 +19,56 @@ type Stats struct {
 	HeartbeatsReceived uint64
 	// HeartbeatsUnknown counts heartbeats for instances not yet known here.
 	HeartbeatsUnknown uint64
+	// DuplicatesAnswered counts calls to local instances answered from the
+	// dedup cache (or from the still-running first execution) instead of
+	// running the handler again.
+	DuplicatesAnswered uint64
+	// SameInstanceRetries counts retries this node made on the same
+	// instance with the same message ID.
+	SameInstanceRetries uint64
+	// DedupEvictions counts dedup entries of current local instances dropped
+	// by the window or the bound.
+	DedupEvictions uint64
 }
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
 	return Stats{
-		GossipReceived:     n.stats.gossipReceived.Load(),
-		GossipDropped:      n.stats.gossipDropped.Load(),
-		HeartbeatsSent:     n.stats.heartbeatsSent.Load(),
-		HeartbeatsReceived: n.stats.heartbeatsReceived.Load(),
-		HeartbeatsUnknown:  n.stats.heartbeatsUnknown.Load(),
+		GossipReceived:      n.stats.gossipReceived.Load(),
+		GossipDropped:       n.stats.gossipDropped.Load(),
+		HeartbeatsSent:      n.stats.heartbeatsSent.Load(),
+		HeartbeatsReceived:  n.stats.heartbeatsReceived.Load(),
+		HeartbeatsUnknown:   n.stats.heartbeatsUnknown.Load(),
+		DuplicatesAnswered:  n.stats.duplicates.Load(),
+		SameInstanceRetries: n.stats.sameRetries.Load(),
+		DedupEvictions:      n.dedupEvictions(),
 	}
+}
+
+func (n *Node) dedupEvictions() uint64 {
+	var total uint64
+	if m := n.served.Load(); m != nil {
+		for _, r := range *m {
+			if r.dedup != nil {
+				total += r.dedup.Evictions()
+			}
+		}
+	}
+	return total
 }
 
 type nodeStats struct {
 	gossipReceived, gossipDropped                         atomic.Uint64
 	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown atomic.Uint64
+	duplicates, sameRetries                               atomic.Uint64
 }
 
 // nodeMetrics are the OpenTelemetry instruments of a Node.
 type nodeMetrics struct {
 	gossipDropped  metric.Int64Counter
 	heartbeatsSent metric.Int64Counter
+	duplicates     metric.Int64Counter
+	sameRetries    metric.Int64Counter
 }
 
 func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
@@ -48,5 +76,7 @@ func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
 	// Instrument creation only fails on invalid names; ours are constant.
 	gd, _ := m.Int64Counter("aegis.gossip.dropped", metric.WithDescription("gossip messages dropped as malformed or of an unknown version"))
 	hs, _ := m.Int64Counter("aegis.heartbeat.sent", metric.WithDescription("heartbeats originated by this node"))
-	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs}
+	du, _ := m.Int64Counter("aegis.call.duplicates", metric.WithDescription("calls answered from the dedup cache instead of running the handler again"))
+	sr, _ := m.Int64Counter("aegis.call.same_instance_retries", metric.WithDescription("retries on the same instance with the same message ID"))
+	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr}
 }

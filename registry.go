@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/aegisipc/aegis/internal/clock"
+	"github.com/aegisipc/aegis/internal/dedup"
+	"github.com/aegisipc/aegis/internal/rpc"
 	"github.com/aegisipc/aegis/internal/wire"
 )
 
@@ -93,6 +95,15 @@ type Service struct {
 	Role       Role
 	Metadata   map[string]string
 	Handler    Handler
+	// NonIdempotent names methods that must not be re-run on another
+	// instance once this one may have started them (a transfer, an email).
+	// CallWithFailover moves such a call elsewhere only when the request
+	// provably never reached the first instance (connection refused,
+	// instance unknown or draining); otherwise it retries the same instance
+	// with the same message ID, where deduplication makes the handler run
+	// once. Methods not listed are idempotent, the default: after a lost
+	// connection or a timeout they may also fail over to another instance.
+	NonIdempotent []string
 }
 
 // MaxRecordSize is the largest encoded instance record (names, address,
@@ -111,6 +122,9 @@ type Instance struct {
 	// LastHeartbeat is this node's clock when it received the newest
 	// heartbeat (or first learned of the instance).
 	LastHeartbeat time.Time
+	// NonIdempotent lists the methods the instance declared not safe to
+	// re-run elsewhere (see Service.NonIdempotent).
+	NonIdempotent []string
 
 	load *instLoad // this node's in-flight calls and failures; nil in copies made by users
 }
@@ -161,10 +175,11 @@ type Registration struct {
 	n        *Node
 	key      instKey
 	svc      Service
-	status   atomic.Int32 // self-reported Status
-	inflight atomic.Int64 // calls running in the handler
-	paused   atomic.Bool  // heartbeats paused
-	done     atomic.Bool  // deregistered or node stopped
+	status   atomic.Int32                // self-reported Status
+	inflight atomic.Int64                // calls running in the handler
+	dedup    *dedup.Cache[*rpc.Response] // outcomes by message ID; nil when disabled
+	paused   atomic.Bool                 // heartbeats paused
+	done     atomic.Bool                 // deregistered or node stopped
 	regTime  time.Time
 }
 
@@ -212,6 +227,7 @@ func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
 		Service: svc.Name, ID: svc.InstanceID, Node: n.name, Addr: n.tr.CallAddr(),
 		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
+		NonIdempotent: append([]string(nil), svc.NonIdempotent...),
 	}
 	if err := n.reg.registerLocal(&rec); err != nil {
 		return nil, err
@@ -225,6 +241,9 @@ func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
 		return nil, err
 	}
 	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation)}
+	if n.cfg.DedupMaxEntries > 0 {
+		r.dedup = dedup.New[*rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries)
+	}
 	n.local[key] = r
 	n.publishServed()
 	n.reg.commitLocal(&rec)
@@ -334,8 +353,19 @@ func (e *entry) instance() Instance {
 		Service: e.rec.Service, ID: e.rec.ID, Node: e.rec.Node, Addr: e.rec.Addr,
 		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
 		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
-		load: e.load,
+		NonIdempotent: e.rec.NonIdempotent,
+		load:          e.load,
 	}
+}
+
+// idempotent reports whether method may be re-run on another instance.
+func (i *Instance) idempotent(method string) bool {
+	for _, m := range i.NonIdempotent {
+		if m == method {
+			return false
+		}
+	}
+	return true
 }
 
 func copyMeta(m map[string]string) map[string]string {

@@ -6,6 +6,7 @@ package transport
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"sync"
@@ -41,6 +42,25 @@ type Network struct {
 	latency time.Duration
 
 	ephemeral atomic.Uint32
+
+	respLoss atomic.Uint64 // math.Float64bits of the SetResponseLoss probability
+}
+
+// SetResponseLoss makes each write on the serving side of a call stream
+// (DialCall), with probability p, reset the connection instead of
+// delivering: the request reached the handler but its response is lost, and
+// the caller sees the connection reset. Use it to test delivery guarantees
+// (same-instance retries, deduplication). 0 turns it off; Heal does too.
+func (n *Network) SetResponseLoss(p float64) {
+	if p < 0 || p > 1 {
+		panic(fmt.Sprintf("transport: response loss %v outside [0, 1]", p))
+	}
+	n.respLoss.Store(math.Float64bits(p))
+}
+
+func (n *Network) loseResponse() bool {
+	p := math.Float64frombits(n.respLoss.Load())
+	return p > 0 && rand.Float64() < p
 }
 
 // link is a one-way path between two gossip addresses; either may be
@@ -115,6 +135,7 @@ func (n *Network) Partition(a, b []string) {
 // Heal removes every partition and every loss rule. Latency stays. Bytes
 // written on streams while they were partitioned stay lost.
 func (n *Network) Heal() {
+	n.respLoss.Store(0)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	clear(n.cuts)

@@ -138,6 +138,10 @@ type memConn struct {
 
 	once   sync.Once
 	closed chan struct{}
+
+	// callServer marks the accepting end of a DialCall stream: its writes
+	// are responses, subject to Network.SetResponseLoss.
+	callServer bool
 }
 
 var _ net.Conn = (*memConn)(nil)
@@ -230,6 +234,12 @@ func (c *memConn) Write(b []byte) (int, error) {
 	}
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if c.callServer && c.nw.loseResponse() {
+		// The request was delivered and handled; the answer dies with the
+		// connection, as when a peer's TCP stream is reset mid-call.
+		c.shutdown(endAborted)
+		return 0, c.opErr("write", os.NewSyscallError("write", syscall.ECONNRESET))
 	}
 	drop, latency := c.nw.route(c.localNode, c.remoteNode, false)
 	if err := c.tx.write(b, time.Now().Add(latency), drop); err != nil {

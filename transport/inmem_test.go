@@ -453,3 +453,35 @@ func TestMemStreamEnds(t *testing.T) {
 	_, err = a.WriteTo([]byte("x"), b.GossipAddr())
 	require.True(t, errors.Is(err, net.ErrClosed))
 }
+
+func TestResponseLossResetsCallStreams(t *testing.T) {
+	nw := NewNetwork()
+	a, b := nw.NewTransport("10.1.0.1:7946"), nw.NewTransport("10.1.0.2:7946")
+	defer a.Shutdown()
+	defer b.Shutdown()
+	nw.SetResponseLoss(1)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := b.CallListener().Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	client, err := a.DialCall(context.Background(), b.CallAddr())
+	require.NoError(t, err)
+	defer client.Close()
+	server := <-accepted
+	defer server.Close()
+	// Requests still flow; the response resets the connection.
+	_, err = client.Write([]byte("req"))
+	require.NoError(t, err)
+	buf := make([]byte, 3)
+	_, err = io.ReadFull(server, buf)
+	require.NoError(t, err)
+	_, err = server.Write([]byte("resp"))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+	_, err = client.Read(buf)
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+	nw.Heal()
+	require.False(t, nw.loseResponse())
+}

@@ -282,6 +282,7 @@ func (t *MemTransport) dial(ctx context.Context, timeout time.Duration, addr str
 
 	laddr := &net.TCPAddr{IP: t.ip, Port: t.nw.nextEphemeral()}
 	client, server := newConnPair(t.nw, t, dst, laddr, raddr)
+	server.callServer = call
 	if !t.track(client) {
 		return nil, fail(net.ErrClosed)
 	}

@@ -99,3 +99,14 @@ func (t *fakeTicker) Stop() {
 	defer t.f.mu.Unlock()
 	delete(t.f.tickers, t)
 }
+
+// String describes the fake clock and its tickers, for test failure messages.
+func (f *Fake) String() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := "now " + f.now.Format("15:04:05.000") + "; tickers:"
+	for t := range f.tickers {
+		s += " " + t.d.String() + "→" + t.next.Format("15:04:05.000")
+	}
+	return s
+}

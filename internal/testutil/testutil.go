@@ -3,6 +3,8 @@ package testutil
 
 import (
 	"fmt"
+	"os"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -19,6 +21,10 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format st
 			return
 		}
 		if time.Now().After(deadline) {
+			if os.Getenv("AEGIS_TEST_STACKS") != "" {
+				buf := make([]byte, 1<<22)
+				os.Stderr.Write(buf[:runtime.Stack(buf, true)])
+			}
 			t.Fatalf("not true after %v: %s", timeout, fmt.Sprintf(format, args...))
 		}
 		time.Sleep(tick)

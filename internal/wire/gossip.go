@@ -55,6 +55,9 @@ type Record struct {
 	// Heartbeats says the instance sends heartbeats; receivers apply the
 	// heartbeat timeout only to such instances.
 	Heartbeats bool
+	// NonIdempotent lists methods that must not run again on another
+	// instance once this one may have run them.
+	NonIdempotent []string
 }
 
 // Heartbeat says an instance is alive and what status it reports.

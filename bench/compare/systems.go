@@ -1,0 +1,421 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/rpc"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+
+	"github.com/aegisipc/aegis"
+)
+
+// callFn makes one echo call and returns the echoed payload. The returned
+// slice may be reused by the next call on the same callFn.
+type callFn func(ctx context.Context, payload []byte) ([]byte, error)
+
+// system is one RPC stack under test. start brings up its server and
+// client(s) inside this process and returns the running instance.
+type system struct {
+	key  string // short name for -systems
+	name string // name in the report
+	desc string // how it is set up, for the report
+	// start brings the system up; it is called once per round.
+	start func() (*running, error)
+}
+
+// running is a started system.
+type running struct {
+	// newCaller returns the call function one caller goroutine uses, and a
+	// function releasing what newCaller opened (a connection, or nothing for
+	// systems whose client is shared by all callers).
+	newCaller func() (callFn, func(), error)
+	close     func()
+}
+
+func noop() {}
+
+var systems = []system{
+	{
+		key:   "tcp",
+		name:  "raw TCP",
+		desc:  "length-prefixed frames (4-byte big-endian length), bufio reader, one TCP connection per caller goroutine, one server goroutine per connection",
+		start: startRawTCP,
+	},
+	{
+		key:   "netrpc",
+		name:  "net/rpc",
+		desc:  "net/rpc (gob) over TCP, method Echo.Echo(args []byte, reply *[]byte), one rpc.Client shared by all callers",
+		start: startNetRPC,
+	},
+	{
+		key:   "grpc",
+		name:  "grpc-go",
+		desc:  "grpc-go " + grpcVersion + " unary, hand-written ServiceDesc /bench.Echo/Echo, pass-through []byte codec \"raw\" (encoding.CodecV2, selected with CallContentSubtype), insecure credentials, default options, one ClientConn shared by all callers",
+		start: startGRPC,
+	},
+	{
+		key:   "call",
+		name:  "aegis Call",
+		desc:  "two aegis nodes (DefaultConfig, BindAddr 127.0.0.1:0, LocalGossip) on the real network; node B registers service \"echo\" whose Handler returns req.Payload; node A joins B and calls A.Call(ctx, \"echo\", \"echo\", payload)",
+		start: func() (*running, error) { return startAegis(false) },
+	},
+	{
+		key:   "failover",
+		name:  "aegis CallWithFailover",
+		desc:  "same setup as aegis Call, calls A.CallWithFailover(ctx, \"echo\", \"echo\", payload), no failures",
+		start: func() (*running, error) { return startAegis(true) },
+	},
+}
+
+// ---------------------------------------------------------------------------
+// raw TCP echo
+
+const maxRawFrame = 1 << 20
+
+func startRawTCP() (*running, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	conns := map[net.Conn]struct{}{}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				serveRawConn(c)
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				_ = c.Close()
+			}()
+		}
+	}()
+	addr := ln.Addr().String()
+	return &running{
+		newCaller: func() (callFn, func(), error) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				return nil, nil, err
+			}
+			r := bufio.NewReaderSize(c, 32<<10)
+			var out, in []byte
+			hdr := make([]byte, 4)
+			call := func(_ context.Context, payload []byte) ([]byte, error) {
+				out = binary.BigEndian.AppendUint32(out[:0], uint32(len(payload)))
+				out = append(out, payload...)
+				if _, err := c.Write(out); err != nil {
+					return nil, err
+				}
+				if _, err := io.ReadFull(r, hdr); err != nil {
+					return nil, err
+				}
+				n := int(binary.BigEndian.Uint32(hdr))
+				if n > maxRawFrame {
+					return nil, fmt.Errorf("raw tcp: frame of %d bytes", n)
+				}
+				if cap(in) < n {
+					in = make([]byte, n)
+				}
+				in = in[:n]
+				if _, err := io.ReadFull(r, in); err != nil {
+					return nil, err
+				}
+				return in, nil
+			}
+			return call, func() { _ = c.Close() }, nil
+		},
+		close: func() {
+			_ = ln.Close()
+			mu.Lock()
+			for c := range conns {
+				_ = c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		},
+	}, nil
+}
+
+// serveRawConn echoes length-prefixed frames until the connection ends.
+func serveRawConn(c net.Conn) {
+	r := bufio.NewReaderSize(c, 32<<10)
+	buf := make([]byte, 4, 4+2048)
+	for {
+		if _, err := io.ReadFull(r, buf[:4]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint32(buf[:4]))
+		if n > maxRawFrame {
+			return
+		}
+		if cap(buf) < 4+n {
+			nb := make([]byte, 4+n)
+			copy(nb, buf[:4])
+			buf = nb
+		}
+		buf = buf[:4+n]
+		if _, err := io.ReadFull(r, buf[4:]); err != nil {
+			return
+		}
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// net/rpc
+
+// Echo is the net/rpc service.
+type Echo struct{}
+
+// Echo returns its argument.
+func (Echo) Echo(args []byte, reply *[]byte) error {
+	*reply = args
+	return nil
+}
+
+func startNetRPC() (*running, error) {
+	srv := rpc.NewServer()
+	if err := srv.RegisterName("Echo", Echo{}); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	conns := map[net.Conn]struct{}{}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				srv.ServeConn(c)
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+			}()
+		}
+	}()
+	cl, err := rpc.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		_ = ln.Close()
+		wg.Wait()
+		return nil, err
+	}
+	call := func(_ context.Context, payload []byte) ([]byte, error) {
+		var reply []byte
+		if err := cl.Call("Echo.Echo", payload, &reply); err != nil {
+			return nil, err
+		}
+		return reply, nil
+	}
+	return &running{
+		newCaller: func() (callFn, func(), error) { return call, noop, nil },
+		close: func() {
+			_ = cl.Close()
+			_ = ln.Close()
+			mu.Lock()
+			for c := range conns {
+				_ = c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		},
+	}, nil
+}
+
+// ---------------------------------------------------------------------------
+// grpc-go
+
+const grpcVersion = grpc.Version
+
+// rawCodec passes []byte messages through unchanged: Marshal sends the
+// caller's slice without copying; Unmarshal copies the received bytes out
+// (gRPC frees its buffers when Unmarshal returns), as a protobuf decoder
+// would.
+type rawCodec struct{}
+
+func (rawCodec) Name() string { return "raw" }
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	switch b := v.(type) {
+	case *[]byte:
+		return mem.BufferSlice{mem.SliceBuffer(*b)}, nil
+	case []byte:
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	return nil, fmt.Errorf("raw codec: cannot marshal %T", v)
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	p, ok := v.(*[]byte)
+	if !ok {
+		return fmt.Errorf("raw codec: cannot unmarshal into %T", v)
+	}
+	*p = data.Materialize()
+	return nil
+}
+
+func init() { encoding.RegisterCodecV2(rawCodec{}) }
+
+const grpcMethod = "/bench.Echo/Echo"
+
+var echoServiceDesc = grpc.ServiceDesc{
+	ServiceName: "bench.Echo",
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Echo",
+		Handler: func(_ any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+			in := new([]byte)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			if ic == nil {
+				return in, nil
+			}
+			return ic(ctx, in, &grpc.UnaryServerInfo{FullMethod: grpcMethod}, func(_ context.Context, req any) (any, error) {
+				return req, nil
+			})
+		},
+	}},
+	Metadata: "bench/compare (hand-written, no protoc)",
+}
+
+func startGRPC() (*running, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := grpc.NewServer()
+	srv.RegisterService(&echoServiceDesc, struct{}{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		srv.Stop()
+		<-done
+		return nil, err
+	}
+	conn.Connect()
+	opts := []grpc.CallOption{grpc.CallContentSubtype("raw")}
+	call := func(ctx context.Context, payload []byte) ([]byte, error) {
+		var reply []byte
+		if err := conn.Invoke(ctx, grpcMethod, &payload, &reply, opts...); err != nil {
+			return nil, err
+		}
+		return reply, nil
+	}
+	return &running{
+		newCaller: func() (callFn, func(), error) { return call, noop, nil },
+		close: func() {
+			_ = conn.Close()
+			srv.Stop()
+			<-done
+		},
+	}, nil
+}
+
+// ---------------------------------------------------------------------------
+// aegis
+
+func newAegisNode(name string) (*aegis.Node, error) {
+	cfg := aegis.DefaultConfig()
+	cfg.NodeName = name
+	cfg.BindAddr = "127.0.0.1:0"
+	cfg.Gossip = aegis.LocalGossip()
+	return aegis.New(cfg)
+}
+
+var aegisSeq int
+
+func startAegis(failover bool) (*running, error) {
+	aegisSeq++
+	b, err := newAegisNode(fmt.Sprintf("bench-b-%d", aegisSeq))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = b.Register(ctx, aegis.Service{
+		Name: "echo",
+		Handler: func(_ context.Context, req *aegis.Request) ([]byte, error) {
+			return req.Payload, nil
+		},
+	})
+	if err != nil {
+		_ = b.Shutdown()
+		return nil, fmt.Errorf("register on B: %w", err)
+	}
+	a, err := newAegisNode(fmt.Sprintf("bench-a-%d", aegisSeq))
+	if err != nil {
+		_ = b.Shutdown()
+		return nil, err
+	}
+	stop := func() {
+		_ = a.Shutdown()
+		_ = b.Shutdown()
+	}
+	if _, err := a.Join(ctx, b.Addr()); err != nil {
+		stop()
+		return nil, err
+	}
+	for len(a.HealthyInstances("echo")) != 1 {
+		if ctx.Err() != nil {
+			stop()
+			return nil, errors.New("aegis: node A did not see a healthy \"echo\" instance within 30s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var call callFn
+	if failover {
+		call = func(ctx context.Context, payload []byte) ([]byte, error) {
+			return a.CallWithFailover(ctx, "echo", "echo", payload)
+		}
+	} else {
+		call = func(ctx context.Context, payload []byte) ([]byte, error) {
+			return a.Call(ctx, "echo", "echo", payload)
+		}
+	}
+	return &running{
+		newCaller: func() (callFn, func(), error) { return call, noop, nil },
+		close:     stop,
+	}, nil
+}

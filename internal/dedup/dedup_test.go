@@ -1,0 +1,92 @@
+package dedup
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/aegisipc/aegis/internal/clock"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestFirstRunsOthersWait(t *testing.T) {
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10)
+	e, first := c.Begin("m1")
+	require.True(t, first)
+	dup, first := c.Begin("m1")
+	require.False(t, first)
+	require.Same(t, e, dup)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-dup.Done()
+		require.Equal(t, "result", dup.Value())
+	}()
+	c.Finish(e, "result", true)
+	wg.Wait()
+	again, first := c.Begin("m1")
+	require.False(t, first)
+	<-again.Done()
+	require.Equal(t, "result", again.Value())
+}
+
+func TestNotKeptRunsAgain(t *testing.T) {
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10)
+	e, _ := c.Begin("m1")
+	c.Finish(e, "retryable failure", false)
+	_, first := c.Begin("m1")
+	require.True(t, first)
+}
+
+func TestWindowAndBound(t *testing.T) {
+	clk := clock.NewFake(time.Unix(0, 0))
+	c := New[int](clk, 300*time.Second, 3)
+	for i := 0; i < 5; i++ {
+		e, first := c.Begin(fmt.Sprint(i))
+		require.True(t, first)
+		c.Finish(e, i, true)
+	}
+	require.Equal(t, 3, c.Len(), "bound holds")
+	require.EqualValues(t, 2, c.Evictions())
+	_, first := c.Begin("0")
+	require.True(t, first, "oldest evicted first")
+	_, first = c.Begin("4")
+	require.False(t, first, "newest kept")
+
+	clk.Advance(299 * time.Second)
+	c.Expire()
+	require.Equal(t, 3, c.Len(), "inside the window")
+	clk.Advance(2 * time.Second)
+	c.Expire()
+	require.Equal(t, 0, c.Len(), "window passed")
+	_, first = c.Begin("4")
+	require.True(t, first)
+}
+
+// TestMemoryPerEntry reports the heap cost of one entry at the default
+// bound (10,000) holding a 64-byte result.
+func TestMemoryPerEntry(t *testing.T) {
+	const n = 10000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	c := New[[]byte](clock.Real{}, 300*time.Second, n)
+	for i := 0; i < n; i++ {
+		e, _ := c.Begin(fmt.Sprintf("node-a1b2c3d4-%x", i))
+		c.Finish(e, make([]byte, 64), true)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("memory per dedup entry (22-byte ID, 64-byte result): %.0f bytes", per)
+	require.Equal(t, n, c.Len())
+	require.Less(t, per, 2048.0)
+	runtime.KeepAlive(c)
+}
