@@ -495,7 +495,16 @@ func New(cfg *Config) (*Node, error) {
 	n.ml = ml
 	n.mlp.Store(ml)
 
-	n.client = rpc.NewClient(rpc.ClientOptions{MaxFrameSize: c.MaxFrameSize, Dial: tr.DialCall})
+	// A dial is bounded by AttemptTimeout: the client shares one pending
+	// dial among the callers to a peer, and one that never completes (a
+	// black-holed address) must not hold every later call to that peer.
+	dialTimeout := c.AttemptTimeout
+	n.client = rpc.NewClient(rpc.ClientOptions{MaxFrameSize: c.MaxFrameSize,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			defer cancel()
+			return tr.DialCall(ctx, addr)
+		}})
 	n.server = rpc.NewServer(n.serveCall, rpc.ServerOptions{MaxFrameSize: c.MaxFrameSize, Logger: n.log})
 	n.spawn(func() {
 		if err := n.server.Serve(tr.CallListener()); err != nil && n.state.Load() == stateRunning {

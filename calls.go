@@ -24,6 +24,10 @@ const (
 	CodeUnknownMethod = "unknown-method"
 	// CodeTooLarge: the request or the response exceeded MaxFrameSize.
 	CodeTooLarge = "too-large"
+	// CodeInProgress: a retry found the first execution of its message ID
+	// still running and stopped waiting for it (the caller's deadline
+	// passed or it went away). Not retryable: the handler is running.
+	CodeInProgress = "in-progress"
 )
 
 // ErrMessageTooLarge: a request or response exceeded Config.MaxFrameSize.
@@ -100,7 +104,10 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 			v := e.Value()
 			return &rpc.Response{Payload: v.Payload, Err: v.Err}
 		case <-ctx.Done():
-			return unavailable("duplicate of %s still running on %s/%s", req.MessageID, req.Service, req.InstanceID)
+			// Not "unavailable": that would let a non-idempotent call move
+			// to another instance while this one runs it.
+			return &rpc.Response{Err: &rpc.ErrorInfo{Code: CodeInProgress,
+				Message: fmt.Sprintf("message %s is still running on %s/%s", req.MessageID, req.Service, req.InstanceID)}}
 		}
 	}
 	resp = n.runHandler(ctx, r, req)
@@ -195,7 +202,9 @@ func (n *Node) classify(ctx, actx context.Context, inst *Instance, err error) er
 		}
 		return fmt.Errorf("aegis: call to %s canceled: %w", inst.ID, ctx.Err())
 	case actx.Err() != nil:
-		return fmt.Errorf("%w: no answer from %s within %v", ErrTimeout, inst.ID, n.cfg.AttemptTimeout)
+		// err stays in the chain: a dial that timed out (rpc.ErrDial)
+		// proves the request was never delivered.
+		return fmt.Errorf("%w: no answer from %s within %v: %w", ErrTimeout, inst.ID, n.cfg.AttemptTimeout, err)
 	case errors.Is(err, rpc.ErrClosed):
 		return fmt.Errorf("%w: %w", ErrShutdown, err)
 	}

@@ -116,6 +116,8 @@ type clientConn struct {
 //     written; it may have been delivered.
 //   - ErrClosed: the Client was closed.
 //   - ctx.Err() (wrapped) when ctx ended first; a late response is dropped.
+//     If ctx ended while the connection was still being opened, the error
+//     also matches ErrDial (the request was not sent).
 func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response, error) {
 	if req == nil {
 		return nil, errNilRequest
@@ -234,7 +236,8 @@ func (c *Client) conn(ctx context.Context, addr string, req *Request) (*clientCo
 		select {
 		case <-cc.ready:
 		case <-ctx.Done():
-			return nil, ctxError(req, addr, ctx.Err())
+			// Still connecting: the request was not sent.
+			return nil, fmt.Errorf("%w: %w", ErrDial, ctxError(req, addr, ctx.Err()))
 		}
 	}
 	if cc.dialErr != nil {
