@@ -180,6 +180,17 @@ func (l *eventLog) has(typ EventType, id string, ns Status, reason string) bool 
 	return false
 }
 
+// String lists the events, for failure messages.
+func (l *eventLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := ""
+	for _, e := range l.evs {
+		out += fmt.Sprintf("\n  %v %s %v->%v %q", e.Type, e.Instance.ID, e.OldStatus, e.NewStatus, e.Reason)
+	}
+	return out
+}
+
 func subscribeLog(nd *Node) *eventLog {
 	l := &eventLog{}
 	nd.Subscribe(l.add)

@@ -260,6 +260,16 @@ func targets(s map[string]summary) []target {
 		t.met = r >= 0.95
 	}
 	ts = append(ts, t)
+
+	// Dedup bookkeeping: Call against the same setup with dedup off.
+	nd, haveND := s["nodedup"]
+	t = target{goal: "Dedup bookkeeping adds < 5% of Call's p50", known: haveCall && haveND && call.hasLat && nd.hasLat}
+	if t.known && nd.latP50 > 0 {
+		d := call.latP50 - nd.latP50
+		t.measured = fmt.Sprintf("%s (%.1f%%: %s with dedup vs %s without)", fmtDur(d), 100*float64(d)/float64(call.latP50), fmtDur(call.latP50), fmtDur(nd.latP50))
+		t.met = float64(d) < 0.05*float64(call.latP50)
+	}
+	ts = append(ts, t)
 	return ts
 }
 

@@ -68,13 +68,19 @@ var systems = []system{
 		key:   "call",
 		name:  "aegis Call",
 		desc:  "two aegis nodes (DefaultConfig, BindAddr 127.0.0.1:0, LocalGossip) on the real network; node B registers service \"echo\" whose Handler returns req.Payload; node A joins B and calls A.Call(ctx, \"echo\", \"echo\", payload)",
-		start: func() (*running, error) { return startAegis(false) },
+		start: func() (*running, error) { return startAegis(false, true) },
+	},
+	{
+		key:   "nodedup",
+		name:  "aegis Call, dedup off",
+		desc:  "same setup as aegis Call with Config.DedupMaxEntries = 0 on node B (no receiver-side dedup bookkeeping), to isolate its cost",
+		start: func() (*running, error) { return startAegis(false, false) },
 	},
 	{
 		key:   "failover",
 		name:  "aegis CallWithFailover",
 		desc:  "same setup as aegis Call, calls A.CallWithFailover(ctx, \"echo\", \"echo\", payload), no failures",
-		start: func() (*running, error) { return startAegis(true) },
+		start: func() (*running, error) { return startAegis(true, true) },
 	},
 }
 
@@ -356,8 +362,11 @@ func startGRPC() (*running, error) {
 // ---------------------------------------------------------------------------
 // aegis
 
-func newAegisNode(name string) (*aegis.Node, error) {
+func newAegisNode(name string, dedup bool) (*aegis.Node, error) {
 	cfg := aegis.DefaultConfig()
+	if !dedup {
+		cfg.DedupMaxEntries = 0
+	}
 	cfg.NodeName = name
 	cfg.BindAddr = "127.0.0.1:0"
 	cfg.Gossip = aegis.LocalGossip()
@@ -366,9 +375,9 @@ func newAegisNode(name string) (*aegis.Node, error) {
 
 var aegisSeq int
 
-func startAegis(failover bool) (*running, error) {
+func startAegis(failover, dedup bool) (*running, error) {
 	aegisSeq++
-	b, err := newAegisNode(fmt.Sprintf("bench-b-%d", aegisSeq))
+	b, err := newAegisNode(fmt.Sprintf("bench-b-%d", aegisSeq), dedup)
 	if err != nil {
 		return nil, err
 	}
@@ -384,7 +393,7 @@ func startAegis(failover bool) (*running, error) {
 		_ = b.Shutdown()
 		return nil, fmt.Errorf("register on B: %w", err)
 	}
-	a, err := newAegisNode(fmt.Sprintf("bench-a-%d", aegisSeq))
+	a, err := newAegisNode(fmt.Sprintf("bench-a-%d", aegisSeq), true)
 	if err != nil {
 		_ = b.Shutdown()
 		return nil, err
