@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
-	"time"
 
 	"github.com/aegisipc/aegis/internal/rpc"
 )
@@ -101,8 +100,7 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 		n.met.duplicates.Add(bg, 1)
 		select {
 		case <-e.Done():
-			v := e.Value()
-			return &rpc.Response{Payload: v.Payload, Err: v.Err}
+			return e.Value()
 		case <-ctx.Done():
 			// Not "unavailable": that would let a non-idempotent call move
 			// to another instance while this one runs it.
@@ -112,7 +110,9 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 	}
 	resp = n.runHandler(ctx, r, req)
 	r.dedup.Finish(e, resp, cacheable(resp))
-	return &rpc.Response{Payload: resp.Payload, Err: resp.Err}
+	// The cached response is shared with later duplicates: nothing
+	// downstream modifies a Response.
+	return resp
 }
 
 // cacheable says which outcomes the dedup cache keeps: successes and
@@ -159,21 +159,15 @@ func (n *Node) nextMessageID() string {
 //   - *RemoteError: the handler's error;
 //   - ErrMessageTooLarge (wrapped).
 func (n *Node) attempt(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, msgID string, try int) ([]byte, error) {
-	actx := ctx
-	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > n.cfg.AttemptTimeout {
-		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, n.cfg.AttemptTimeout)
-		defer cancel()
-	}
 	if inst.load != nil {
 		inst.load.inflight.Add(1)
 		defer inst.load.inflight.Add(-1)
 	}
 	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID,
-		Header: o.header, Payload: payload, Attempt: uint32(try)}
-	resp, err := n.client.Call(actx, inst.Addr, &req)
+		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: n.cfg.AttemptTimeout}
+	resp, err := n.client.Call(ctx, inst.Addr, &req)
 	if err != nil {
-		err = n.classify(ctx, actx, inst, err)
+		err = n.classify(ctx, inst, err)
 		n.observe(inst, err)
 		return nil, err
 	}
@@ -192,7 +186,7 @@ func (n *Node) attempt(ctx context.Context, inst *Instance, method string, paylo
 	return resp.Payload, nil
 }
 
-func (n *Node) classify(ctx, actx context.Context, inst *Instance, err error) error {
+func (n *Node) classify(ctx context.Context, inst *Instance, err error) error {
 	switch {
 	case errors.Is(err, rpc.ErrFrameTooLarge):
 		return fmt.Errorf("%w: %s.%s on %s: %w", ErrMessageTooLarge, inst.Service, inst.ID, inst.Addr, err)
@@ -201,7 +195,7 @@ func (n *Node) classify(ctx, actx context.Context, inst *Instance, err error) er
 			return fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, ctx.Err())
 		}
 		return fmt.Errorf("aegis: call to %s canceled: %w", inst.ID, ctx.Err())
-	case actx.Err() != nil:
+	case errors.Is(err, rpc.ErrTimeout):
 		// err stays in the chain: a dial that timed out (rpc.ErrDial)
 		// proves the request was never delivered.
 		return fmt.Errorf("%w: no answer from %s within %v: %w", ErrTimeout, inst.ID, n.cfg.AttemptTimeout, err)

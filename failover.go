@@ -66,6 +66,21 @@ func WithHeader(key, value string) CallOption {
 	}
 }
 
+// applyOptions applies opts to a copy of o on the heap only when there are
+// options (an option function makes its argument escape), so that a call
+// without options allocates nothing for them.
+func applyOptions(o callOptions, opts []CallOption) callOptions {
+	if len(opts) == 0 {
+		return o
+	}
+	p := new(callOptions)
+	*p = o
+	for _, opt := range opts {
+		opt(p)
+	}
+	return *p
+}
+
 // Call calls method on one healthy instance of service picked by the
 // Balancer. It does not fail over, but when the connection is lost after the
 // request may have been delivered, it retries the same instance with the
@@ -74,10 +89,7 @@ func WithHeader(key, value string) CallOption {
 // ErrNoHealthyInstances, ErrInstanceUnavailable, ErrTimeout,
 // ErrMessageTooLarge (all wrapped) or the handler's *RemoteError.
 func (n *Node) Call(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
-	var o callOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
+	o := applyOptions(callOptions{}, opts)
 	inst, err := n.pick(service, method, &o)
 	if err != nil {
 		return nil, err
@@ -119,10 +131,7 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 // errors.Is and errors.As look through it (ErrNoHealthyInstances when
 // candidates ran out).
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
-	o := callOptions{maxAttempts: n.cfg.MaxAttempts}
-	for _, opt := range opts {
-		opt(&o)
-	}
+	o := applyOptions(callOptions{maxAttempts: n.cfg.MaxAttempts}, opts)
 	id := o.messageID
 	if id == "" {
 		id = n.nextMessageID()

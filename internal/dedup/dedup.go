@@ -4,7 +4,6 @@
 package dedup
 
 import (
-	"container/list"
 	"sync"
 	"time"
 
@@ -14,37 +13,46 @@ import (
 // Cache maps message IDs to the outcome of their one execution. Entries
 // expire after the window and the oldest are evicted beyond the bound. It is
 // safe for concurrent use.
+//
+// The bookkeeping per call is one allocation (the entry, which is also its
+// own list node) plus the map slot; the channel waiters block on is made
+// only when a duplicate arrives while the first execution still runs.
 type Cache[V any] struct {
 	clk    clock.Clock
 	window time.Duration
 	max    int
 
-	mu        sync.Mutex // guards m, order, evictions
-	m         map[string]*Entry[V]
-	order     *list.List // of *Entry[V], oldest first
-	evictions uint64
+	mu         sync.Mutex // guards everything below and every entry's links and state
+	m          map[string]*Entry[V]
+	head, tail *Entry[V] // oldest first
+	n          int
+	evictions  uint64
 }
 
-// Entry is one message ID's execution. Done is closed once the outcome is
-// known.
+// Entry is one message ID's execution.
 type Entry[V any] struct {
-	id     string
-	at     time.Time
-	elem   *list.Element
-	done   chan struct{}
-	val    V
-	cached bool
+	c          *Cache[V]
+	id         string
+	at         time.Time
+	prev, next *Entry[V]
+	listed     bool
+	finished   bool
+	done       chan struct{} // made on demand by Done; closed by Finish
+	val        V
 }
+
+// closed is returned by Done for finished entries.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // New returns a cache keeping entries for window, at most max of them.
 func New[V any](clk clock.Clock, window time.Duration, max int) *Cache[V] {
-	return &Cache[V]{clk: clk, window: window, max: max, m: make(map[string]*Entry[V]), order: list.New()}
+	return &Cache[V]{clk: clk, window: window, max: max, m: make(map[string]*Entry[V])}
 }
 
 // Begin claims id. If this is the first time id is seen (or its earlier
 // entry expired or was dropped), it returns a fresh entry and true: the
 // caller must run the work and call Finish. Otherwise it returns the
-// existing entry and false: the caller waits on Wait.
+// existing entry and false: the caller waits on Done, then reads Value.
 func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 	now := c.clk.Now()
 	c.mu.Lock()
@@ -53,11 +61,11 @@ func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 	if e, ok := c.m[id]; ok {
 		return e, false
 	}
-	e := &Entry[V]{id: id, at: now, done: make(chan struct{})}
-	e.elem = c.order.PushBack(e)
+	e := &Entry[V]{c: c, id: id, at: now}
+	c.pushLocked(e)
 	c.m[id] = e
-	for c.order.Len() > c.max {
-		c.removeLocked(c.order.Front().Value.(*Entry[V]))
+	for c.n > c.max {
+		c.removeLocked(c.head)
 		c.evictions++
 	}
 	return e, true
@@ -67,25 +75,41 @@ func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 // later duplicate runs the work again); waiters still receive val.
 func (c *Cache[V]) Finish(e *Entry[V], val V, keep bool) {
 	c.mu.Lock()
-	e.val, e.cached = val, keep
-	if !keep && c.m[e.id] == e {
+	defer c.mu.Unlock()
+	e.val, e.finished = val, true
+	if !keep {
 		c.removeLocked(e)
 	}
-	c.mu.Unlock()
-	close(e.done)
+	if e.done != nil {
+		close(e.done)
+	}
 }
 
 // Done is closed when the entry's outcome is known.
-func (e *Entry[V]) Done() <-chan struct{} { return e.done }
+func (e *Entry[V]) Done() <-chan struct{} {
+	e.c.mu.Lock()
+	defer e.c.mu.Unlock()
+	if e.finished {
+		return closed
+	}
+	if e.done == nil {
+		e.done = make(chan struct{})
+	}
+	return e.done
+}
 
 // Value returns the outcome; call it after Done is closed.
-func (e *Entry[V]) Value() V { return e.val }
+func (e *Entry[V]) Value() V {
+	e.c.mu.Lock()
+	defer e.c.mu.Unlock()
+	return e.val
+}
 
 // Len returns the number of entries held.
 func (c *Cache[V]) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.order.Len()
+	return c.n
 }
 
 // Evictions returns how many entries were evicted by the size bound or the
@@ -105,21 +129,41 @@ func (c *Cache[V]) Expire() {
 }
 
 func (c *Cache[V]) expireLocked(now time.Time) {
-	for f := c.order.Front(); f != nil; f = c.order.Front() {
-		e := f.Value.(*Entry[V])
-		if now.Sub(e.at) <= c.window {
-			return
-		}
-		c.removeLocked(e)
+	for c.head != nil && now.Sub(c.head.at) > c.window {
+		c.removeLocked(c.head)
 		c.evictions++
 	}
 }
 
-func (c *Cache[V]) removeLocked(e *Entry[V]) {
-	if e.elem != nil {
-		c.order.Remove(e.elem)
-		e.elem = nil
+func (c *Cache[V]) pushLocked(e *Entry[V]) {
+	e.prev, e.next, e.listed = c.tail, nil, true
+	if c.tail != nil {
+		c.tail.next = e
+	} else {
+		c.head = e
 	}
+	c.tail = e
+	c.n++
+}
+
+// removeLocked unlinks e and forgets its ID. An entry still running stays
+// usable by its runner and waiters; only later duplicates no longer find it.
+func (c *Cache[V]) removeLocked(e *Entry[V]) {
+	if !e.listed {
+		return
+	}
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		c.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		c.tail = e.prev
+	}
+	e.prev, e.next, e.listed = nil, nil, false
+	c.n--
 	if c.m[e.id] == e {
 		delete(c.m, e.id)
 	}

@@ -115,9 +115,11 @@ type clientConn struct {
 //   - ErrConnLost: the connection broke after the request may have been
 //     written; it may have been delivered.
 //   - ErrClosed: the Client was closed.
+//   - ErrTimeout: req.Timeout passed first; a late response is dropped.
 //   - ctx.Err() (wrapped) when ctx ended first; a late response is dropped.
-//     If ctx ended while the connection was still being opened, the error
-//     also matches ErrDial (the request was not sent).
+//     If ctx ended (or req.Timeout passed) while the connection was still
+//     being opened, the error also matches ErrDial: the request was not
+//     sent.
 func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response, error) {
 	if req == nil {
 		return nil, errNilRequest
@@ -138,6 +140,14 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 	if err := ctx.Err(); err != nil {
 		return nil, ctxError(req, addr, err)
 	}
+	// req.Timeout bounds the call with a pooled timer, when it is what
+	// expires first.
+	var expired <-chan time.Time
+	if req.Timeout > 0 && int64(req.Timeout) <= timeout {
+		t := getTimer(req.Timeout)
+		defer putTimer(t)
+		expired = t.C
+	}
 	// The frame's size but for the call ID, which takes 1 to 9 bytes.
 	sizeNoID := requestFrameLen(req, 0, timeout) - 1
 	if sizeNoID+1 > c.maxFrame {
@@ -152,7 +162,7 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 		err  error
 	)
 	for tries := 0; ; tries++ {
-		cc, err = c.conn(ctx, addr, req)
+		cc, err = c.conn(ctx, expired, addr, req)
 		if err != nil {
 			callPool.Put(cl)
 			return nil, err
@@ -192,7 +202,33 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 			callPool.Put(cl)
 		} // else the reader holds cl and will send to it: leave it to the GC
 		return nil, ctxError(req, addr, ctx.Err())
+	case <-expired:
+		if cc.unregister(id) {
+			callPool.Put(cl)
+		}
+		return nil, timeoutError(req, addr)
 	}
+}
+
+func timeoutError(req *Request, addr string) error {
+	return fmt.Errorf("%w: %s.%s on %s: no response within %v", ErrTimeout, req.Service, req.Method, addr, req.Timeout)
+}
+
+// timerPool recycles the timers that bound calls. Since Go 1.23 a stopped
+// timer's channel holds no stale tick, so Reset after Stop is safe.
+var timerPool sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timerPool.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timerPool.Put(t)
 }
 
 func frameTooLarge(n, limit int) error {
@@ -204,7 +240,7 @@ func ctxError(req *Request, addr string, err error) error {
 }
 
 // conn returns the live connection to addr, dialing it if there is none.
-func (c *Client) conn(ctx context.Context, addr string, req *Request) (*clientConn, error) {
+func (c *Client) conn(ctx context.Context, expired <-chan time.Time, addr string, req *Request) (*clientConn, error) {
 	c.mu.RLock()
 	cc, closed := c.conns[addr], c.closed
 	c.mu.RUnlock()
@@ -238,6 +274,8 @@ func (c *Client) conn(ctx context.Context, addr string, req *Request) (*clientCo
 		case <-ctx.Done():
 			// Still connecting: the request was not sent.
 			return nil, fmt.Errorf("%w: %w", ErrDial, ctxError(req, addr, ctx.Err()))
+		case <-expired:
+			return nil, fmt.Errorf("%w: %w", ErrDial, timeoutError(req, addr))
 		}
 	}
 	if cc.dialErr != nil {

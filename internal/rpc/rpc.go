@@ -74,6 +74,10 @@ var (
 	ErrDial = errors.New("rpc: dial failed")
 	// ErrClosed: the Client was closed (before or during the call).
 	ErrClosed = errors.New("rpc: client closed")
+	// ErrTimeout: Request.Timeout passed before the response arrived. The
+	// request may have been delivered unless the error also matches
+	// ErrDial.
+	ErrTimeout = errors.New("rpc: call timed out")
 )
 
 // Request is one call as the caller builds it and the handler receives it.
@@ -86,8 +90,10 @@ type Request struct {
 	Method     string
 	InstanceID string
 	MessageID  string
-	// Timeout, if positive, bounds how long the handler may run. Client.Call
-	// sends the smaller of it and the time left before ctx's deadline; the
+	// Timeout, if positive, bounds the call: Client.Call gives up with
+	// ErrTimeout once it has passed (without a context of its own, which
+	// would cost allocations on every call), and sends the smaller of it and
+	// the time left before ctx's deadline as the handler's limit. The
 	// handler sees the value that was sent (0 = no limit).
 	Timeout time.Duration
 	// Header carries string metadata; nil and empty travel the same way and

@@ -403,6 +403,56 @@ func TestDeadlinePropagates(t *testing.T) {
 	})
 }
 
+func TestRequestTimeout(t *testing.T) {
+	forEachNet(t, func(t *testing.T, nk netKind) {
+		handlerErr := make(chan error, 1)
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+			if req.Method == "block" {
+				<-ctx.Done()
+				handlerErr <- ctx.Err()
+			}
+			return &Response{Payload: req.Payload}
+		}, ServerOptions{})
+		c := newTestClient(t, nk, ClientOptions{})
+
+		const d = 100 * time.Millisecond
+		start := time.Now()
+		_, err := c.Call(context.Background(), srv.addr, &Request{Method: "block", Timeout: d})
+		require.ErrorIs(t, err, ErrTimeout)
+		require.NotErrorIs(t, err, ErrDial, "the request was sent")
+		require.GreaterOrEqual(t, time.Since(start), d)
+		require.Less(t, time.Since(start), promptly)
+		select {
+		case err := <-handlerErr:
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+		case <-time.After(promptly):
+			t.Fatal("handler ctx not ended by the timeout")
+		}
+		// The connection still works, and a timer reused from the pool
+		// does not fire early.
+		for i := 0; i < 3; i++ {
+			resp, err := c.Call(context.Background(), srv.addr, &Request{Payload: []byte("ok"), Timeout: time.Second})
+			require.NoError(t, err)
+			require.Equal(t, "ok", string(resp.Payload))
+		}
+	})
+
+	// A dial that has not finished when the timeout passes: not sent.
+	hang := make(chan struct{})
+	defer close(hang)
+	c := NewClient(ClientOptions{Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		select {
+		case <-hang:
+		case <-ctx.Done():
+		}
+		return nil, errors.New("no route")
+	}})
+	defer func() { require.NoError(t, c.Close()) }()
+	_, err := c.Call(context.Background(), "10.255.255.1:1", &Request{Timeout: 50 * time.Millisecond})
+	require.ErrorIs(t, err, ErrTimeout)
+	require.ErrorIs(t, err, ErrDial, "the request was never sent")
+}
+
 func TestServerClosedMidCall(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		started := make(chan struct{}, 1)
@@ -683,4 +733,54 @@ func TestRoundTripAllocs(t *testing.T) {
 	})
 	t.Logf("%.1f allocations per round trip", allocs)
 	require.LessOrEqual(t, allocs, 10.0)
+
+	// A timeout costs the handler's small context and no timer (pooled);
+	// the race detector makes sync.Pool drop some items on purpose, so
+	// allow for a pool miss.
+	timed := *req
+	timed.Timeout = time.Minute
+	allocsTimed := testing.AllocsPerRun(500, func() {
+		if _, err := c.Call(ctx, srv.addr, &timed); err != nil {
+			panic(err)
+		}
+	})
+	t.Logf("%.1f allocations per round trip with a timeout", allocsTimed)
+	require.LessOrEqual(t, allocsTimed, allocs+2)
+}
+
+func TestDeadlineCtx(t *testing.T) {
+	parent, cancelParent := context.WithCancel(context.Background())
+	defer cancelParent()
+
+	// Expires like context.WithDeadline, whether Done is asked before or
+	// after the deadline.
+	early := &deadlineCtx{Context: parent, deadline: time.Now().Add(30 * time.Millisecond)}
+	require.NoError(t, early.Err())
+	dl, ok := early.Deadline()
+	require.True(t, ok)
+	require.Equal(t, early.deadline, dl)
+	select {
+	case <-early.Done():
+	case <-time.After(promptly):
+		t.Fatal("Done not closed at the deadline")
+	}
+	require.ErrorIs(t, early.Err(), context.DeadlineExceeded)
+	late := &deadlineCtx{Context: parent, deadline: time.Now().Add(-time.Millisecond)}
+	require.ErrorIs(t, late.Err(), context.DeadlineExceeded)
+	<-late.Done()
+
+	// Released (the handler returned): canceled, and Done is closed even
+	// if first asked afterwards.
+	rel := &deadlineCtx{Context: parent, deadline: time.Now().Add(time.Hour)}
+	rel.release()
+	require.ErrorIs(t, rel.Err(), context.Canceled)
+	<-rel.Done()
+
+	// The parent (the connection) ending ends it too.
+	child := &deadlineCtx{Context: parent, deadline: time.Now().Add(time.Hour)}
+	done := child.Done()
+	cancelParent()
+	<-done
+	require.ErrorIs(t, child.Err(), context.Canceled)
+	child.release()
 }

@@ -272,16 +272,72 @@ func (sc *serverConn) finish() {
 // handle runs the handler for req and sends its response.
 func (sc *serverConn) handle(req *Request) {
 	defer sc.handlers.Done()
-	ctx := sc.ctx
-	var cancel context.CancelFunc
+	var resp *Response
 	if req.Timeout != 0 {
-		ctx, cancel = context.WithTimeout(ctx, req.Timeout)
-	}
-	resp := sc.s.invoke(ctx, req)
-	if cancel != nil {
-		cancel()
+		dc := &deadlineCtx{Context: sc.ctx, deadline: time.Now().Add(req.Timeout)}
+		resp = sc.s.invoke(dc, req)
+		dc.release()
+	} else {
+		resp = sc.s.invoke(sc.ctx, req)
 	}
 	sc.reply(req.CallID, resp)
+}
+
+// deadlineCtx is the handler's context when the call has a timeout. It
+// behaves as context.WithDeadline(parent, deadline) followed by cancel once
+// the handler returns, but builds that context (a timer, a channel and a
+// goroutine-free cancel hook: four allocations) only when the handler asks
+// for Done. Handlers that finish without waiting on their context (most
+// fast ones) pay for the struct alone.
+type deadlineCtx struct {
+	context.Context // the connection's context
+	deadline        time.Time
+
+	mu       sync.Mutex
+	inner    context.Context // built by Done
+	cancel   context.CancelFunc
+	released bool
+}
+
+func (c *deadlineCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *deadlineCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inner == nil {
+		c.inner, c.cancel = context.WithDeadline(c.Context, c.deadline)
+		if c.released {
+			c.cancel()
+		}
+	}
+	return c.inner.Done()
+}
+
+func (c *deadlineCtx) Err() error {
+	c.mu.Lock()
+	inner, released := c.inner, c.released
+	c.mu.Unlock()
+	switch {
+	case inner != nil:
+		return inner.Err()
+	case c.Context.Err() != nil:
+		return c.Context.Err()
+	case !time.Now().Before(c.deadline):
+		return context.DeadlineExceeded
+	case released:
+		return context.Canceled
+	}
+	return nil
+}
+
+// release ends the context once the handler has returned.
+func (c *deadlineCtx) release() {
+	c.mu.Lock()
+	c.released = true
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.mu.Unlock()
 }
 
 // invoke runs the handler, turning a panic into an error response.
