@@ -90,7 +90,8 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 	r.inflight.Add(1)
 	defer r.inflight.Add(-1)
 	if r.dedup == nil || req.MessageID == "" {
-		return n.runHandler(ctx, r, req)
+		out := n.runHandler(ctx, r, req)
+		return &out
 	}
 	e, first := r.dedup.Begin(req.MessageID)
 	if !first {
@@ -100,7 +101,7 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 		n.met.duplicates.Add(bg, 1)
 		select {
 		case <-e.Done():
-			return e.Value()
+			return e.Result()
 		case <-ctx.Done():
 			// Not "unavailable": that would let a non-idempotent call move
 			// to another instance while this one runs it.
@@ -108,11 +109,11 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 				Message: fmt.Sprintf("message %s is still running on %s/%s", req.MessageID, req.Service, req.InstanceID)}}
 		}
 	}
-	resp = n.runHandler(ctx, r, req)
-	r.dedup.Finish(e, resp, cacheable(resp))
-	// The cached response is shared with later duplicates: nothing
-	// downstream modifies a Response.
-	return resp
+	// The response lives in the dedup entry (no allocation of its own) and
+	// is shared with later duplicates: nothing downstream modifies it.
+	out := n.runHandler(ctx, r, req)
+	r.dedup.Finish(e, out, cacheable(&out))
+	return e.Result()
 }
 
 // cacheable says which outcomes the dedup cache keeps: successes and
@@ -125,25 +126,25 @@ func cacheable(resp *rpc.Response) bool {
 
 // runHandler runs r's handler for req, turning errors and panics into error
 // responses.
-func (n *Node) runHandler(ctx context.Context, r *Registration, req *rpc.Request) (resp *rpc.Response) {
+func (n *Node) runHandler(ctx context.Context, r *Registration, req *rpc.Request) (resp rpc.Response) {
 	areq := &Request{Service: req.Service, Method: req.Method, InstanceID: req.InstanceID,
 		MessageID: req.MessageID, Payload: req.Payload, Header: req.Header}
 	defer func() {
 		if p := recover(); p != nil {
 			n.log.Error("handler panicked", "service", req.Service, "method", req.Method, "instance", req.InstanceID,
 				"panic", p, "stack", string(debug.Stack()))
-			resp = &rpc.Response{Err: &rpc.ErrorInfo{Code: CodePanic, Message: fmt.Sprintf("handler for %s.%s panicked: %v", req.Service, req.Method, p)}}
+			resp = rpc.Response{Err: &rpc.ErrorInfo{Code: CodePanic, Message: fmt.Sprintf("handler for %s.%s panicked: %v", req.Service, req.Method, p)}}
 		}
 	}()
 	out, err := r.svc.Handler(ctx, areq)
 	if err != nil {
 		var re *RemoteError
 		if errors.As(err, &re) {
-			return &rpc.Response{Err: &rpc.ErrorInfo{Code: re.Code, Message: re.Message, Retryable: re.Retryable}}
+			return rpc.Response{Err: &rpc.ErrorInfo{Code: re.Code, Message: re.Message, Retryable: re.Retryable}}
 		}
-		return &rpc.Response{Err: &rpc.ErrorInfo{Code: CodeHandler, Message: err.Error()}}
+		return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeHandler, Message: err.Error()}}
 	}
-	return &rpc.Response{Payload: out}
+	return rpc.Response{Payload: out}
 }
 
 // nextMessageID returns a cluster-unique message ID.

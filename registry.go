@@ -175,11 +175,11 @@ type Registration struct {
 	n        *Node
 	key      instKey
 	svc      Service
-	status   atomic.Int32                // self-reported Status
-	inflight atomic.Int64                // calls running in the handler
-	dedup    *dedup.Cache[*rpc.Response] // outcomes by message ID; nil when disabled
-	paused   atomic.Bool                 // heartbeats paused
-	done     atomic.Bool                 // deregistered or node stopped
+	status   atomic.Int32               // self-reported Status
+	inflight atomic.Int64               // calls running in the handler
+	dedup    *dedup.Cache[rpc.Response] // outcomes by message ID; nil when disabled
+	paused   atomic.Bool                // heartbeats paused
+	done     atomic.Bool                // deregistered or node stopped
 	regTime  time.Time
 }
 
@@ -242,7 +242,7 @@ func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
 	}
 	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation)}
 	if n.cfg.DedupMaxEntries > 0 {
-		r.dedup = dedup.New[*rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries)
+		r.dedup = dedup.New[rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries)
 	}
 	n.local[key] = r
 	n.publishServed()

@@ -98,6 +98,10 @@ func (e *Entry[V]) Done() <-chan struct{} {
 	return e.done
 }
 
+// Result points at the outcome, which Finish set and nothing changes after;
+// call it after Finish or once Done is closed.
+func (e *Entry[V]) Result() *V { return &e.val }
+
 // Value returns the outcome; call it after Done is closed.
 func (e *Entry[V]) Value() V {
 	e.c.mu.Lock()

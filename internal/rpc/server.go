@@ -189,6 +189,8 @@ func (s *Server) track(conn net.Conn) *serverConn {
 		ctx:    ctx,
 		cancel: cancel,
 		done:   make(chan struct{}),
+		wake:   make(chan struct{}),
+		stop:   make(chan struct{}),
 	}
 	sc.w.conn = conn
 	sc.w.onError = sc.writeFailed
@@ -200,8 +202,10 @@ func (s *Server) track(conn net.Conn) *serverConn {
 // serverConn is one connection being served.
 //
 // Reading is a role that passes between goroutines: the reader that decodes a
-// request starts a new reader goroutine and runs the handler itself, so the
-// handler starts without waiting for a goroutine switch.
+// request hands the role on and runs the handler itself, so the handler
+// starts without waiting for a goroutine switch. The role goes to a spare
+// (a goroutine that finished a handler and parked, its stack already
+// grown) or, when none is parked, to a new goroutine.
 type serverConn struct {
 	s      *Server
 	conn   net.Conn
@@ -213,11 +217,27 @@ type serverConn struct {
 
 	handlers sync.WaitGroup
 	inflight atomic.Int32 // requests read and not yet answered
+
+	wake   chan struct{}  // a send hands the reader role to a parked spare
+	stop   chan struct{}  // closed by finish: spares exit
+	spares atomic.Int32   // goroutines parked (or about to park) as spares
+	parked sync.WaitGroup // spares, for finish to wait on
 }
 
+// maxSpares bounds the parked spare goroutines per connection.
+const maxSpares = 4
+
 // readLoop reads frames until it passes the reader role on (after decoding a
-// request, which it then handles) or the connection fails.
+// request, which it then handles) or the connection fails. After handling,
+// the goroutine parks as a spare and reads again when woken.
 func (sc *serverConn) readLoop() {
+	for sc.readOne() {
+	}
+}
+
+// readOne reads until it has handled one request, and reports whether this
+// goroutine was then woken from the spares to read again.
+func (sc *serverConn) readOne() bool {
 	s := sc.s
 	for {
 		body, bigID, big, err := sc.fr.next()
@@ -229,7 +249,7 @@ func (sc *serverConn) readLoop() {
 				s.log.Debug("rpc: connection failed", "remote", sc.conn.RemoteAddr(), "err", err)
 			}
 			sc.finish()
-			return
+			return false
 		}
 		if big {
 			sc.inflight.Add(1)
@@ -243,13 +263,37 @@ func (sc *serverConn) readLoop() {
 		if err := decodeRequest(body, req); err != nil {
 			s.log.Warn("rpc: closing connection: malformed request", "remote", sc.conn.RemoteAddr(), "err", err)
 			sc.finish()
-			return
+			return false
 		}
 		sc.handlers.Add(1)
 		sc.inflight.Add(1)
-		go sc.readLoop()
+		select {
+		case sc.wake <- struct{}{}:
+		default:
+			go sc.readLoop()
+		}
 		sc.handle(req)
-		return
+		// Register as a spare before leaving the handlers, so that finish,
+		// once no handler is left, also waits for every spare.
+		spare := sc.spares.Add(1) <= maxSpares
+		if spare {
+			sc.parked.Add(1)
+		} else {
+			sc.spares.Add(-1)
+		}
+		sc.handlers.Done()
+		if !spare {
+			return false
+		}
+		woken := false
+		select {
+		case <-sc.wake:
+			woken = true
+		case <-sc.stop:
+		}
+		sc.spares.Add(-1)
+		sc.parked.Done()
+		return woken
 	}
 }
 
@@ -261,7 +305,9 @@ func (sc *serverConn) finish() {
 	sc.w.shutdown(net.ErrClosed)
 	_ = sc.conn.Close()
 	sc.cancel()
+	close(sc.stop)
 	sc.handlers.Wait()
+	sc.parked.Wait()
 	s.mu.Lock()
 	delete(s.conns, sc)
 	s.mu.Unlock()
@@ -271,7 +317,6 @@ func (sc *serverConn) finish() {
 
 // handle runs the handler for req and sends its response.
 func (sc *serverConn) handle(req *Request) {
-	defer sc.handlers.Done()
 	var resp *Response
 	if req.Timeout != 0 {
 		dc := &deadlineCtx{Context: sc.ctx, deadline: time.Now().Add(req.Timeout)}
