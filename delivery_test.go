@@ -310,7 +310,7 @@ func TestDedupWindowAndBound(t *testing.T) {
 	})
 	c.waitConverged(10 * time.Second)
 	var runs atomic.Int64
-	c.register(c.nodes[1], Service{Name: "d", InstanceID: "d-1",
+	dreg := c.register(c.nodes[1], Service{Name: "d", InstanceID: "d-1",
 		Handler: func(ctx context.Context, req *Request) ([]byte, error) {
 			runs.Add(1)
 			return []byte(req.MessageID), nil
@@ -339,4 +339,9 @@ func TestDedupWindowAndBound(t *testing.T) {
 	call("m6")
 	require.EqualValues(t, 9, runs.Load(), "m6 expired and ran again")
 	require.EqualValues(t, 1, c.nodes[1].Stats().DuplicatesAnswered)
+	// 3 by the bound, then the 5 left expired when m6 came back.
+	require.EqualValues(t, 8, c.nodes[1].Stats().DedupEvictions)
+	// The counter outlives the instance.
+	require.NoError(t, dreg.Deregister(context.Background()))
+	require.EqualValues(t, 8, c.nodes[1].Stats().DedupEvictions)
 }

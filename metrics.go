@@ -26,8 +26,8 @@ type Stats struct {
 	// SameInstanceRetries counts retries this node made on the same
 	// instance with the same message ID.
 	SameInstanceRetries uint64
-	// DedupEvictions counts dedup entries of current local instances dropped
-	// by the window or the bound.
+	// DedupEvictions counts dedup entries of local instances dropped by the
+	// window or the bound.
 	DedupEvictions uint64
 }
 
@@ -41,26 +41,20 @@ func (n *Node) Stats() Stats {
 		HeartbeatsUnknown:   n.stats.heartbeatsUnknown.Load(),
 		DuplicatesAnswered:  n.stats.duplicates.Load(),
 		SameInstanceRetries: n.stats.sameRetries.Load(),
-		DedupEvictions:      n.dedupEvictions(),
+		DedupEvictions:      n.stats.dedupEvictions.Load(),
 	}
 }
 
-func (n *Node) dedupEvictions() uint64 {
-	var total uint64
-	if m := n.served.Load(); m != nil {
-		for _, r := range *m {
-			if r.dedup != nil {
-				total += r.dedup.Evictions()
-			}
-		}
-	}
-	return total
+// dedupEvicted counts one dedup entry evicted from a local instance's cache.
+func (n *Node) dedupEvicted() {
+	n.stats.dedupEvictions.Add(1)
+	n.met.dedupEvictions.Add(bg, 1)
 }
 
 type nodeStats struct {
 	gossipReceived, gossipDropped                         atomic.Uint64
 	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown atomic.Uint64
-	duplicates, sameRetries                               atomic.Uint64
+	duplicates, sameRetries, dedupEvictions               atomic.Uint64
 }
 
 // nodeMetrics are the OpenTelemetry instruments of a Node.
@@ -69,6 +63,7 @@ type nodeMetrics struct {
 	heartbeatsSent metric.Int64Counter
 	duplicates     metric.Int64Counter
 	sameRetries    metric.Int64Counter
+	dedupEvictions metric.Int64Counter
 }
 
 func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
@@ -78,5 +73,6 @@ func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
 	hs, _ := m.Int64Counter("aegis.heartbeat.sent", metric.WithDescription("heartbeats originated by this node"))
 	du, _ := m.Int64Counter("aegis.call.duplicates", metric.WithDescription("calls answered from the dedup cache instead of running the handler again"))
 	sr, _ := m.Int64Counter("aegis.call.same_instance_retries", metric.WithDescription("retries on the same instance with the same message ID"))
-	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr}
+	de, _ := m.Int64Counter("aegis.call.dedup_evictions", metric.WithDescription("dedup entries evicted by the window or the bound"))
+	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr, dedupEvictions: de}
 }

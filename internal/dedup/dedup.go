@@ -27,6 +27,7 @@ type Cache[V any] struct {
 	head, tail *Entry[V] // oldest first
 	n          int
 	evictions  uint64
+	onEvict    func() // may be nil; called with mu held
 }
 
 // Entry is one message ID's execution.
@@ -45,8 +46,11 @@ type Entry[V any] struct {
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // New returns a cache keeping entries for window, at most max of them.
-func New[V any](clk clock.Clock, window time.Duration, max int) *Cache[V] {
-	return &Cache[V]{clk: clk, window: window, max: max, m: make(map[string]*Entry[V])}
+// onEvict, if not nil, is called (with the cache locked: it must be quick
+// and must not use the cache) for every entry evicted by the window or the
+// bound.
+func New[V any](clk clock.Clock, window time.Duration, max int, onEvict func()) *Cache[V] {
+	return &Cache[V]{clk: clk, window: window, max: max, m: make(map[string]*Entry[V]), onEvict: onEvict}
 }
 
 // Begin claims id. If this is the first time id is seen (or its earlier
@@ -66,7 +70,7 @@ func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 	c.m[id] = e
 	for c.n > c.max {
 		c.removeLocked(c.head)
-		c.evictions++
+		c.evicted()
 	}
 	return e, true
 }
@@ -135,7 +139,14 @@ func (c *Cache[V]) Expire() {
 func (c *Cache[V]) expireLocked(now time.Time) {
 	for c.head != nil && now.Sub(c.head.at) > c.window {
 		c.removeLocked(c.head)
-		c.evictions++
+		c.evicted()
+	}
+}
+
+func (c *Cache[V]) evicted() {
+	c.evictions++
+	if c.onEvict != nil {
+		c.onEvict()
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestFirstRunsOthersWait(t *testing.T) {
-	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10)
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10, nil)
 	e, first := c.Begin("m1")
 	require.True(t, first)
 	dup, first := c.Begin("m1")
@@ -38,7 +38,7 @@ func TestFirstRunsOthersWait(t *testing.T) {
 }
 
 func TestNotKeptRunsAgain(t *testing.T) {
-	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10)
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10, nil)
 	e, _ := c.Begin("m1")
 	c.Finish(e, "retryable failure", false)
 	_, first := c.Begin("m1")
@@ -47,7 +47,8 @@ func TestNotKeptRunsAgain(t *testing.T) {
 
 func TestWindowAndBound(t *testing.T) {
 	clk := clock.NewFake(time.Unix(0, 0))
-	c := New[int](clk, 300*time.Second, 3)
+	var evicted int
+	c := New[int](clk, 300*time.Second, 3, func() { evicted++ })
 	for i := 0; i < 5; i++ {
 		e, first := c.Begin(fmt.Sprint(i))
 		require.True(t, first)
@@ -66,6 +67,8 @@ func TestWindowAndBound(t *testing.T) {
 	clk.Advance(2 * time.Second)
 	c.Expire()
 	require.Equal(t, 0, c.Len(), "window passed")
+	require.EqualValues(t, evicted, c.Evictions(), "the callback saw every eviction")
+	require.EqualValues(t, 6, evicted, "2 by the bound, 1 more by Begin(\"0\"), 3 by the window")
 	_, first = c.Begin("4")
 	require.True(t, first)
 }
@@ -77,7 +80,7 @@ func TestMemoryPerEntry(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	c := New[[]byte](clock.Real{}, 300*time.Second, n)
+	c := New[[]byte](clock.Real{}, 300*time.Second, n, nil)
 	for i := 0; i < n; i++ {
 		e, _ := c.Begin(fmt.Sprintf("node-a1b2c3d4-%x", i))
 		c.Finish(e, make([]byte, 64), true)
