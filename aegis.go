@@ -17,11 +17,12 @@ package aegis
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
@@ -600,6 +601,9 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 	if !n.spawn(func() {
 		k, err := n.ml.Join(seeds)
 		ch <- result{k, err}
+		if k > 0 {
+			n.catchUp()
+		}
 	}) {
 		return 0, ErrShutdown
 	}
@@ -612,6 +616,44 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 	case <-ctx.Done():
 		return 0, fmt.Errorf("aegis: join %v: %w", seeds, ctx.Err())
 	}
+}
+
+// catchUp runs one more push/pull with a random member a moment after a
+// join. The join's own exchange misses what is registered between it and
+// the moment the rest of the cluster learns of this node (when they start
+// sending to it directly); under a cold start of many nodes that gap would
+// otherwise be closed only by the next heartbeat (5 s) or the periodic
+// push/pull (30 s and more).
+func (n *Node) catchUp() {
+	d := catchUpDelay + time.Duration(rand.Int64N(int64(catchUpDelay)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-n.stopCh:
+		return
+	case <-t.C:
+	}
+	for _, m := range shuffledPeers(n.ml.Members(), n.name) {
+		if _, err := n.ml.Join([]string{m.FullAddress().Addr}); err == nil {
+			return
+		}
+	}
+}
+
+// catchUpDelay is the least wait before catchUp (up to twice that).
+const catchUpDelay = time.Second
+
+// shuffledPeers returns members other than self, in random order, at most
+// three of them.
+func shuffledPeers(members []*memberlist.Node, self string) []*memberlist.Node {
+	out := make([]*memberlist.Node, 0, len(members))
+	for _, m := range members {
+		if m.Name != self {
+			out = append(out, m)
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out[:min(len(out), 3)]
 }
 
 // Leave leaves the cluster gracefully: it stops accepting registrations,
@@ -740,7 +782,7 @@ func (n *Node) shutdown() error {
 
 func randomHex(nbytes int) string {
 	b := make([]byte, nbytes)
-	if _, err := rand.Read(b); err != nil {
+	if _, err := crand.Read(b); err != nil {
 		panic("aegis: crypto/rand failed: " + err.Error())
 	}
 	return hex.EncodeToString(b)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"time"
 
 	"github.com/aegisipc/aegis/internal/rpc"
 )
@@ -23,6 +24,10 @@ const (
 	CodeUnknownMethod = "unknown-method"
 	// CodeTooLarge: the request or the response exceeded MaxFrameSize.
 	CodeTooLarge = "too-large"
+	// CodeDeadline: the handler gave up because the call's deadline (the
+	// caller's, propagated, or the attempt timeout) passed; the caller sees
+	// ErrTimeout. Not cached by deduplication: a retry runs the handler.
+	CodeDeadline = "deadline-exceeded"
 	// CodeInProgress: a retry found the first execution of its message ID
 	// still running and stopped waiting for it (the caller's deadline
 	// passed or it went away). Not retryable: the handler is running.
@@ -121,7 +126,7 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 // not run again. Retryable errors and "unavailable" are not kept: the next
 // try runs the handler.
 func cacheable(resp *rpc.Response) bool {
-	return resp.Err == nil || !resp.Err.Retryable && resp.Err.Code != CodeUnavailable
+	return resp.Err == nil || !resp.Err.Retryable && resp.Err.Code != CodeUnavailable && resp.Err.Code != CodeDeadline
 }
 
 // runHandler runs r's handler for req, turning errors and panics into error
@@ -138,6 +143,9 @@ func (n *Node) runHandler(ctx context.Context, r *Registration, req *rpc.Request
 	}()
 	out, err := r.svc.Handler(ctx, areq)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+			return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeDeadline, Message: err.Error()}}
+		}
 		var re *RemoteError
 		if errors.As(err, &re) {
 			return rpc.Response{Err: &rpc.ErrorInfo{Code: re.Code, Message: re.Message, Retryable: re.Retryable}}
@@ -166,6 +174,7 @@ func (n *Node) attempt(ctx context.Context, inst *Instance, method string, paylo
 	}
 	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID,
 		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: n.cfg.AttemptTimeout}
+	sent := time.Now()
 	resp, err := n.client.Call(ctx, inst.Addr, &req)
 	if err != nil {
 		err = n.classify(ctx, inst, err)
@@ -179,6 +188,17 @@ func (n *Node) attempt(ctx context.Context, inst *Instance, method string, paylo
 			re.Code = CodeTooLarge
 		case rpc.CodePanic:
 			re.Code = CodePanic
+		case CodeDeadline:
+			// The deadline the handler saw was the caller's when it was
+			// no further than the attempt timeout.
+			var err error
+			if dl, ok := ctx.Deadline(); ok && dl.Sub(sent) <= n.cfg.AttemptTimeout {
+				err = deadlineSpent{fmt.Errorf("%w: caller's deadline passed while %s ran the call: %w (%w)", ErrTimeout, inst.ID, context.DeadlineExceeded, re)}
+			} else {
+				err = fmt.Errorf("%w: %s ran out of the attempt timeout (%v): %w", ErrTimeout, inst.ID, n.cfg.AttemptTimeout, re)
+			}
+			n.observe(inst, err)
+			return nil, err
 		}
 		n.observe(inst, re)
 		return nil, re
@@ -205,6 +225,12 @@ func (n *Node) classify(ctx context.Context, inst *Instance, err error) error {
 	}
 	return fmt.Errorf("%w: %s at %s: %w", ErrInstanceUnavailable, inst.ID, inst.Addr, err)
 }
+
+// deadlineSpent marks an error after which the caller's deadline is spent
+// (even if its context has not noticed yet): nothing is retried.
+type deadlineSpent struct{ error }
+
+func (d deadlineSpent) Unwrap() error { return d.error }
 
 // notDelivered reports whether err proves the request never reached a
 // handler (so even a non-idempotent call may go elsewhere).

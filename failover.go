@@ -113,8 +113,9 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 //     delivered) is retried on the same instance up to SameInstanceRetries
 //     times with jittered exponential backoff; its dedup cache answers a
 //     request it already ran. An attempt timeout is retried the same way
-//     for methods the instance declared non-idempotent; idempotent ones move
-//     on at once;
+//     for methods the instance declared non-idempotent (unless the
+//     connection could not even be opened); idempotent ones move on at
+//     once;
 //   - then the call moves to another instance when the failure was
 //     "unavailable" (connection refused or reset, instance gone or
 //     draining), an attempt timeout, or a *RemoteError marked Retryable.
@@ -213,7 +214,7 @@ func (n *Node) tryInstance(ctx context.Context, inst *Instance, method string, p
 // non-idempotent methods, since an idempotent one is better moved to
 // another instance than waited on again.
 func mayHaveBeenDelivered(ctx context.Context, err error, idempotent bool) bool {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || errors.As(err, new(deadlineSpent)) || notDelivered(err) {
 		return false
 	}
 	if errors.Is(err, rpc.ErrConnLost) {
@@ -248,8 +249,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // retryable reports whether err may succeed on another instance.
 func retryable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil {
-		return false
+	if ctx.Err() != nil || errors.As(err, new(deadlineSpent)) {
+		return false // the caller's deadline is spent
 	}
 	var re *RemoteError
 	if errors.As(err, &re) {

@@ -124,7 +124,7 @@ func (n *Node) handleGossip(b []byte) {
 			n.stats.heartbeatsReceived.Add(1)
 			if unknown {
 				n.stats.heartbeatsUnknown.Add(1)
-				n.requestPull()
+				n.requestPull(batch.Node)
 			}
 			anyFresh = anyFresh || fresh
 		}
@@ -184,8 +184,28 @@ func (n *Node) dropGossip(where string, err error) {
 // repair whatever a lost packet missed.
 func (n *Node) announce(name string, msg []byte) {
 	n.broadcast(name, msg)
-	n.sendDirect(nil, wire.Direct(msg))
+	n.sendDirectTwice(wire.Direct(msg))
 }
+
+// sendDirectTwice sends msg straight to every member now and once more a
+// moment later. Receivers do not re-gossip what they got directly (every
+// member got it), so a packet lost in a burst (a hundred nodes announcing
+// at once overflow socket buffers) would otherwise wait for the origin's
+// own gossip or for a pull; the repeat makes such a loss cost a few hundred
+// milliseconds. Applying a message twice is harmless.
+func (n *Node) sendDirectTwice(msg []byte) {
+	n.sendDirect(nil, msg)
+	d := reannounceDelay + time.Duration(rand.Int64N(int64(reannounceDelay)))
+	time.AfterFunc(d, func() {
+		if n.state.Load() == stateRunning {
+			n.sendDirect(nil, msg)
+		}
+	})
+}
+
+// reannounceDelay is the least wait before an announcement is repeated (up
+// to twice that, with jitter).
+const reannounceDelay = 150 * time.Millisecond
 
 // outMsg is a direct send for outboxLoop: msg to one node, or to every
 // member when to is nil; introduce sends this node's records and
@@ -258,7 +278,7 @@ func (n *Node) deliver(m outMsg) {
 // requestPull schedules one push/pull exchange with a random peer, at most
 // once per pullInterval: a heartbeat for an instance this node has never
 // heard of means a record broadcast passed it by.
-func (n *Node) requestPull() {
+func (n *Node) requestPull(origin string) {
 	now := time.Now().UnixNano()
 	last := n.lastPull.Load()
 	if now-last < int64(pullInterval) || !n.lastPull.CompareAndSwap(last, now) {
@@ -269,6 +289,15 @@ func (n *Node) requestPull() {
 		members := ml.Members()
 		if len(members) < 2 {
 			return
+		}
+		// The heartbeat's origin surely has the record: pull from it.
+		for _, m := range members {
+			if m.Name == origin && origin != n.name {
+				if _, err := ml.Join([]string{m.FullAddress().Addr}); err == nil {
+					return
+				}
+				break
+			}
 		}
 		for tries := 0; tries < 3; tries++ {
 			m := members[rand.IntN(len(members))]

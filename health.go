@@ -70,7 +70,7 @@ func (n *Node) heartbeatRound(direct bool) {
 		name := batchName(batch)
 		n.hbQueue.Queue(name, msg)
 		if direct {
-			n.sendDirect(nil, wire.Direct(msg))
+			n.sendDirectTwice(wire.Direct(msg))
 		}
 		n.stats.heartbeatsSent.Add(uint64(k))
 		n.met.heartbeatsSent.Add(bg, int64(k))

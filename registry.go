@@ -405,14 +405,15 @@ type registry struct {
 }
 
 func newRegistry(self string, clk clock.Clock, timeout, reap time.Duration, emit func(Event)) *registry {
-	return &registry{
+	r := &registry{
 		self: self, clk: clk, timeout: timeout, reap: reap, emit: emit,
 		entries: make(map[instKey]*entry),
 		tombs:   make(map[instKey]tombstone),
 		dead:    make(map[string]time.Time),
 		pending: make(map[instKey]bool),
-		snaps:   newSnapshots(),
 	}
+	r.snaps = newSnapshots(r)
+	return r
 }
 
 // registerLocal reserves key for a new local record, checking for a live

@@ -212,31 +212,57 @@ type serviceSnapshot struct {
 	known    int        // instances known in any status
 }
 
-// snapshots holds an immutable map from service name to its snapshot,
-// replaced (copy on write) under the registry's lock and read lock-free.
+// snapshots holds an immutable map from service name to its snapshot, read
+// lock-free. Changes only mark a service stale (under the registry's
+// lock); the next read rebuilds every stale service at once. A burst of
+// changes (a hundred instances registering, a node failing) thus costs one
+// rebuild instead of one per change, and none at all while nobody calls.
 type snapshots struct {
-	m atomic.Pointer[map[string]*serviceSnapshot]
+	m     atomic.Pointer[map[string]*serviceSnapshot]
+	dirty atomic.Bool // stale is not empty
+
+	r     *registry           // whose lock guards stale and the rebuild
+	stale map[string]struct{} // services to rebuild; guarded by r.mu
 }
 
-func newSnapshots() *snapshots {
-	s := &snapshots{}
+func newSnapshots(r *registry) *snapshots {
+	s := &snapshots{r: r, stale: make(map[string]struct{})}
 	empty := map[string]*serviceSnapshot{}
 	s.m.Store(&empty)
 	return s
 }
 
-// get returns the snapshot of service, or nil if no instance is known.
+// get returns the snapshot of service, or nil if no instance is known. It
+// must not be called with the registry's lock held.
 func (s *snapshots) get(service string) *serviceSnapshot {
+	if s.dirty.Load() {
+		s.flush()
+	}
 	return (*s.m.Load())[service]
 }
 
-// update rebuilds the snapshot of service from entries. The caller holds
-// the registry's write lock.
-func (s *snapshots) update(entries map[instKey]*entry, service string) {
-	snap := &serviceSnapshot{}
-	var degraded []Instance
-	for k, e := range entries {
-		if k.service != service {
+// update marks service's snapshot stale. The caller holds the registry's
+// write lock.
+func (s *snapshots) update(_ map[instKey]*entry, service string) {
+	s.stale[service] = struct{}{}
+	s.dirty.Store(true)
+}
+
+// flush rebuilds the stale snapshots.
+func (s *snapshots) flush() {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	if !s.dirty.Load() {
+		return // another reader did it
+	}
+	built := make(map[string]*serviceSnapshot, len(s.stale))
+	degraded := make(map[string][]Instance)
+	for svc := range s.stale {
+		built[svc] = &serviceSnapshot{}
+	}
+	for k, e := range s.r.entries {
+		snap := built[k.service]
+		if snap == nil {
 			continue
 		}
 		snap.known++
@@ -244,35 +270,39 @@ func (s *snapshots) update(entries map[instKey]*entry, service string) {
 		case StatusHealthy:
 			snap.routable = append(snap.routable, e.instance())
 		case StatusDegraded:
-			degraded = append(degraded, e.instance())
+			degraded[k.service] = append(degraded[k.service], e.instance())
 		}
 	}
-	if len(snap.routable) == 0 {
-		snap.routable = degraded
-	}
-	// Instances ejected by passive failure tracking leave the pool, but
-	// never the last candidates.
-	kept := snap.routable[:0:0]
-	for _, in := range snap.routable {
-		if e := entries[instKey{service, in.ID}]; e == nil || e.ejectedUntil.IsZero() {
-			kept = append(kept, in)
-		}
-	}
-	if len(kept) > 0 {
-		snap.routable = kept
-	}
-	slices.SortFunc(snap.routable, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
 	old := *s.m.Load()
-	next := make(map[string]*serviceSnapshot, len(old)+1)
+	next := make(map[string]*serviceSnapshot, len(old)+len(built))
 	for k, v := range old {
 		next[k] = v
 	}
-	if snap.known == 0 {
-		delete(next, service)
-	} else {
-		next[service] = snap
+	for svc, snap := range built {
+		if snap.known == 0 {
+			delete(next, svc)
+			continue
+		}
+		if len(snap.routable) == 0 {
+			snap.routable = degraded[svc]
+		}
+		// Instances ejected by passive failure tracking leave the pool,
+		// but never the last candidates.
+		kept := snap.routable[:0:0]
+		for _, in := range snap.routable {
+			if e := s.r.entries[instKey{svc, in.ID}]; e == nil || e.ejectedUntil.IsZero() {
+				kept = append(kept, in)
+			}
+		}
+		if len(kept) > 0 {
+			snap.routable = kept
+		}
+		slices.SortFunc(snap.routable, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+		next[svc] = snap
 	}
 	s.m.Store(&next)
+	clear(s.stale)
+	s.dirty.Store(false)
 }
 
 // eject removes an instance from this node's routing pool for a period that

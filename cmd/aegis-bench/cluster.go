@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -21,6 +23,8 @@ type common struct {
 	cap    time.Duration // give up waiting for convergence after this
 	settle time.Duration // extra quiet time after the cluster converged
 	seeds  int           // how many nodes each node joins
+
+	cpuprofile string // write a CPU profile of the run here
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -29,6 +33,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.cap, "cap", 60*time.Second, "give up waiting for any convergence after this long (the run is reported as failed)")
 	fs.DurationVar(&c.settle, "settle", 2*time.Second, "quiet time after the cluster has converged, before a measurement starts")
 	fs.IntVar(&c.seeds, "seeds", 1, "nodes each new node joins: node 0, plus seeds-1 random earlier nodes")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 }
 
 func (c *common) validate() error {
@@ -43,8 +48,26 @@ func (c *common) validate() error {
 	if c.cap <= 0 {
 		return fmt.Errorf("-cap must be positive")
 	}
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			return err
+		}
+		stopProfile = func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		}
+	}
 	return nil
 }
+
+// stopProfile ends the CPU profile started by -cpuprofile, if any; main
+// calls it when the subcommand returns.
+var stopProfile = func() {}
 
 func (c *common) gossipConfig() aegis.GossipConfig {
 	if c.gossip == "local" {

@@ -67,7 +67,9 @@ func main() {
 	fdLimit = raiseFileLimit()
 	for _, s := range subcommands {
 		if s.name == name {
-			if err := s.run(os.Args[2:]); err != nil {
+			err := s.run(os.Args[2:])
+			stopProfile()
+			if err != nil {
 				if err == flag.ErrHelp {
 					return
 				}
