@@ -165,6 +165,55 @@ func BenchmarkRawTCPEcho(b *testing.B) {
 	reportP50(b, lat)
 }
 
+// BenchmarkRawTCPEchoHandoff is BenchmarkRawTCPEcho with the response read
+// by a separate goroutine and handed to the caller over a channel, the way
+// a multiplexing client does. It isolates the cost of that one hand-off.
+func BenchmarkRawTCPEchoHandoff(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	wg := rawEchoServer(ln)
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(b, err)
+	frame := binary.BigEndian.AppendUint32(nil, 64)
+	frame = append(frame, make([]byte, 64)...)
+	got := make(chan error, 1)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		in := make([]byte, len(frame))
+		br := bufio.NewReader(conn)
+		for {
+			_, err := io.ReadFull(br, in)
+			got <- err
+			if err != nil {
+				return
+			}
+		}
+	}()
+	b.Cleanup(func() {
+		_ = conn.Close()
+		<-readerDone
+		_ = ln.Close()
+		wg.Wait()
+	})
+
+	lat := make([]time.Duration, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := conn.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			b.Fatal(err)
+		}
+		lat[i] = time.Since(t0)
+	}
+	b.StopTimer()
+	reportP50(b, lat)
+}
+
 // NetRPCEcho is the net/rpc service of the net/rpc baselines.
 type NetRPCEcho struct{}
 
