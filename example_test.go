@@ -2,6 +2,7 @@ package aegis_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -82,4 +83,105 @@ func ExampleNode_Subscribe() {
 	// Output:
 	// registered jobs-1 healthy registered
 	// status-changed jobs-1 draining self-reported
+}
+
+// exampleCluster starts n nodes on one in-memory network, all joined to the
+// first, and returns them with a function that shuts them all down.
+func exampleCluster(n int) ([]*aegis.Node, func()) {
+	network := transport.NewNetwork()
+	var nodes []*aegis.Node
+	for i := 0; i < n; i++ {
+		cfg := aegis.DefaultConfig()
+		cfg.NodeName = fmt.Sprintf("node-%d", i)
+		cfg.Transport = network.NewTransport(fmt.Sprintf("10.0.0.%d:7946", i+1))
+		cfg.Gossip = aegis.LocalGossip()
+		nd, err := aegis.New(cfg)
+		if err != nil {
+			panic(err)
+		}
+		if i > 0 {
+			if _, err := nd.Join(context.Background(), nodes[0].Addr()); err != nil {
+				panic(err)
+			}
+		}
+		nodes = append(nodes, nd)
+	}
+	return nodes, func() {
+		for _, nd := range nodes {
+			_ = nd.Shutdown()
+		}
+	}
+}
+
+// CallWithFailover calls a healthy instance and moves to another when one
+// is unavailable. Here one of two instances has crashed; the call still
+// succeeds, and every retry carries the same message ID.
+func ExampleNode_CallWithFailover() {
+	ctx := context.Background()
+	nodes, shutdown := exampleCluster(3)
+	defer shutdown()
+
+	for i, nd := range nodes[1:] {
+		_, err := nd.Register(ctx, aegis.Service{
+			Name:       "pricing",
+			InstanceID: fmt.Sprintf("pricing-%d", i+1),
+			Handler: func(ctx context.Context, req *aegis.Request) ([]byte, error) {
+				return []byte("42.00 for " + string(req.Payload)), nil
+			},
+		})
+		if err != nil {
+			panic(err)
+		}
+	}
+	for len(nodes[0].HealthyInstances("pricing")) < 2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	_ = nodes[1].Shutdown() // a crash: node-0 still lists pricing-1 for now
+
+	for i := 0; i < 2; i++ {
+		out, err := nodes[0].CallWithFailover(ctx, "pricing", "quote", []byte("sku-7"),
+			aegis.WithMessageID(fmt.Sprintf("order-%d", i)))
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(string(out))
+	}
+	// Output:
+	// 42.00 for sku-7
+	// 42.00 for sku-7
+}
+
+// Invoke and HandleTyped carry Go values (encoded with msgpack) instead of
+// bytes; a Mux routes each method to its function.
+func ExampleInvoke() {
+	ctx := context.Background()
+	nodes, shutdown := exampleCluster(2)
+	defer shutdown()
+
+	type AddReq struct{ A, B int }
+	type AddResp struct{ Sum int }
+	mux := aegis.NewMux()
+	aegis.HandleTyped(mux, "add", func(ctx context.Context, req AddReq) (AddResp, error) {
+		return AddResp{Sum: req.A + req.B}, nil
+	})
+	if _, err := nodes[1].Register(ctx, aegis.Service{Name: "calc", Handler: mux.Handler()}); err != nil {
+		panic(err)
+	}
+	for len(nodes[0].HealthyInstances("calc")) == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	resp, err := aegis.Invoke[AddReq, AddResp](ctx, nodes[0], "calc", "add", AddReq{A: 2, B: 3})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(resp.Sum)
+
+	_, err = aegis.Invoke[AddReq, AddResp](ctx, nodes[0], "calc", "subtract", AddReq{})
+	var re *aegis.RemoteError
+	fmt.Println(errors.As(err, &re), re.Code)
+	// Output:
+	// 5
+	// true unknown-method
 }
