@@ -3,7 +3,6 @@ package aegis
 import (
 	"math/rand/v2"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -61,6 +60,9 @@ func (random) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 	if n == 0 {
 		return Instance{}, ErrNoHealthyInstances
 	}
+	if len(req.Exclude) == 0 {
+		return healthy[rand.IntN(n)], nil
+	}
 	if j := scanFrom(req, healthy, rand.IntN(n), -1); j >= 0 {
 		return healthy[j], nil
 	}
@@ -78,6 +80,22 @@ func (leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error) 
 	n := len(healthy)
 	if n == 0 {
 		return Instance{}, ErrNoHealthyInstances
+	}
+	if len(req.Exclude) == 0 {
+		// Two distinct random indexes from one random number.
+		if n == 1 {
+			return healthy[0], nil
+		}
+		r := rand.Uint64()
+		i := int((r & 0xffffffff) * uint64(n) >> 32)
+		j := int((r >> 32) * uint64(n-1) >> 32)
+		if j >= i {
+			j++
+		}
+		if healthy[i].InFlight() <= healthy[j].InFlight() {
+			return healthy[i], nil
+		}
+		return healthy[j], nil
 	}
 	first := scanFrom(req, healthy, rand.IntN(n), -1)
 	if first < 0 {
@@ -140,7 +158,7 @@ func (b *consistentHash) Pick(req RouteRequest, healthy []Instance) (Instance, e
 		b.ring.Store(r)
 	}
 	h := hashString(req.Key)
-	i := sort.Search(len(r.hashes), func(i int) bool { return r.hashes[i] >= h })
+	i, _ := slices.BinarySearch(r.hashes, h)
 	for k := 0; k < len(r.hashes); k++ {
 		inst := healthy[r.idx[(i+k)%len(r.hashes)]]
 		if _, ex := req.Exclude[inst.ID]; !ex {

@@ -62,6 +62,21 @@ func TestLeastLoadedPrefersIdle(t *testing.T) {
 	}
 }
 
+func TestLeastLoadedSpreadsWhenEqual(t *testing.T) {
+	insts := fakeInstances(3)
+	b := LeastLoaded()
+	count := map[string]int{}
+	for i := 0; i < 3000; i++ {
+		in, err := b.Pick(RouteRequest{}, insts)
+		require.NoError(t, err)
+		count[in.ID]++
+	}
+	require.Len(t, count, 3)
+	for id, c := range count {
+		require.Greater(t, c, 700, id)
+	}
+}
+
 func TestConsistentHashMinimalMovement(t *testing.T) {
 	b := ConsistentHash()
 	before := fakeInstances(10)
