@@ -163,8 +163,11 @@ type GossipConfig struct {
 	RetransmitMult int
 	// HeartbeatRetransmitMult does the same for heartbeat batches, which
 	// have a queue of their own so that they never crowd out records.
-	// Default 4: with 2, about 2% of heartbeats missed a given node at 50
-	// nodes (each node hears about 2×mult copies).
+	// Default 4. Every node that hears a new batch passes it on, so each
+	// node hears about HeartbeatRetransmitMult × ⌈log10(N+1)⌉ copies (8 at
+	// 50 nodes) and misses a given batch with a probability near e to the
+	// minus that: 0.03% measured at 50 nodes, harmless against a timeout
+	// of six intervals. Lower values save bandwidth.
 	HeartbeatRetransmitMult int
 	// PushPullInterval is the period of full-state anti-entropy exchange.
 	PushPullInterval time.Duration
