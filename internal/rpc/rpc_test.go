@@ -406,10 +406,15 @@ func TestDeadlinePropagates(t *testing.T) {
 func TestRequestTimeout(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		handlerErr := make(chan error, 1)
+		callerDone := make(chan struct{})
 		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
 			if req.Method == "block" {
 				<-ctx.Done()
 				handlerErr <- ctx.Err()
+				// The handler's deadline ends about when the caller's
+				// timer does: answer only once the caller has given up,
+				// or the answer could win the race.
+				<-callerDone
 			}
 			return &Response{Payload: req.Payload}
 		}, ServerOptions{})
@@ -418,6 +423,7 @@ func TestRequestTimeout(t *testing.T) {
 		const d = 100 * time.Millisecond
 		start := time.Now()
 		_, err := c.Call(context.Background(), srv.addr, &Request{Method: "block", Timeout: d})
+		close(callerDone)
 		require.ErrorIs(t, err, ErrTimeout)
 		require.NotErrorIs(t, err, ErrDial, "the request was sent")
 		require.GreaterOrEqual(t, time.Since(start), d)
