@@ -20,13 +20,20 @@
 //
 // Use -systems call,failover -cpuprofile cpu.out to profile aegis alone, and
 // -measure latency or -measure throughput to profile one load shape.
+//
+// With -split every system's server runs in a child process (this program
+// with -serve <system>), as it would in a deployment: the client and the
+// server then do not share the process's scheduler, and allocations count
+// the client side only.
 package main
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -51,6 +58,8 @@ type options struct {
 	throughput bool // run the throughput measurement
 	cpuprofile string
 	memprofile string
+	split      bool   // servers in child processes
+	serve      string // child mode: serve this system until stdin closes
 }
 
 func main() {
@@ -63,7 +72,16 @@ func main() {
 	measure := flag.String("measure", "latency,throughput", "comma-separated measurements to run: latency, throughput (targets needing a skipped one show n/a)")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&o.memprofile, "memprofile", "", "write an allocation profile (every allocation sampled) to this file at the end")
+	flag.BoolVar(&o.split, "split", false, "run each system's server in a child process instead of this one")
+	flag.StringVar(&o.serve, "serve", "", "internal (used by -split): serve this system, print its address, stop when stdin closes")
 	flag.Parse()
+	if o.serve != "" {
+		if err := serveChild(o.serve); err != nil {
+			fmt.Fprintln(os.Stderr, "compare -serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	for _, m := range strings.Split(*measure, ",") {
 		switch strings.TrimSpace(m) {
 		case "latency":
@@ -173,7 +191,11 @@ func run(o *options) error {
 // runSystem starts s, measures latency and throughput, and stops it.
 func runSystem(s system, o *options) (figures, error) {
 	var f figures
-	r, err := s.start()
+	start := s.start
+	if o.split {
+		start = func() (*running, error) { return startSplit(s) }
+	}
+	r, err := start()
 	if err != nil {
 		return f, fmt.Errorf("start: %w", err)
 	}
@@ -194,4 +216,58 @@ func runSystem(s system, o *options) (figures, error) {
 		f.hasTput = true
 	}
 	return f, nil
+}
+
+// serveChild runs the server of system key, prints its address on stdout
+// and stops it when stdin reaches its end (the parent closed it or died).
+func serveChild(key string) error {
+	i := slices.IndexFunc(systems, func(s system) bool { return s.key == key })
+	if i < 0 {
+		return fmt.Errorf("unknown system %q", key)
+	}
+	addr, stop, err := systems[i].serve()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Println(addr)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// startSplit starts s's server in a child process and its client here.
+func startSplit(s system) (*running, error) {
+	cmd := exec.Command(os.Args[0], "-serve", s.key)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stopChild := func() {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		stopChild()
+		return nil, fmt.Errorf("server child: %w", err)
+	}
+	r, err := s.connect(strings.TrimSpace(line))
+	if err != nil {
+		stopChild()
+		return nil, err
+	}
+	closeClient := r.close
+	r.close = func() {
+		closeClient()
+		stopChild()
+	}
+	return r, nil
 }

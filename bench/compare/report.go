@@ -127,7 +127,11 @@ func report(w io.Writer, o *options, sel []system, res map[string][]figures) {
 		sums[k] = summarize(fs)
 	}
 
-	fmt.Fprintf(w, "## aegis direct calls vs. raw TCP, net/rpc and grpc-go (loopback, one process)\n\n")
+	if o.split {
+		fmt.Fprintf(w, "## aegis direct calls vs. raw TCP, net/rpc and grpc-go (loopback, server in a child process)\n\n")
+	} else {
+		fmt.Fprintf(w, "## aegis direct calls vs. raw TCP, net/rpc and grpc-go (loopback, one process)\n\n")
+	}
 	fmt.Fprintf(w, "- command: `%s` (built with `cd bench/compare && go build -o compare .`); effective flags: -rounds %d -duration %v -warmup %v -callers %d -systems %s -measure %s\n",
 		commandLine(), o.rounds, o.duration, o.warmup, o.callers, strings.Join(keys(sel), ","), measures(o))
 	fmt.Fprintf(w, "- date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
@@ -137,7 +141,11 @@ func report(w io.Writer, o *options, sel []system, res map[string][]figures) {
 	}
 	fmt.Fprintf(w, "- Go: %s %s/%s, NumCPU %d, GOMAXPROCS %d%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), cpu)
 	fmt.Fprintf(w, "- aegis: this working tree (nested module bench/compare, `replace github.com/aegisipc/aegis => ../..`); grpc-go %s\n", grpcVersion)
-	fmt.Fprintf(w, "- every system runs server and client in this process, over 127.0.0.1 TCP; each round starts each system afresh and stops it afterwards; the order of systems rotates from round to round\n")
+	if o.split {
+		fmt.Fprintf(w, "- -split: every system's server runs in a child process (this program with -serve <system>), its client in this one, over 127.0.0.1 TCP; allocations count the client side only; each round starts each system afresh and stops it afterwards; the order of systems rotates from round to round\n")
+	} else {
+		fmt.Fprintf(w, "- every system runs server and client in this process, over 127.0.0.1 TCP; each round starts each system afresh and stops it afterwards; the order of systems rotates from round to round\n")
+	}
 	fmt.Fprintf(w, "- latency: 1 caller, %d-byte payload, sequential calls for %v after a %v warmup; every call timed\n", latencyPayload, o.duration, o.warmup)
 	fmt.Fprintf(w, "- throughput: %d concurrent callers, %d-byte payload, for %v after a %v warmup; every call timed\n", o.callers, throughputPayload, o.duration, o.warmup)
 	fmt.Fprintf(w, "- allocs/call: runtime.MemStats.Mallocs delta over the measurement ÷ calls, for the whole process: client and server sides together (plus any background work, e.g. aegis gossip; the timing loop itself allocates nothing)\n")

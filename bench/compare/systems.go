@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/rpc"
+	"os"
 	"sync"
 	"time"
 
@@ -24,14 +25,35 @@ import (
 // slice may be reused by the next call on the same callFn.
 type callFn func(ctx context.Context, payload []byte) ([]byte, error)
 
-// system is one RPC stack under test. start brings up its server and
-// client(s) inside this process and returns the running instance.
+// system is one RPC stack under test: serve brings up its server and
+// returns the address clients use; connect brings up the client side
+// against that address. In the default mode both run in this process; with
+// -split the server runs in a child process (this program with -serve).
 type system struct {
-	key  string // short name for -systems
-	name string // name in the report
-	desc string // how it is set up, for the report
-	// start brings the system up; it is called once per round.
-	start func() (*running, error)
+	key     string // short name for -systems
+	name    string // name in the report
+	desc    string // how it is set up, for the report
+	serve   func() (addr string, stop func(), err error)
+	connect func(addr string) (*running, error)
+}
+
+// start brings s up inside this process; it is called once per round.
+func (s system) start() (*running, error) {
+	addr, stop, err := s.serve()
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.connect(addr)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	closeClient := r.close
+	r.close = func() {
+		closeClient()
+		stop()
+	}
+	return r, nil
 }
 
 // running is a started system.
@@ -47,40 +69,46 @@ func noop() {}
 
 var systems = []system{
 	{
-		key:   "tcp",
-		name:  "raw TCP",
-		desc:  "length-prefixed frames (4-byte big-endian length), bufio reader, one TCP connection per caller goroutine, one server goroutine per connection",
-		start: startRawTCP,
+		key:     "tcp",
+		name:    "raw TCP",
+		desc:    "length-prefixed frames (4-byte big-endian length), bufio reader, one TCP connection per caller goroutine, one server goroutine per connection",
+		serve:   serveRawTCP,
+		connect: connectRawTCP,
 	},
 	{
-		key:   "netrpc",
-		name:  "net/rpc",
-		desc:  "net/rpc (gob) over TCP, method Echo.Echo(args []byte, reply *[]byte), one rpc.Client shared by all callers",
-		start: startNetRPC,
+		key:     "netrpc",
+		name:    "net/rpc",
+		desc:    "net/rpc (gob) over TCP, method Echo.Echo(args []byte, reply *[]byte), one rpc.Client shared by all callers",
+		serve:   serveNetRPC,
+		connect: connectNetRPC,
 	},
 	{
-		key:   "grpc",
-		name:  "grpc-go",
-		desc:  "grpc-go " + grpcVersion + " unary, hand-written ServiceDesc /bench.Echo/Echo, pass-through []byte codec \"raw\" (encoding.CodecV2, selected with CallContentSubtype), insecure credentials, default options, one ClientConn shared by all callers",
-		start: startGRPC,
+		key:     "grpc",
+		name:    "grpc-go",
+		desc:    "grpc-go " + grpcVersion + " unary, hand-written ServiceDesc /bench.Echo/Echo, pass-through []byte codec \"raw\" (encoding.CodecV2, selected with CallContentSubtype), insecure credentials, default options, one ClientConn shared by all callers",
+		serve:   serveGRPC,
+		connect: connectGRPC,
 	},
 	{
-		key:   "call",
-		name:  "aegis Call",
-		desc:  "two aegis nodes (DefaultConfig, BindAddr 127.0.0.1:0, LocalGossip) on the real network; node B registers service \"echo\" whose Handler returns req.Payload; node A joins B and calls A.Call(ctx, \"echo\", \"echo\", payload)",
-		start: func() (*running, error) { return startAegis(false, true) },
+		key:     "call",
+		name:    "aegis Call",
+		desc:    "two aegis nodes (DefaultConfig, BindAddr 127.0.0.1:0, LocalGossip) on the real network; node B registers service \"echo\" whose Handler returns req.Payload; node A joins B and calls A.Call(ctx, \"echo\", \"echo\", payload)",
+		serve:   func() (string, func(), error) { return serveAegis(true) },
+		connect: func(addr string) (*running, error) { return connectAegis(addr, false) },
 	},
 	{
-		key:   "nodedup",
-		name:  "aegis Call, dedup off",
-		desc:  "same setup as aegis Call with Config.DedupMaxEntries = 0 on node B (no receiver-side dedup bookkeeping), to isolate its cost",
-		start: func() (*running, error) { return startAegis(false, false) },
+		key:     "nodedup",
+		name:    "aegis Call, dedup off",
+		desc:    "same setup as aegis Call with Config.DedupMaxEntries = 0 on node B (no receiver-side dedup bookkeeping), to isolate its cost",
+		serve:   func() (string, func(), error) { return serveAegis(false) },
+		connect: func(addr string) (*running, error) { return connectAegis(addr, false) },
 	},
 	{
-		key:   "failover",
-		name:  "aegis CallWithFailover",
-		desc:  "same setup as aegis Call, calls A.CallWithFailover(ctx, \"echo\", \"echo\", payload), no failures",
-		start: func() (*running, error) { return startAegis(true, true) },
+		key:     "failover",
+		name:    "aegis CallWithFailover",
+		desc:    "same setup as aegis Call, calls A.CallWithFailover(ctx, \"echo\", \"echo\", payload), no failures",
+		serve:   func() (string, func(), error) { return serveAegis(true) },
+		connect: func(addr string) (*running, error) { return connectAegis(addr, true) },
 	},
 }
 
@@ -89,10 +117,10 @@ var systems = []system{
 
 const maxRawFrame = 1 << 20
 
-func startRawTCP() (*running, error) {
+func serveRawTCP() (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	var mu sync.Mutex
 	conns := map[net.Conn]struct{}{}
@@ -119,7 +147,19 @@ func startRawTCP() (*running, error) {
 			}()
 		}
 	}()
-	addr := ln.Addr().String()
+	stop := func() {
+		_ = ln.Close()
+		mu.Lock()
+		for c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}
+	return ln.Addr().String(), stop, nil
+}
+
+func connectRawTCP(addr string) (*running, error) {
 	return &running{
 		newCaller: func() (callFn, func(), error) {
 			c, err := net.Dial("tcp", addr)
@@ -153,15 +193,7 @@ func startRawTCP() (*running, error) {
 			}
 			return call, func() { _ = c.Close() }, nil
 		},
-		close: func() {
-			_ = ln.Close()
-			mu.Lock()
-			for c := range conns {
-				_ = c.Close()
-			}
-			mu.Unlock()
-			wg.Wait()
-		},
+		close: noop,
 	}, nil
 }
 
@@ -204,14 +236,14 @@ func (Echo) Echo(args []byte, reply *[]byte) error {
 	return nil
 }
 
-func startNetRPC() (*running, error) {
+func serveNetRPC() (string, func(), error) {
 	srv := rpc.NewServer()
 	if err := srv.RegisterName("Echo", Echo{}); err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	var mu sync.Mutex
 	conns := map[net.Conn]struct{}{}
@@ -237,10 +269,21 @@ func startNetRPC() (*running, error) {
 			}()
 		}
 	}()
-	cl, err := rpc.Dial("tcp", ln.Addr().String())
-	if err != nil {
+	stop := func() {
 		_ = ln.Close()
+		mu.Lock()
+		for c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
 		wg.Wait()
+	}
+	return ln.Addr().String(), stop, nil
+}
+
+func connectNetRPC(addr string) (*running, error) {
+	cl, err := rpc.Dial("tcp", addr)
+	if err != nil {
 		return nil, err
 	}
 	call := func(_ context.Context, payload []byte) ([]byte, error) {
@@ -252,16 +295,7 @@ func startNetRPC() (*running, error) {
 	}
 	return &running{
 		newCaller: func() (callFn, func(), error) { return call, noop, nil },
-		close: func() {
-			_ = cl.Close()
-			_ = ln.Close()
-			mu.Lock()
-			for c := range conns {
-				_ = c.Close()
-			}
-			mu.Unlock()
-			wg.Wait()
-		},
+		close:     func() { _ = cl.Close() },
 	}, nil
 }
 
@@ -322,10 +356,10 @@ var echoServiceDesc = grpc.ServiceDesc{
 	Metadata: "bench/compare (hand-written, no protoc)",
 }
 
-func startGRPC() (*running, error) {
+func serveGRPC() (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	srv := grpc.NewServer()
 	srv.RegisterService(&echoServiceDesc, struct{}{})
@@ -334,10 +368,16 @@ func startGRPC() (*running, error) {
 		defer close(done)
 		_ = srv.Serve(ln)
 	}()
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	stop := func() {
 		srv.Stop()
 		<-done
+	}
+	return ln.Addr().String(), stop, nil
+}
+
+func connectGRPC(addr string) (*running, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
 		return nil, err
 	}
 	conn.Connect()
@@ -351,11 +391,7 @@ func startGRPC() (*running, error) {
 	}
 	return &running{
 		newCaller: func() (callFn, func(), error) { return call, noop, nil },
-		close: func() {
-			_ = conn.Close()
-			srv.Stop()
-			<-done
-		},
+		close:     func() { _ = conn.Close() },
 	}, nil
 }
 
@@ -375,11 +411,13 @@ func newAegisNode(name string, dedup bool) (*aegis.Node, error) {
 
 var aegisSeq int
 
-func startAegis(failover, dedup bool) (*running, error) {
+// serveAegis starts node B with an echo instance and returns its gossip
+// address.
+func serveAegis(dedup bool) (string, func(), error) {
 	aegisSeq++
-	b, err := newAegisNode(fmt.Sprintf("bench-b-%d", aegisSeq), dedup)
+	b, err := newAegisNode(fmt.Sprintf("bench-b-%d-%d", os.Getpid(), aegisSeq), dedup)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -391,18 +429,22 @@ func startAegis(failover, dedup bool) (*running, error) {
 	})
 	if err != nil {
 		_ = b.Shutdown()
-		return nil, fmt.Errorf("register on B: %w", err)
+		return "", nil, fmt.Errorf("register on B: %w", err)
 	}
-	a, err := newAegisNode(fmt.Sprintf("bench-a-%d", aegisSeq), true)
+	return b.Addr(), func() { _ = b.Shutdown() }, nil
+}
+
+// connectAegis starts node A, joins B at addr and calls B's instance.
+func connectAegis(addr string, failover bool) (*running, error) {
+	aegisSeq++
+	a, err := newAegisNode(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true)
 	if err != nil {
-		_ = b.Shutdown()
 		return nil, err
 	}
-	stop := func() {
-		_ = a.Shutdown()
-		_ = b.Shutdown()
-	}
-	if _, err := a.Join(ctx, b.Addr()); err != nil {
+	stop := func() { _ = a.Shutdown() }
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.Join(ctx, addr); err != nil {
 		stop()
 		return nil, err
 	}
