@@ -1,6 +1,7 @@
 package aegis
 
 import (
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -51,11 +52,11 @@ func (b *roundRobin) Pick(req RouteRequest, healthy []Instance) (Instance, error
 
 // Random returns a Balancer that picks uniformly at random among the
 // instances not excluded.
-func Random() Balancer { return random{} }
+func Random() Balancer { return &random{} }
 
 type random struct{}
 
-func (random) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
+func (*random) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 	n := len(healthy)
 	if n == 0 {
 		return Instance{}, ErrNoHealthyInstances
@@ -72,11 +73,11 @@ func (random) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 // LeastLoaded returns a Balancer using the power of two choices: it draws
 // two random instances and picks the one with fewer calls in flight from
 // this node.
-func LeastLoaded() Balancer { return leastLoaded{} }
+func LeastLoaded() Balancer { return &leastLoaded{} }
 
 type leastLoaded struct{}
 
-func (leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
+func (*leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 	n := len(healthy)
 	if n == 0 {
 		return Instance{}, ErrNoHealthyInstances
@@ -140,6 +141,11 @@ type hashRing struct {
 	n      int
 	hashes []uint64
 	idx    []int32
+	// lut[b] is the first index whose hash has top bits >= b (lutBits of
+	// them), so a lookup searches only its bucket: a few adjacent points
+	// instead of a binary search over the whole ring.
+	lut     []int32
+	lutBits uint
 }
 
 const ringPoints = 64
@@ -150,7 +156,7 @@ func (b *consistentHash) Pick(req RouteRequest, healthy []Instance) (Instance, e
 		return Instance{}, ErrNoHealthyInstances
 	}
 	if req.Key == "" {
-		return random{}.Pick(req, healthy)
+		return (&random{}).Pick(req, healthy)
 	}
 	r := b.ring.Load()
 	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != n {
@@ -158,11 +164,23 @@ func (b *consistentHash) Pick(req RouteRequest, healthy []Instance) (Instance, e
 		b.ring.Store(r)
 	}
 	h := hashString(req.Key)
-	i, _ := slices.BinarySearch(r.hashes, h)
+	bk := h >> (64 - r.lutBits)
+	lo, hi := int(r.lut[bk]), int(r.lut[bk+1])
+	pos, _ := slices.BinarySearch(r.hashes[lo:hi], h)
+	i := lo + pos
+	if i == len(r.hashes) {
+		i = 0 // past the last point: wrap to the first
+	}
+	if len(req.Exclude) == 0 {
+		return healthy[r.idx[i]], nil
+	}
 	for k := 0; k < len(r.hashes); k++ {
-		inst := healthy[r.idx[(i+k)%len(r.hashes)]]
+		inst := healthy[r.idx[i]]
 		if _, ex := req.Exclude[inst.ID]; !ex {
 			return inst, nil
+		}
+		if i++; i == len(r.hashes) {
+			i = 0
 		}
 	}
 	return Instance{}, ErrNoHealthyInstances
@@ -191,6 +209,17 @@ func buildRing(healthy []Instance) *hashRing {
 	r := &hashRing{base: unsafe.SliceData(healthy), n: len(healthy), hashes: make([]uint64, len(pts)), idx: make([]int32, len(pts))}
 	for i, p := range pts {
 		r.hashes[i], r.idx[i] = p.h, p.idx
+	}
+	// About four points per bucket, between 16 and 4096 buckets.
+	r.lutBits = uint(min(12, max(4, bits.Len(uint(len(pts)))-2)))
+	buckets := 1 << r.lutBits
+	r.lut = make([]int32, buckets+1)
+	j := 0
+	for b := 0; b <= buckets; b++ {
+		for j < len(r.hashes) && (b == buckets || r.hashes[j]>>(64-r.lutBits) < uint64(b)) {
+			j++
+		}
+		r.lut[b] = int32(j)
 	}
 	return r
 }
