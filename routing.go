@@ -93,7 +93,7 @@ func (*leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error)
 		if j >= i {
 			j++
 		}
-		if healthy[i].InFlight() <= healthy[j].InFlight() {
+		if inflight(&healthy[i]) <= inflight(&healthy[j]) {
 			return healthy[i], nil
 		}
 		return healthy[j], nil
@@ -103,7 +103,7 @@ func (*leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error)
 		return Instance{}, ErrNoHealthyInstances
 	}
 	second := scanFrom(req, healthy, rand.IntN(n), first)
-	if second < 0 || healthy[first].InFlight() <= healthy[second].InFlight() {
+	if second < 0 || inflight(&healthy[first]) <= inflight(&healthy[second]) {
 		return healthy[first], nil
 	}
 	return healthy[second], nil
@@ -152,32 +152,52 @@ const ringPoints = 64
 
 func (b *consistentHash) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 	n := len(healthy)
-	if n == 0 {
+	if n == 0 || req.Key == "" || len(req.Exclude) != 0 {
+		return b.pickSlow(req, healthy)
+	}
+	return healthy[b.ringFor(healthy).lookup(hashString(req.Key))], nil
+}
+
+// ringFor returns the ring of healthy, building it when the snapshot
+// changed.
+func (b *consistentHash) ringFor(healthy []Instance) *hashRing {
+	r := b.ring.Load()
+	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != len(healthy) {
+		r = buildRing(healthy)
+		b.ring.Store(r)
+	}
+	return r
+}
+
+// lookup returns the instance index of the first point at or after h.
+func (r *hashRing) lookup(h uint64) int { return int(r.idx[r.pos(h)]) }
+
+// pos returns the position of the first point at or after h, wrapping past
+// the last point to the first.
+func (r *hashRing) pos(h uint64) int {
+	bk := h >> (64 - r.lutBits)
+	lo, hi := int(r.lut[bk]), int(r.lut[bk+1])
+	p, _ := slices.BinarySearch(r.hashes[lo:hi], h)
+	if i := lo + p; i < len(r.hashes) {
+		return i
+	}
+	return 0
+}
+
+// pickSlow handles no instances, no key and exclusions.
+func (b *consistentHash) pickSlow(req RouteRequest, healthy []Instance) (Instance, error) {
+	if len(healthy) == 0 {
 		return Instance{}, ErrNoHealthyInstances
 	}
 	if req.Key == "" {
 		return (&random{}).Pick(req, healthy)
 	}
-	r := b.ring.Load()
-	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != n {
-		r = buildRing(healthy)
-		b.ring.Store(r)
-	}
-	h := hashString(req.Key)
-	bk := h >> (64 - r.lutBits)
-	lo, hi := int(r.lut[bk]), int(r.lut[bk+1])
-	pos, _ := slices.BinarySearch(r.hashes[lo:hi], h)
-	i := lo + pos
-	if i == len(r.hashes) {
-		i = 0 // past the last point: wrap to the first
-	}
-	if len(req.Exclude) == 0 {
-		return healthy[r.idx[i]], nil
-	}
+	r := b.ringFor(healthy)
+	i := r.pos(hashString(req.Key))
 	for k := 0; k < len(r.hashes); k++ {
-		inst := healthy[r.idx[i]]
+		inst := &healthy[r.idx[i]]
 		if _, ex := req.Exclude[inst.ID]; !ex {
-			return inst, nil
+			return *inst, nil
 		}
 		if i++; i == len(r.hashes) {
 			i = 0
@@ -247,6 +267,14 @@ type instLoad struct {
 
 // InFlight returns how many calls this node has in flight to the instance.
 func (i Instance) InFlight() int64 {
+	if i.load == nil {
+		return 0
+	}
+	return i.load.inflight.Load()
+}
+
+// inflight is InFlight without copying the Instance.
+func inflight(i *Instance) int64 {
 	if i.load == nil {
 		return 0
 	}
