@@ -636,28 +636,11 @@ func (n *Node) catchUp() {
 		return
 	case <-t.C:
 	}
-	for _, m := range shuffledPeers(n.ml.Members(), n.name) {
-		if _, err := n.ml.Join([]string{m.FullAddress().Addr}); err == nil {
-			return
-		}
-	}
+	n.pull("")
 }
 
 // catchUpDelay is the least wait before catchUp (up to twice that).
 const catchUpDelay = time.Second
-
-// shuffledPeers returns members other than self, in random order, at most
-// three of them.
-func shuffledPeers(members []*memberlist.Node, self string) []*memberlist.Node {
-	out := make([]*memberlist.Node, 0, len(members))
-	for _, m := range members {
-		if m.Name != self {
-			out = append(out, m)
-		}
-	}
-	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out[:min(len(out), 3)]
-}
 
 // Leave leaves the cluster gracefully: it stops accepting registrations,
 // deregisters every local instance (peers see EventDeregistered with

@@ -174,7 +174,12 @@ func (n *Node) attempt(ctx context.Context, inst *Instance, method string, paylo
 	}
 	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID,
 		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: n.cfg.AttemptTimeout}
-	sent := time.Now()
+	// Whether the handler's deadline will be the caller's rather than the
+	// attempt timeout (only a deadline context costs a clock read).
+	callerBound := false
+	if dl, ok := ctx.Deadline(); ok {
+		callerBound = time.Until(dl) <= n.cfg.AttemptTimeout
+	}
 	resp, err := n.client.Call(ctx, inst.Addr, &req)
 	if err != nil {
 		err = n.classify(ctx, inst, err)
@@ -189,10 +194,8 @@ func (n *Node) attempt(ctx context.Context, inst *Instance, method string, paylo
 		case rpc.CodePanic:
 			re.Code = CodePanic
 		case CodeDeadline:
-			// The deadline the handler saw was the caller's when it was
-			// no further than the attempt timeout.
 			var err error
-			if dl, ok := ctx.Deadline(); ok && dl.Sub(sent) <= n.cfg.AttemptTimeout {
+			if callerBound {
 				err = deadlineSpent{fmt.Errorf("%w: caller's deadline passed while %s ran the call: %w (%w)", ErrTimeout, inst.ID, context.DeadlineExceeded, re)}
 			} else {
 				err = fmt.Errorf("%w: %s ran out of the attempt timeout (%v): %w", ErrTimeout, inst.ID, n.cfg.AttemptTimeout, re)

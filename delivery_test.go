@@ -65,6 +65,22 @@ func (c *cluster) register(nd *Node, svc Service, want int) *Registration {
 	return reg
 }
 
+// registerPay registers service "pay" (method "charge" declared
+// non-idempotent) on nodes 1 and 2 as p-1 and p-2, and returns the log of
+// its executions.
+func (c *cluster) registerPay() *execLog {
+	c.t.Helper()
+	log := newExecLog()
+	for i := 1; i <= 2; i++ {
+		c.register(c.nodes[i], Service{Name: "pay", InstanceID: fmt.Sprintf("p-%d", i), NonIdempotent: []string{"charge"},
+			Handler: func(ctx context.Context, req *Request) ([]byte, error) {
+				log.record(req)
+				return []byte("charged"), nil
+			}}, i)
+	}
+	return log
+}
+
 func deliveryConfig(cfg *Config) {
 	cfg.SameInstanceRetries = 10
 	cfg.SameInstanceBackoff = time.Millisecond
@@ -225,14 +241,7 @@ func TestNonIdempotentNeverRunsOnSecondInstance(t *testing.T) {
 		cfg.SameInstanceBackoff = time.Millisecond
 		cfg.RetryBudgetRatio = 1
 	})
-	log := newExecLog()
-	for i := 1; i <= 2; i++ {
-		c.register(c.nodes[i], Service{Name: "pay", InstanceID: fmt.Sprintf("p-%d", i), NonIdempotent: []string{"charge"},
-			Handler: func(ctx context.Context, req *Request) ([]byte, error) {
-				log.record(req)
-				return []byte("charged"), nil
-			}}, i)
-	}
+	log := c.registerPay()
 	// Every response is lost: each try reaches a handler (or its dedup
 	// cache) and the caller sees the connection reset.
 	c.net.SetResponseLoss(1)
@@ -275,14 +284,7 @@ func TestNonIdempotentFailsOverWhenUnreachable(t *testing.T) {
 		cfg.AttemptTimeout = 300 * time.Millisecond
 		cfg.EjectAfterFailures = 1
 	})
-	log := newExecLog()
-	for i := 1; i <= 2; i++ {
-		c.register(c.nodes[i], Service{Name: "pay", InstanceID: fmt.Sprintf("p-%d", i), NonIdempotent: []string{"charge"},
-			Handler: func(ctx context.Context, req *Request) ([]byte, error) {
-				log.record(req)
-				return []byte("charged"), nil
-			}}, i)
-	}
+	log := c.registerPay()
 	events := subscribeLog(c.nodes[0])
 	// The caller cannot reach node 1; node 2 still can, so memberlist's
 	// indirect probes keep node 1 alive and its instance in the pool.

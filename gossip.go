@@ -194,13 +194,7 @@ func (n *Node) announce(name string, msg []byte) {
 // own gossip or for a pull; the repeat makes such a loss cost a few hundred
 // milliseconds. Applying a message twice is harmless.
 func (n *Node) sendDirectTwice(msg []byte) {
-	n.sendDirect(nil, msg)
-	d := reannounceDelay + time.Duration(rand.Int64N(int64(reannounceDelay)))
-	time.AfterFunc(d, func() {
-		if n.state.Load() == stateRunning {
-			n.sendDirect(nil, msg)
-		}
-	})
+	n.queueDirect(outMsg{msg: msg, repeat: true})
 }
 
 // reannounceDelay is the least wait before an announcement is repeated (up
@@ -214,6 +208,13 @@ type outMsg struct {
 	to        *memberlist.Node
 	msg       []byte
 	introduce bool
+	repeat    bool // send again after reannounceDelay (see sendDirectTwice)
+}
+
+// delayed is an outMsg waiting in outboxLoop until due.
+type delayed struct {
+	due time.Time
+	m   outMsg
 }
 
 // outboxSize bounds pending direct sends; beyond it they are dropped (gossip
@@ -234,13 +235,45 @@ func (n *Node) queueDirect(m outMsg) {
 
 // outboxLoop performs direct sends off the caller's goroutine (memberlist
 // callbacks must not block, and Register should not wait for N sends).
+// Repeats wait here, on one timer that stops with the loop.
 func (n *Node) outboxLoop() {
+	var later []delayed
+	var next time.Time // when timer fires; zero while it is stopped
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	arm := func(due time.Time) {
+		if next.IsZero() || due.Before(next) {
+			next = due
+			timer.Reset(time.Until(due))
+		}
+	}
 	for {
 		select {
 		case <-n.stopCh:
 			return
 		case m := <-n.outbox:
 			n.deliver(m)
+			if m.repeat {
+				due := time.Now().Add(reannounceDelay + time.Duration(rand.Int64N(int64(reannounceDelay))))
+				later = append(later, delayed{due: due, m: outMsg{to: m.to, msg: m.msg}})
+				arm(due)
+			}
+		case now := <-timer.C:
+			next = time.Time{}
+			keep := later[:0]
+			for _, d := range later {
+				if d.due.After(now) {
+					keep = append(keep, d)
+					continue
+				}
+				n.deliver(d.m)
+			}
+			clear(later[len(keep):])
+			later = keep
+			for _, d := range later {
+				arm(d.due)
+			}
 		}
 	}
 }
@@ -275,42 +308,55 @@ func (n *Node) deliver(m outMsg) {
 	}
 }
 
-// requestPull schedules one push/pull exchange with a random peer, at most
-// once per pullInterval: a heartbeat for an instance this node has never
-// heard of means a record broadcast passed it by.
+// requestPull schedules one push/pull exchange, at most once per
+// pullInterval: a heartbeat for an instance this node has never heard of
+// means a record broadcast passed it by. origin, the heartbeat's sender,
+// surely has the record, so it is asked first.
 func (n *Node) requestPull(origin string) {
 	now := time.Now().UnixNano()
 	last := n.lastPull.Load()
 	if now-last < int64(pullInterval) || !n.lastPull.CompareAndSwap(last, now) {
 		return
 	}
-	n.spawn(func() {
-		ml := n.ml
-		members := ml.Members()
-		if len(members) < 2 {
-			return
-		}
-		// The heartbeat's origin surely has the record: pull from it.
+	n.spawn(func() { n.pull(origin) })
+}
+
+// pull runs one push/pull state exchange (a memberlist Join with a current
+// member): with the member named prefer if there is one, otherwise (or if
+// that fails) with up to three random peers until one succeeds.
+func (n *Node) pull(prefer string) {
+	ml := n.ml
+	members := ml.Members()
+	if prefer != "" && prefer != n.name {
 		for _, m := range members {
-			if m.Name == origin && origin != n.name {
+			if m.Name == prefer {
 				if _, err := ml.Join([]string{m.FullAddress().Addr}); err == nil {
 					return
 				}
 				break
 			}
 		}
-		for tries := 0; tries < 3; tries++ {
-			m := members[rand.IntN(len(members))]
-			if m.Name == n.name {
-				continue
-			}
-			// Join with a current member is a push/pull state exchange.
-			if _, err := ml.Join([]string{m.FullAddress().Addr}); err != nil {
-				n.log.Debug("pull failed", "peer", m.Name, "err", err)
-			}
+	}
+	for _, m := range shuffledPeers(members, n.name) {
+		_, err := ml.Join([]string{m.FullAddress().Addr})
+		if err == nil {
 			return
 		}
-	})
+		n.log.Debug("pull failed", "peer", m.Name, "err", err)
+	}
+}
+
+// shuffledPeers returns members other than self, in random order, at most
+// three of them.
+func shuffledPeers(members []*memberlist.Node, self string) []*memberlist.Node {
+	out := make([]*memberlist.Node, 0, len(members))
+	for _, m := range members {
+		if m.Name != self {
+			out = append(out, m)
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out[:min(len(out), 3)]
 }
 
 // pullInterval limits pulls triggered by unknown heartbeats.

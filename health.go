@@ -160,7 +160,7 @@ func (r *registry) check() {
 			delete(r.entries, k)
 			r.tombs[k] = tombstone{rec: wire.Record{Service: k.service, ID: k.id, Node: e.rec.Node,
 				Incarnation: e.rec.Incarnation, Seq: e.rec.Seq, Deleted: true}, at: now}
-			r.snaps.update(r.entries, k.service)
+			r.snaps.markStale(k.service)
 			r.emit(Event{Type: EventDeregistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: "reaped", Time: now})
 		}
 	}

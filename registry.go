@@ -360,12 +360,7 @@ func (e *entry) instance() Instance {
 
 // idempotent reports whether method may be re-run on another instance.
 func (i *Instance) idempotent(method string) bool {
-	for _, m := range i.NonIdempotent {
-		if m == method {
-			return false
-		}
-	}
-	return true
+	return !slices.Contains(i.NonIdempotent, method)
 }
 
 func copyMeta(m map[string]string) map[string]string {
@@ -487,7 +482,7 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 		r.tombs[k] = tombstone{rec: *rec, at: now}
 		if ok {
 			delete(r.entries, k)
-			r.snaps.update(r.entries, k.service)
+			r.snaps.markStale(k.service)
 			inst := e.instance()
 			r.emit(Event{Type: EventDeregistered, Instance: inst, OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
 		}
@@ -502,7 +497,7 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 		e.rec.Meta = copyMeta(rec.Meta)
 		r.heartbeatLocked(e, now)
 		if roleChanged {
-			r.snaps.update(r.entries, k.service)
+			r.snaps.markStale(k.service)
 			r.emit(Event{Type: EventRoleChanged, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: "updated", Time: now})
 		}
 		return true
@@ -519,7 +514,7 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 	}
 	e.status = e.effective()
 	r.entries[k] = e
-	r.snaps.update(r.entries, k.service)
+	r.snaps.markStale(k.service)
 	r.emit(Event{Type: EventRegistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
 	return true
 }
@@ -549,7 +544,7 @@ func (r *registry) setStatusLocked(e *entry, reason string, now time.Time) {
 	} else if !e.timedOut && !e.nodeFailed {
 		e.badSince = time.Time{}
 	}
-	r.snaps.update(r.entries, e.rec.Service)
+	r.snaps.markStale(e.rec.Service)
 	r.emit(Event{Type: EventStatusChanged, Instance: e.instance(), OldStatus: old, NewStatus: ns, Reason: reason, Time: now})
 }
 

@@ -266,12 +266,7 @@ type instLoad struct {
 }
 
 // InFlight returns how many calls this node has in flight to the instance.
-func (i Instance) InFlight() int64 {
-	if i.load == nil {
-		return 0
-	}
-	return i.load.inflight.Load()
-}
+func (i Instance) InFlight() int64 { return inflight(&i) }
 
 // inflight is InFlight without copying the Instance.
 func inflight(i *Instance) int64 {
@@ -316,9 +311,9 @@ func (s *snapshots) get(service string) *serviceSnapshot {
 	return (*s.m.Load())[service]
 }
 
-// update marks service's snapshot stale. The caller holds the registry's
-// write lock.
-func (s *snapshots) update(_ map[instKey]*entry, service string) {
+// markStale marks service's snapshot for a rebuild on the next read. The
+// caller holds the registry's write lock.
+func (s *snapshots) markStale(service string) {
 	s.stale[service] = struct{}{}
 	s.dirty.Store(true)
 }
@@ -398,7 +393,7 @@ func (r *registry) eject(k instKey, base, maxTime time.Duration) {
 	e.load.ejections.Store(int32(e.ejections))
 	e.load.consecFails.Store(0)
 	e.ejectedAt, e.ejectedUntil = now, now.Add(d)
-	r.snaps.update(r.entries, k.service)
+	r.snaps.markStale(k.service)
 	r.emit(Event{Type: EventEjected, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
 		Reason: "consecutive-failures", Time: now})
 }
@@ -427,7 +422,7 @@ func (r *registry) reinstateLocked(e *entry, now time.Time, threshold int) {
 	}
 	e.ejectedUntil = time.Time{}
 	e.load.consecFails.Store(int32(threshold - 1))
-	r.snaps.update(r.entries, e.rec.Service)
+	r.snaps.markStale(e.rec.Service)
 	r.emit(Event{Type: EventReinstated, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
 		Reason: "ejection-expired", Time: now})
 }

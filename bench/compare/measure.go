@@ -109,16 +109,21 @@ func measureLatency(r *running, payloadSize int, warmup, d time.Duration) (resul
 	if i == len(lat) {
 		return result{}, fmt.Errorf("latency slice of %d entries filled before the end of the run", len(lat))
 	}
-	lat = lat[:i]
+	return newResult(lat[:i], elapsed, m1-m0), nil
+}
+
+// newResult turns the latencies of every call of a run (sorted here), its
+// length and the allocations made during it into a result.
+func newResult(lat []time.Duration, elapsed time.Duration, mallocs uint64) result {
 	slices.Sort(lat)
 	return result{
-		calls:     i,
+		calls:     len(lat),
 		elapsed:   elapsed,
 		p50:       percentile(lat, 0.50),
 		p99:       percentile(lat, 0.99),
-		allocs:    float64(m1-m0) / float64(max(i, 1)),
-		perSecond: float64(i) / elapsed.Seconds(),
-	}, nil
+		allocs:    float64(mallocs) / float64(max(len(lat), 1)),
+		perSecond: float64(len(lat)) / elapsed.Seconds(),
+	}
 }
 
 // measureThroughput runs callers goroutines making calls for d.
@@ -230,15 +235,7 @@ func measureThroughput(r *running, callers, payloadSize int, warmup, d time.Dura
 		all = append(all, w.lat[:min(w.n, len(w.lat))]...)
 		all = append(all, w.over...)
 	}
-	slices.Sort(all)
-	return result{
-		calls:     calls,
-		elapsed:   elapsed,
-		p50:       percentile(all, 0.50),
-		p99:       percentile(all, 0.99),
-		allocs:    float64(m1-m0) / float64(max(calls, 1)),
-		perSecond: float64(calls) / elapsed.Seconds(),
-	}, nil
+	return newResult(all, elapsed, m1-m0), nil
 }
 
 func makePayload(n int) []byte {

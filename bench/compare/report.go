@@ -148,7 +148,11 @@ func report(w io.Writer, o *options, sel []system, res map[string][]figures) {
 	}
 	fmt.Fprintf(w, "- latency: 1 caller, %d-byte payload, sequential calls for %v after a %v warmup; every call timed\n", latencyPayload, o.duration, o.warmup)
 	fmt.Fprintf(w, "- throughput: %d concurrent callers, %d-byte payload, for %v after a %v warmup; every call timed\n", o.callers, throughputPayload, o.duration, o.warmup)
-	fmt.Fprintf(w, "- allocs/call: runtime.MemStats.Mallocs delta over the measurement ÷ calls, for the whole process: client and server sides together (plus any background work, e.g. aegis gossip; the timing loop itself allocates nothing)\n")
+	side := "client and server sides together"
+	if o.split {
+		side = "the client side only (the server runs in the child)"
+	}
+	fmt.Fprintf(w, "- allocs/call: runtime.MemStats.Mallocs delta over the measurement ÷ calls, for the whole process: %s (plus any background work, e.g. aegis gossip; the timing loop itself allocates nothing)\n", side)
 	fmt.Fprintf(w, "- every figure is the median over %d round(s), taken figure by figure\n", o.rounds)
 	fmt.Fprintf(w, "- systems:\n")
 	for _, s := range sel {

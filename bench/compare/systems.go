@@ -118,6 +118,16 @@ var systems = []system{
 const maxRawFrame = 1 << 20
 
 func serveRawTCP() (string, func(), error) {
+	return serveTCP(func(c net.Conn) {
+		serveRawConn(c)
+		_ = c.Close()
+	})
+}
+
+// serveTCP listens on a free loopback port and runs serve on its own
+// goroutine for every connection accepted. stop closes the listener and
+// every connection still open, and waits for the goroutines.
+func serveTCP(serve func(net.Conn)) (addr string, stop func(), err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
@@ -139,15 +149,14 @@ func serveRawTCP() (string, func(), error) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				serveRawConn(c)
+				serve(c)
 				mu.Lock()
 				delete(conns, c)
 				mu.Unlock()
-				_ = c.Close()
 			}()
 		}
 	}()
-	stop := func() {
+	stop = func() {
 		_ = ln.Close()
 		mu.Lock()
 		for c := range conns {
@@ -241,44 +250,7 @@ func serveNetRPC() (string, func(), error) {
 	if err := srv.RegisterName("Echo", Echo{}); err != nil {
 		return "", nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				srv.ServeConn(c)
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-			}()
-		}
-	}()
-	stop := func() {
-		_ = ln.Close()
-		mu.Lock()
-		for c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	}
-	return ln.Addr().String(), stop, nil
+	return serveTCP(func(c net.Conn) { srv.ServeConn(c) })
 }
 
 func connectNetRPC(addr string) (*running, error) {

@@ -26,7 +26,6 @@ type Cache[V any] struct {
 	m          map[string]*Entry[V]
 	head, tail *Entry[V] // oldest first
 	n          int
-	evictions  uint64
 	onEvict    func() // may be nil; called with mu held
 }
 
@@ -56,7 +55,7 @@ func New[V any](clk clock.Clock, window time.Duration, max int, onEvict func()) 
 // Begin claims id. If this is the first time id is seen (or its earlier
 // entry expired or was dropped), it returns a fresh entry and true: the
 // caller must run the work and call Finish. Otherwise it returns the
-// existing entry and false: the caller waits on Done, then reads Value.
+// existing entry and false: the caller waits on Done, then reads Result.
 func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 	now := c.clk.Now()
 	c.mu.Lock()
@@ -106,26 +105,11 @@ func (e *Entry[V]) Done() <-chan struct{} {
 // call it after Finish or once Done is closed.
 func (e *Entry[V]) Result() *V { return &e.val }
 
-// Value returns the outcome; call it after Done is closed.
-func (e *Entry[V]) Value() V {
-	e.c.mu.Lock()
-	defer e.c.mu.Unlock()
-	return e.val
-}
-
 // Len returns the number of entries held.
 func (c *Cache[V]) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n
-}
-
-// Evictions returns how many entries were evicted by the size bound or the
-// window since the cache was made.
-func (c *Cache[V]) Evictions() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.evictions
 }
 
 // Expire drops entries older than the window now (Begin does it too).
@@ -144,7 +128,6 @@ func (c *Cache[V]) expireLocked(now time.Time) {
 }
 
 func (c *Cache[V]) evicted() {
-	c.evictions++
 	if c.onEvict != nil {
 		c.onEvict()
 	}

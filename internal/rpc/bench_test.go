@@ -130,9 +130,10 @@ func rawEchoServer(ln net.Listener) *sync.WaitGroup {
 	return &wg
 }
 
-// BenchmarkRawTCPEcho is the floor: one caller writing a 64-byte
-// length-prefixed frame and reading it back over loopback TCP.
-func BenchmarkRawTCPEcho(b *testing.B) {
+// rawEchoClient starts a raw TCP echo server on loopback and dials it; it
+// returns the connection and a 64-byte length-prefixed frame to send.
+// Both are closed when the benchmark ends.
+func rawEchoClient(b *testing.B) (net.Conn, []byte) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(b, err)
 	wg := rawEchoServer(ln)
@@ -144,10 +145,12 @@ func BenchmarkRawTCPEcho(b *testing.B) {
 		wg.Wait()
 	})
 	frame := binary.BigEndian.AppendUint32(nil, 64)
-	frame = append(frame, make([]byte, 64)...)
-	in := make([]byte, len(frame))
-	br := bufio.NewReader(conn)
+	return conn, append(frame, make([]byte, 64)...)
+}
 
+// timeEchoes writes frame on conn b.N times, each time waiting with wait
+// for the echo, and reports the p50 round trip.
+func timeEchoes(b *testing.B, conn net.Conn, frame []byte, wait func() error) {
 	lat := make([]time.Duration, b.N)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -156,7 +159,7 @@ func BenchmarkRawTCPEcho(b *testing.B) {
 		if _, err := conn.Write(frame); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := io.ReadFull(br, in); err != nil {
+		if err := wait(); err != nil {
 			b.Fatal(err)
 		}
 		lat[i] = time.Since(t0)
@@ -165,17 +168,23 @@ func BenchmarkRawTCPEcho(b *testing.B) {
 	reportP50(b, lat)
 }
 
+// BenchmarkRawTCPEcho is the floor: one caller writing a 64-byte
+// length-prefixed frame and reading it back over loopback TCP.
+func BenchmarkRawTCPEcho(b *testing.B) {
+	conn, frame := rawEchoClient(b)
+	in := make([]byte, len(frame))
+	br := bufio.NewReader(conn)
+	timeEchoes(b, conn, frame, func() error {
+		_, err := io.ReadFull(br, in)
+		return err
+	})
+}
+
 // BenchmarkRawTCPEchoHandoff is BenchmarkRawTCPEcho with the response read
 // by a separate goroutine and handed to the caller over a channel, the way
 // a multiplexing client does. It isolates the cost of that one hand-off.
 func BenchmarkRawTCPEchoHandoff(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(b, err)
-	wg := rawEchoServer(ln)
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(b, err)
-	frame := binary.BigEndian.AppendUint32(nil, 64)
-	frame = append(frame, make([]byte, 64)...)
+	conn, frame := rawEchoClient(b)
 	got := make(chan error, 1)
 	readerDone := make(chan struct{})
 	go func() {
@@ -190,28 +199,11 @@ func BenchmarkRawTCPEchoHandoff(b *testing.B) {
 			}
 		}
 	}()
-	b.Cleanup(func() {
+	b.Cleanup(func() { // runs before rawEchoClient's
 		_ = conn.Close()
 		<-readerDone
-		_ = ln.Close()
-		wg.Wait()
 	})
-
-	lat := make([]time.Duration, b.N)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		t0 := time.Now()
-		if _, err := conn.Write(frame); err != nil {
-			b.Fatal(err)
-		}
-		if err := <-got; err != nil {
-			b.Fatal(err)
-		}
-		lat[i] = time.Since(t0)
-	}
-	b.StopTimer()
-	reportP50(b, lat)
+	timeEchoes(b, conn, frame, func() error { return <-got })
 }
 
 // NetRPCEcho is the net/rpc service of the net/rpc baselines.
