@@ -1,11 +1,13 @@
 package aegis
 
 import (
+	"encoding/binary"
 	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -52,57 +54,84 @@ func (b *roundRobin) Pick(req RouteRequest, healthy []Instance) (Instance, error
 
 // Random returns a Balancer that picks uniformly at random among the
 // instances not excluded.
-func Random() Balancer { return &random{} }
+func Random() Balancer { return &random{rng: newFastRand()} }
 
-type random struct{}
+type random struct{ rng *fastRand }
 
-func (*random) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
+func (b *random) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 	n := len(healthy)
 	if n == 0 {
 		return Instance{}, ErrNoHealthyInstances
 	}
+	i := below(b.rng.next(), n)
 	if len(req.Exclude) == 0 {
-		return healthy[rand.IntN(n)], nil
+		return healthy[i], nil
 	}
-	if j := scanFrom(req, healthy, rand.IntN(n), -1); j >= 0 {
+	if j := scanFrom(req, healthy, i, -1); j >= 0 {
 		return healthy[j], nil
 	}
 	return Instance{}, ErrNoHealthyInstances
 }
 
+// fastRand is the balancers' source of randomness: a Weyl sequence stepped
+// atomically and scrambled by a 128-bit multiply (the wyrand construction).
+// It costs a few nanoseconds where math/rand/v2's ChaCha8 costs about ten,
+// and balancing needs spread, not unpredictability.
+type fastRand struct {
+	_ [56]byte // keep the hot word off its neighbours' cache line
+	s atomic.Uint64
+	_ [56]byte
+}
+
+func newFastRand() *fastRand {
+	f := &fastRand{}
+	f.s.Store(rand.Uint64())
+	return f
+}
+
+func (f *fastRand) next() uint64 {
+	x := f.s.Add(0xa0761d6478bd642f)
+	hi, lo := bits.Mul64(x, x^0xe7037ed1a0b428db)
+	return hi ^ lo
+}
+
+// below maps the low 32 bits of r onto [0, n) without a division.
+func below(r uint64, n int) int { return int((r & 0xffffffff) * uint64(n) >> 32) }
+
 // LeastLoaded returns a Balancer using the power of two choices: it draws
 // two random instances and picks the one with fewer calls in flight from
 // this node.
-func LeastLoaded() Balancer { return &leastLoaded{} }
+func LeastLoaded() Balancer { return &leastLoaded{rng: newFastRand()} }
 
-type leastLoaded struct{}
+type leastLoaded struct{ rng *fastRand }
 
-func (*leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
+func (b *leastLoaded) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 	n := len(healthy)
 	if n == 0 {
 		return Instance{}, ErrNoHealthyInstances
 	}
+	if n == 1 && len(req.Exclude) == 0 {
+		return healthy[0], nil
+	}
+	// Two random indexes from one random number.
+	r := b.rng.next()
+	i, j := below(r, n), below(r>>32, n)
 	if len(req.Exclude) == 0 {
-		// Two distinct random indexes from one random number.
-		if n == 1 {
-			return healthy[0], nil
-		}
-		r := rand.Uint64()
-		i := int((r & 0xffffffff) * uint64(n) >> 32)
-		j := int((r >> 32) * uint64(n-1) >> 32)
-		if j >= i {
-			j++
+		if j == i { // make them distinct
+			if j++; j == n {
+				j = 0
+			}
 		}
 		if inflight(&healthy[i]) <= inflight(&healthy[j]) {
 			return healthy[i], nil
 		}
 		return healthy[j], nil
 	}
-	first := scanFrom(req, healthy, rand.IntN(n), -1)
+	first := scanFrom(req, healthy, i, -1)
 	if first < 0 {
 		return Instance{}, ErrNoHealthyInstances
 	}
-	second := scanFrom(req, healthy, rand.IntN(n), first)
+	second := scanFrom(req, healthy, j, first)
 	if second < 0 || inflight(&healthy[first]) <= inflight(&healthy[second]) {
 		return healthy[first], nil
 	}
@@ -128,60 +157,107 @@ func scanFrom(req RouteRequest, healthy []Instance, start, skip int) int {
 // ConsistentHash returns a Balancer that maps RouteRequest.Key onto a hash
 // ring of the instances (64 points each), so that a key keeps going to the
 // same instance and only about 1/N of keys move when an instance comes or
-// goes. An excluded instance's keys go to the next instance on the ring.
-// Calls without a key are spread at random.
-func ConsistentHash() Balancer { return &consistentHash{} }
+// goes. The hash is the same in every process, so every node sends a key to
+// the same instance. An excluded instance's keys go to the next instance on
+// the ring. Calls without a key are spread at random.
+func ConsistentHash() Balancer {
+	return &consistentHash{rings: make(map[string]*[2]*hashRing), rng: newFastRand()}
+}
 
 type consistentHash struct {
-	ring atomic.Pointer[hashRing] // ring of the last snapshot seen
+	// slots caches rings by the address of the snapshot they were built
+	// from, so the hot path finds its ring with one atomic load.
+	slots [ringSlots]atomic.Pointer[hashRing]
+
+	mu sync.Mutex
+	// rings holds the two newest rings per service (a call may still hold
+	// the previous snapshot while the next one is in use); guarded by mu.
+	// A slot only ever holds a ring that is in rings.
+	rings map[string]*[2]*hashRing
+	rng   *fastRand
 }
+
+const (
+	ringPoints   = 64
+	ringSlotBits = 6
+	ringSlots    = 1 << ringSlotBits
+)
 
 type hashRing struct {
 	base   *Instance // identity of the snapshot it was built from
 	n      int
-	hashes []uint64
-	idx    []int32
-	// lut[b] is the first index whose hash has top bits >= b (lutBits of
-	// them), so a lookup searches only its bucket: a few adjacent points
-	// instead of a binary search over the whole ring.
+	points []ringPoint // sorted by hash
+	// lut[b] is the first point whose hash has top bits >= b (lutBits of
+	// them). There are about as many buckets as points, so a lookup
+	// compares with one or two points of its bucket.
 	lut     []int32
 	lutBits uint
 }
 
-const ringPoints = 64
+type ringPoint struct {
+	h   uint64
+	idx int // index of the instance in the snapshot
+}
 
 func (b *consistentHash) Pick(req RouteRequest, healthy []Instance) (Instance, error) {
 	n := len(healthy)
 	if n == 0 || req.Key == "" || len(req.Exclude) != 0 {
 		return b.pickSlow(req, healthy)
 	}
-	return healthy[b.ringFor(healthy).lookup(hashString(req.Key))], nil
+	r := b.slots[slotOf(healthy)].Load()
+	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != n {
+		r = b.ringSlow(req.Service, healthy)
+	}
+	return healthy[r.points[r.pos(hashString(req.Key))].idx], nil
 }
 
-// ringFor returns the ring of healthy, building it when the snapshot
-// changed.
-func (b *consistentHash) ringFor(healthy []Instance) *hashRing {
-	r := b.ring.Load()
-	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != len(healthy) {
-		r = buildRing(healthy)
-		b.ring.Store(r)
+// slotOf returns the cache slot of a snapshot, from its address.
+func slotOf(healthy []Instance) uint64 {
+	return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(healthy)))) * 0x9e3779b97f4a7c15 >> (64 - ringSlotBits)
+}
+
+// ringSlow returns the ring of healthy when it is not in its slot: from the
+// service's recent rings, or newly built.
+func (b *consistentHash) ringSlow(service string, healthy []Instance) *hashRing {
+	base := unsafe.SliceData(healthy)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	recent := b.rings[service]
+	if recent == nil {
+		recent = new([2]*hashRing)
+		b.rings[service] = recent
 	}
+	var r *hashRing
+	for _, c := range recent {
+		if c != nil && c.base == base && c.n == len(healthy) {
+			r = c
+		}
+	}
+	if r == nil {
+		r = buildRing(healthy)
+		if old := recent[1]; old != nil {
+			// Drop the oldest ring from the cache too, so that it does
+			// not keep its snapshot alive.
+			b.slots[slotOf(unsafe.Slice(old.base, old.n))].CompareAndSwap(old, nil)
+		}
+		recent[0], recent[1] = r, recent[0]
+	}
+	b.slots[slotOf(healthy)].Store(r)
 	return r
 }
-
-// lookup returns the instance index of the first point at or after h.
-func (r *hashRing) lookup(h uint64) int { return int(r.idx[r.pos(h)]) }
 
 // pos returns the position of the first point at or after h, wrapping past
 // the last point to the first.
 func (r *hashRing) pos(h uint64) int {
 	bk := h >> (64 - r.lutBits)
-	lo, hi := int(r.lut[bk]), int(r.lut[bk+1])
-	p, _ := slices.BinarySearch(r.hashes[lo:hi], h)
-	if i := lo + p; i < len(r.hashes) {
-		return i
+	i, end := int(r.lut[bk]), int(r.lut[bk+1])
+	for i < end && r.points[i].h < h {
+		i++
 	}
-	return 0
+	if i == len(r.points) {
+		return 0
+	}
+	return i
 }
 
 // pickSlow handles no instances, no key and exclusions.
@@ -190,16 +266,19 @@ func (b *consistentHash) pickSlow(req RouteRequest, healthy []Instance) (Instanc
 		return Instance{}, ErrNoHealthyInstances
 	}
 	if req.Key == "" {
-		return (&random{}).Pick(req, healthy)
+		return (&random{rng: b.rng}).Pick(req, healthy)
 	}
-	r := b.ringFor(healthy)
+	r := b.slots[slotOf(healthy)].Load()
+	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != len(healthy) {
+		r = b.ringSlow(req.Service, healthy)
+	}
 	i := r.pos(hashString(req.Key))
-	for k := 0; k < len(r.hashes); k++ {
-		inst := &healthy[r.idx[i]]
+	for k := 0; k < len(r.points); k++ {
+		inst := &healthy[r.points[i].idx]
 		if _, ex := req.Exclude[inst.ID]; !ex {
 			return *inst, nil
 		}
-		if i++; i == len(r.hashes) {
+		if i++; i == len(r.points) {
 			i = 0
 		}
 	}
@@ -207,17 +286,13 @@ func (b *consistentHash) pickSlow(req RouteRequest, healthy []Instance) (Instanc
 }
 
 func buildRing(healthy []Instance) *hashRing {
-	type point struct {
-		h   uint64
-		idx int32
-	}
-	pts := make([]point, 0, len(healthy)*ringPoints)
+	pts := make([]ringPoint, 0, len(healthy)*ringPoints)
 	for i, inst := range healthy {
 		for p := 0; p < ringPoints; p++ {
-			pts = append(pts, point{hashString(inst.ID + "#" + strconv.Itoa(p)), int32(i)})
+			pts = append(pts, ringPoint{hashString(inst.ID + "#" + strconv.Itoa(p)), i})
 		}
 	}
-	slices.SortFunc(pts, func(a, b point) int {
+	slices.SortFunc(pts, func(a, b ringPoint) int {
 		switch {
 		case a.h < b.h:
 			return -1
@@ -226,17 +301,14 @@ func buildRing(healthy []Instance) *hashRing {
 		}
 		return 0
 	})
-	r := &hashRing{base: unsafe.SliceData(healthy), n: len(healthy), hashes: make([]uint64, len(pts)), idx: make([]int32, len(pts))}
-	for i, p := range pts {
-		r.hashes[i], r.idx[i] = p.h, p.idx
-	}
-	// About four points per bucket, between 16 and 4096 buckets.
-	r.lutBits = uint(min(12, max(4, bits.Len(uint(len(pts)))-2)))
+	r := &hashRing{base: unsafe.SliceData(healthy), n: len(healthy), points: pts}
+	// About one point per bucket, between 16 and 65,536 buckets.
+	r.lutBits = uint(min(16, max(4, bits.Len(uint(len(pts))))))
 	buckets := 1 << r.lutBits
 	r.lut = make([]int32, buckets+1)
 	j := 0
 	for b := 0; b <= buckets; b++ {
-		for j < len(r.hashes) && (b == buckets || r.hashes[j]>>(64-r.lutBits) < uint64(b)) {
+		for j < len(pts) && (b == buckets || pts[j].h>>(64-r.lutBits) < uint64(b)) {
 			j++
 		}
 		r.lut[b] = int32(j)
@@ -244,17 +316,34 @@ func buildRing(healthy []Instance) *hashRing {
 	return r
 }
 
-// hashString is 64-bit FNV-1a followed by a finalizer that spreads the bits.
+// hashString is a 64-bit string hash that reads eight bytes per step and
+// mixes them with 128-bit multiplies. It has no per-process seed: every
+// node must hash a key the same way. It reads bytes in little-endian order
+// whatever the machine, for the same reason.
 func hashString(s string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
+	const k0, k1, k2 = 0xa0761d6478bd642f, 0xe7037ed1a0b428db, 0x8ebc6af09c88c6e3
+	h := uint64(len(s)) ^ k0
+	for len(s) > 8 {
+		h = mix64(binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s), 8))^k1, h^k2)
+		s = s[8:]
 	}
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	return h
+	// The last 1 to 8 bytes, as two words that may overlap.
+	var a, c uint64
+	switch {
+	case len(s) >= 4:
+		a = uint64(binary.LittleEndian.Uint32(unsafe.Slice(unsafe.StringData(s), 4)))
+		c = uint64(binary.LittleEndian.Uint32(unsafe.Slice(unsafe.StringData(s[len(s)-4:]), 4)))
+	case len(s) > 0:
+		a = uint64(s[0])<<16 | uint64(s[len(s)>>1])<<8 | uint64(s[len(s)-1])
+	}
+	h = mix64(a^k1, c^h)
+	return mix64(h^k2, k0^uint64(len(s)))
+}
+
+// mix64 folds the 128-bit product of a and b into 64 bits.
+func mix64(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
 }
 
 // instLoad is this node's live view of calls to one instance; it is shared

@@ -146,3 +146,77 @@ func BenchmarkPick(b *testing.B) {
 		}
 	}
 }
+
+func TestConsistentHashBalance(t *testing.T) {
+	insts := fakeInstances(10)
+	b := ConsistentHash()
+	count := map[string]int{}
+	const keys = 50000
+	for k := 0; k < keys; k++ {
+		in, err := b.Pick(RouteRequest{Key: "user-" + strconv.Itoa(k)}, insts)
+		require.NoError(t, err)
+		count[in.ID]++
+	}
+	require.Len(t, count, 10)
+	for id, c := range count {
+		require.InDelta(t, keys/10, c, keys/20, "share of %s", id)
+	}
+}
+
+// Every node must send a key to the same instance: two balancers (two
+// nodes) over separately built snapshots agree on every key, and the hash
+// is pinned so that it cannot change between versions by accident.
+func TestConsistentHashSameOnEveryNode(t *testing.T) {
+	a, b := ConsistentHash(), ConsistentHash()
+	onA, onB := fakeInstances(7), fakeInstances(7)
+	for k := 0; k < 2000; k++ {
+		key := "order-" + strconv.Itoa(k)
+		x, _ := a.Pick(RouteRequest{Key: key}, onA)
+		y, _ := b.Pick(RouteRequest{Key: key}, onB)
+		require.Equal(t, x.ID, y.ID, key)
+	}
+	for s, want := range map[string]uint64{
+		"":                                     0x9a5177c020a3dfc0,
+		"a":                                    0x1ec180de57a95fda,
+		"user-42":                              0xf198137fcf2334e2,
+		"i-0001#63":                            0x44ce876e85c292dc,
+		"0b6c3f9e-3e1c-4c55-9a3a-6f2d1c2e9b10": 0x441a0077039dc818,
+	} {
+		require.Equal(t, want, hashString(s), "hashString(%q) = %#x", s, hashString(s))
+	}
+}
+
+// One Balancer serves every service of a node: alternating services must
+// neither rebuild rings nor allocate.
+func TestConsistentHashManyServices(t *testing.T) {
+	b := ConsistentHash()
+	snaps := [][]Instance{fakeInstances(3), fakeInstances(10), fakeInstances(50)}
+	names := []string{"a", "b", "c"}
+	pick := func() {
+		for i, s := range snaps {
+			_, _ = b.Pick(RouteRequest{Service: names[i], Key: "k"}, s)
+		}
+	}
+	pick()
+	require.Zero(t, testing.AllocsPerRun(200, pick))
+}
+
+// BenchmarkPickManyKeys is ConsistentHash with a different key on every
+// call (BenchmarkPick reuses one key, which keeps its ring point cached).
+func BenchmarkPickManyKeys(b *testing.B) {
+	keys := make([]string, 4096)
+	for i := range keys {
+		keys[i] = "user-" + strconv.Itoa(i*7919)
+	}
+	for _, n := range []int{10, 1000} {
+		insts := fakeInstances(n)
+		bal := ConsistentHash()
+		_, _ = bal.Pick(RouteRequest{Service: "svc", Key: "k"}, insts)
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				_, _ = bal.Pick(RouteRequest{Service: "svc", Key: keys[i&4095]}, insts)
+			}
+		})
+	}
+}
