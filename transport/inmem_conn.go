@@ -273,6 +273,17 @@ func (c *memConn) shutdown(s endState) bool {
 	return first
 }
 
+// PeerClosed reports, without blocking, whether a Read would now fail or
+// return io.EOF because the peer closed its end or its transport shut down
+// (data still to be read counts as open). A client that leaves a stream
+// unread while idle uses it to avoid sending on a dead stream.
+func (c *memConn) PeerClosed() bool {
+	p := c.rx
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.writer == endAborted || (p.writer == endClosed && len(p.chunks) == 0)
+}
+
 func (c *memConn) isClosed() bool {
 	select {
 	case <-c.closed:

@@ -1,6 +1,11 @@
 // This file implements the calling side: a Client keeps one multiplexed
-// connection per peer address, sends requests through the batching writer and
-// hands responses from a per-connection reader goroutine to waiting callers.
+// connection per peer address and sends requests through the batching
+// writer. Reading responses is a role: a caller that finds nobody reading
+// reads itself (so a lone caller is woken straight by the network poller, as
+// with a plain socket, instead of by another goroutine) and passes responses
+// that are not its own to their callers. When it has its own response and
+// others still wait, a reader goroutine takes the role over until none
+// waits.
 
 package rpc
 
@@ -9,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"sync"
 	"time"
 )
@@ -93,13 +97,26 @@ type clientConn struct {
 	dialErr error         // set before ready is closed; nil if conn is usable
 	conn    net.Conn      // set under client.mu before ready is closed
 
-	w frameWriter
+	w  frameWriter
+	fr *frameReader // used only by whoever holds the reader role
 
 	mu      sync.Mutex
 	pending map[uint64]*call
 	nextID  uint64
 	err     error // set once the connection is dead; nothing registers after
+	reading bool  // a goroutine holds the reader role
+	// idleSince is when the role was last dropped with no call waiting; a
+	// caller taking the role after idleProbeAfter first checks that the
+	// peer has not closed the connection meanwhile.
+	idleSince time.Time
 }
+
+// idleProbeAfter is how long a connection may sit unread before a caller
+// probes it for a close by the peer before sending on it. While nobody reads
+// a connection, nobody notices its peer closing it; sending a request on it
+// anyway would make the request's fate unknown (ErrConnLost) where a fresh
+// dial tells for sure (ErrDial).
+const idleProbeAfter = time.Millisecond
 
 // Call sends req to the peer at addr and waits for its response or ctx's
 // end. The Client assigns req's call ID; req is not modified and may be
@@ -189,6 +206,11 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 	if cc.w.lock() == nil {
 		cc.w.buf = appendRequestFrame(cc.w.buf, req, id, timeout)
 		_ = cc.w.commit(busy)
+	}
+	if cc.takeRole(id) {
+		r := cc.lead(ctx, cl, id, req, timeout)
+		callPool.Put(cl)
+		return r.resp, r.err
 	}
 	// Whoever's write fails (this goroutine's or a batch writer's) fails the
 	// connection, which hands ErrConnLost to every registered call; so the
@@ -281,7 +303,35 @@ func (c *Client) conn(ctx context.Context, expired <-chan time.Time, addr string
 	if cc.dialErr != nil {
 		return nil, cc.dialErr
 	}
+	if cc.peerClosedWhileIdle() {
+		c.forget(cc)
+		cc.fail(fmt.Errorf("%w: %s: closed by the peer while idle", ErrConnLost, addr))
+		return c.conn(ctx, expired, addr, req)
+	}
 	return cc, nil
+}
+
+// peerClosedWhileIdle reports whether nobody has read cc for idleProbeAfter
+// and a probe finds that the peer closed it.
+func (cc *clientConn) peerClosedWhileIdle() bool {
+	cc.mu.Lock()
+	idle := !cc.reading && len(cc.pending) == 0 && cc.err == nil &&
+		!cc.idleSince.IsZero() && time.Since(cc.idleSince) > idleProbeAfter
+	if idle {
+		// Nobody can take the role while it is probed.
+		cc.reading = true
+	}
+	cc.mu.Unlock()
+	if !idle {
+		return false
+	}
+	closed := peerClosed(cc.conn, cc.fr)
+	cc.mu.Lock()
+	// Calls that registered meanwhile found the role taken and wait: they
+	// need a reader.
+	cc.dropRoleLocked()
+	cc.mu.Unlock()
+	return closed
 }
 
 // dialConn dials cc's peer on its own goroutine, so that a caller whose ctx
@@ -301,8 +351,7 @@ func (c *Client) dialConn(cc *clientConn) {
 		cc.conn = conn
 		cc.w.conn = conn
 		cc.w.onError = cc.writeFailed
-		c.wg.Add(1)
-		go cc.readLoop()
+		cc.fr = newFrameReader(conn, c.maxFrame, KindResponse)
 	}
 	if cc.dialErr != nil && c.conns[cc.addr] == cc {
 		delete(c.conns, cc.addr)
@@ -397,20 +446,15 @@ func (cc *clientConn) unregister(id uint64) bool {
 	return ok
 }
 
-// deliver hands r to the caller waiting for call id, if it still waits. It
-// reports whether no call is left waiting.
-func (cc *clientConn) deliver(id uint64, r result) (idle bool) {
+// deliver hands r to the caller waiting for call id, if it still waits.
+func (cc *clientConn) deliver(id uint64, r result) {
 	cc.mu.Lock()
 	cl := cc.pending[id]
-	if cl != nil {
-		delete(cc.pending, id)
-	}
-	idle = len(cc.pending) == 0
+	delete(cc.pending, id)
 	cc.mu.Unlock()
 	if cl != nil {
 		cl.ch <- r // capacity 1, and only one sender per registration
 	}
-	return idle
 }
 
 // fail marks the connection dead with err (the first error wins), closes it,
@@ -438,34 +482,150 @@ func (cc *clientConn) writeFailed(err error) {
 	cc.fail(fmt.Errorf("%w: %s: write: %w", ErrConnLost, cc.addr, err))
 }
 
-// readLoop reads responses and hands them to their callers until the
-// connection fails.
-func (cc *clientConn) readLoop() {
-	defer cc.client.wg.Done()
-	fr := newFrameReader(cc.conn, cc.client.maxFrame, KindResponse)
+// takeRole makes the caller of call id the reader if nobody reads cc and
+// its response has not already been handed to it.
+func (cc *clientConn) takeRole(id uint64) bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if _, waiting := cc.pending[id]; cc.reading || !waiting {
+		return false
+	}
+	cc.reading = true
+	return true
+}
+
+// dropRole gives the reader role up: to a reader goroutine if calls still
+// wait, else to nobody. The caller holds cc.mu and the role.
+func (cc *clientConn) dropRoleLocked() {
+	if len(cc.pending) > 0 && cc.err == nil {
+		cc.client.wg.Add(1)
+		go cc.readLoop()
+		return
+	}
+	cc.reading = false
+	cc.idleSince = time.Now()
+}
+
+// lead reads responses, as the holder of the reader role, until call id's
+// own arrives, the connection fails, or ctx or the call's timeout ends it.
+// timeout (nanoseconds, 0 for none) is the smaller of req.Timeout and what
+// is left of ctx.
+func (cc *clientConn) lead(ctx context.Context, cl *call, id uint64, req *Request, timeout int64) result {
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(time.Duration(timeout))
+	}
+	if done := ctx.Done(); done != nil {
+		// A read cannot watch ctx: ctx's end interrupts it through a
+		// deadline in the past.
+		stop := context.AfterFunc(ctx, cc.interruptRead)
+		defer stop()
+	}
+	_ = cc.conn.SetReadDeadline(deadline)
 	for {
-		body, bigID, big, err := fr.next()
-		if err != nil {
-			cc.fail(fmt.Errorf("%w: %s: read: %w", ErrConnLost, cc.addr, err))
-			return
+		fid, r, err := cc.readResponse()
+		switch {
+		case err == nil && fid == id:
+			cc.mu.Lock()
+			delete(cc.pending, id)
+			cc.dropRoleLocked()
+			cc.mu.Unlock()
+			return r
+		case err == nil:
+			cc.deliver(fid, r)
+			continue
+		case !isTimeout(err):
+			cc.fail(fmt.Errorf("%w: %s: %w", ErrConnLost, cc.addr, err))
+			return <-cl.ch // fail handed every waiting call its error
 		}
-		if big {
-			cc.deliver(bigID, result{err: fmt.Errorf(
-				"%w: response frame exceeds the limit of %d bytes", ErrFrameTooLarge, cc.client.maxFrame)})
+		// A deadline interrupted the read: the call's own, ctx's end,
+		// or a stale interruption meant for an earlier holder of the role.
+		var out error
+		switch {
+		case ctx.Err() != nil:
+			out = ctxError(req, cc.addr, ctx.Err())
+		case !deadline.IsZero() && !time.Now().Before(deadline):
+			if req.Timeout > 0 && int64(req.Timeout) <= timeout {
+				out = timeoutError(req, cc.addr)
+			} else {
+				out = ctxError(req, cc.addr, context.DeadlineExceeded)
+			}
+		default:
+			_ = cc.conn.SetReadDeadline(deadline)
 			continue
 		}
-		resp := new(Response)
-		if err := decodeResponse(body, resp); err != nil {
-			cc.fail(fmt.Errorf("%w: %s: malformed response: %w", ErrConnLost, cc.addr, err))
+		_ = cc.conn.SetReadDeadline(time.Time{})
+		cc.mu.Lock()
+		_, mine := cc.pending[id]
+		delete(cc.pending, id)
+		if cc.err == nil {
+			cc.dropRoleLocked()
+		}
+		cc.mu.Unlock()
+		if !mine {
+			return <-cl.ch // fail got there first
+		}
+		return result{err: out}
+	}
+}
+
+// interruptRead makes the role holder's blocked read return a timeout.
+func (cc *clientConn) interruptRead() {
+	_ = cc.conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// readResponse reads the next response. An error means the connection is
+// unusable, except a timeout, after which reading may go on.
+func (cc *clientConn) readResponse() (uint64, result, error) {
+	body, bigID, big, err := cc.fr.next()
+	if err != nil {
+		return 0, result{}, err
+	}
+	if big {
+		return bigID, result{err: fmt.Errorf(
+			"%w: response frame exceeds the limit of %d bytes", ErrFrameTooLarge, cc.client.maxFrame)}, nil
+	}
+	resp := new(Response)
+	if err := decodeResponse(body, resp); err != nil {
+		return 0, result{}, fmt.Errorf("malformed response: %w", err)
+	}
+	return resp.CallID, result{resp: resp}, nil
+}
+
+// readLoop holds the reader role for callers that wait while none of them
+// reads, until no call waits or the connection fails.
+func (cc *clientConn) readLoop() {
+	defer cc.client.wg.Done()
+	_ = cc.conn.SetReadDeadline(time.Time{})
+	for {
+		id, r, err := cc.readResponse()
+		if err != nil {
+			if isTimeout(err) { // a stale interruption meant for a caller
+				_ = cc.conn.SetReadDeadline(time.Time{})
+				continue
+			}
+			cc.fail(fmt.Errorf("%w: %s: %w", ErrConnLost, cc.addr, err))
 			return
 		}
-		if idle := cc.deliver(resp.CallID, result{resp: resp}); idle && fr.br.Buffered() == 0 {
-			// Nothing else to read or wait for: let the caller just woken
-			// run on this P now, instead of first going through a read
-			// that would find no data (a syscall) and maybe having the
-			// caller stolen by another, idle, thread. This measurably
-			// cuts single-caller latency.
-			runtime.Gosched()
+		cc.mu.Lock()
+		cl := cc.pending[id]
+		delete(cc.pending, id)
+		idle := len(cc.pending) == 0
+		if idle {
+			cc.reading = false
+			cc.idleSince = time.Now()
+		}
+		cc.mu.Unlock()
+		if cl != nil {
+			cl.ch <- r
+		}
+		if idle {
+			return
 		}
 	}
 }

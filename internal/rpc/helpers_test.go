@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -59,7 +60,7 @@ func (n *pipeNet) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	if ln == nil {
 		return nil, errPipeRefused
 	}
-	local, remote := net.Pipe()
+	local, remote := newPipePair()
 	select {
 	case ln.ch <- remote:
 		return local, nil
@@ -74,6 +75,26 @@ func (n *pipeNet) Dial(ctx context.Context, addr string) (net.Conn, error) {
 		return nil, ctx.Err()
 	}
 }
+
+// pipeConn is one end of a net.Pipe that, like the in-memory transport's
+// streams, can tell without blocking whether the other end was closed.
+type pipeConn struct {
+	net.Conn
+	closed, peer *atomic.Bool
+}
+
+func newPipePair() (net.Conn, net.Conn) {
+	a, b := net.Pipe()
+	ca, cb := new(atomic.Bool), new(atomic.Bool)
+	return &pipeConn{a, ca, cb}, &pipeConn{b, cb, ca}
+}
+
+func (c *pipeConn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
+}
+
+func (c *pipeConn) PeerClosed() bool { return c.peer.Load() }
 
 type pipeListener struct {
 	net  *pipeNet
@@ -207,6 +228,23 @@ func (c *Client) liveConns() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return len(c.conns)
+}
+
+// idleFor returns how long the connection to addr has gone unread with no
+// call waiting (0 if it is read, waited on, or absent).
+func (c *Client) idleFor(addr string) time.Duration {
+	c.mu.RLock()
+	cc := c.conns[addr]
+	c.mu.RUnlock()
+	if cc == nil {
+		return 0
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.reading || len(cc.pending) > 0 || cc.idleSince.IsZero() {
+		return 0
+	}
+	return time.Since(cc.idleSince)
 }
 
 // echoHandler answers with the request payload.

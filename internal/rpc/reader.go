@@ -34,11 +34,18 @@ const readBufSize = 32 << 10
 // ID: an array32 header (5 bytes) plus a uint64 (9 bytes) fit.
 const peekIDLen = 16
 
-// frameReader reads the frames of one kind from a connection.
+// frameReader reads the frames of one kind from a connection. A read that
+// fails with a timeout (a read deadline) loses nothing: the next call to next
+// resumes the frame where it stopped.
 type frameReader struct {
 	br   *bufio.Reader
 	max  int  // largest length prefix accepted
 	kind byte // the frame kind expected
+
+	part []byte // frame being read: len(part) bytes of it are in
+	want int    // its length
+	skip uint64 // bytes of an oversized frame still to discard
+	big  uint64 // call ID of that frame
 }
 
 func newFrameReader(conn net.Conn, max int, kind byte) *frameReader {
@@ -50,6 +57,12 @@ func newFrameReader(conn net.Conn, max int, kind byte) *frameReader {
 // limit is read past without being stored: next returns big=true and the call
 // ID found at its start. Any error means the connection is unusable.
 func (r *frameReader) next() (body []byte, bigID uint64, big bool, err error) {
+	switch {
+	case r.skip > 0:
+		return r.skipRest()
+	case r.part != nil:
+		return r.fill()
+	}
 	hdr, err := r.br.Peek(prefixLen)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
@@ -58,23 +71,31 @@ func (r *frameReader) next() (body []byte, bigID uint64, big bool, err error) {
 		return nil, 0, false, err
 	}
 	n := uint64(binary.BigEndian.Uint32(hdr))
-	if _, err := r.br.Discard(prefixLen); err != nil {
-		return nil, 0, false, err
-	}
 	if n < frameHeadLen {
 		return nil, 0, false, errShortFrame
 	}
 	if n > uint64(r.max) {
-		id, err := r.skipFrame(n)
-		return nil, id, err == nil, err
+		return r.startSkip(n)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r.br, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	_, _ = r.br.Discard(prefixLen) // Peek returned them: cannot fail
+	r.part, r.want = make([]byte, 0, n), int(n)
+	return r.fill()
+}
+
+// fill reads the rest of the frame in r.part.
+func (r *frameReader) fill() (body []byte, bigID uint64, big bool, err error) {
+	for len(r.part) < r.want {
+		m, err := r.br.Read(r.part[len(r.part):r.want])
+		r.part = r.part[:len(r.part)+m]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, 0, false, err
 		}
-		return nil, 0, false, err
 	}
+	buf := r.part
+	r.part = nil
 	if err := r.checkHead(buf); err != nil {
 		return nil, 0, false, err
 	}
@@ -92,40 +113,43 @@ func (r *frameReader) checkHead(p []byte) error {
 	return nil
 }
 
-// skipFrame reads past an oversized frame of n bytes (after the prefix),
-// returning the call ID at its start.
-func (r *frameReader) skipFrame(n uint64) (uint64, error) {
+// startSkip begins reading past an oversized frame of n bytes (after the
+// 4-byte prefix, which is still buffered), taking the call ID at its start.
+func (r *frameReader) startSkip(n uint64) (body []byte, bigID uint64, big bool, err error) {
 	head := uint64(frameHeadLen + peekIDLen)
 	if n < head {
 		head = n
 	}
-	p, err := r.br.Peek(int(head))
+	p, err := r.br.Peek(prefixLen + int(head))
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return 0, err
+		return nil, 0, false, err
 	}
+	p = p[prefixLen:]
 	if err := r.checkHead(p); err != nil {
-		return 0, err
+		return nil, 0, false, err
 	}
 	id, ok := peekCallID(p[frameHeadLen:])
 	if !ok {
-		return 0, errBadBigID
+		return nil, 0, false, errBadBigID
 	}
-	for n > 0 {
-		chunk := n
-		if chunk > 1<<30 {
-			chunk = 1 << 30
-		}
-		d, err := r.br.Discard(int(chunk))
-		n -= uint64(d)
+	r.big, r.skip = id, n+prefixLen
+	return r.skipRest()
+}
+
+// skipRest discards the rest of an oversized frame.
+func (r *frameReader) skipRest() (body []byte, bigID uint64, big bool, err error) {
+	for r.skip > 0 {
+		d, err := r.br.Discard(int(min(r.skip, 1<<30)))
+		r.skip -= uint64(d)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, err
+			return nil, 0, false, err
 		}
 	}
-	return id, nil
+	return nil, r.big, true, nil
 }

@@ -508,8 +508,15 @@ func TestRedialAfterServerRestart(t *testing.T) {
 		require.NoError(t, err)
 
 		srv.stop(t)
-		testutil.Eventually(t, promptly, func() bool { return c.liveConns() == 0 },
-			"client drops the broken connection")
+		// Nobody reads an idle connection, so its close is noticed when
+		// the next call probes it before sending.
+		testutil.Eventually(t, promptly, func() bool { return c.idleFor(srv.addr) > idleProbeAfter },
+			"the connection has been idle long enough to be probed")
+		_, err = c.Call(context.Background(), srv.addr, &Request{})
+		require.ErrorIs(t, err, ErrDial, "a dead idle connection is dropped, not written to")
+		require.NotErrorIs(t, err, ErrConnLost)
+		require.Zero(t, c.liveConns())
+
 		srv2 := startServer(t, nk, srv.addr, echoHandler, ServerOptions{})
 		resp, err := c.Call(context.Background(), srv2.addr, &Request{Payload: []byte("again")})
 		require.NoError(t, err)

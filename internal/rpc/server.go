@@ -194,6 +194,8 @@ func (s *Server) track(conn net.Conn) *serverConn {
 	}
 	sc.w.conn = conn
 	sc.w.onError = sc.writeFailed
+	sc.handoff = time.AfterFunc(time.Hour, sc.handoffFired)
+	sc.handoff.Stop()
 	s.conns[sc] = struct{}{}
 	s.wg.Add(1)
 	return sc
@@ -201,11 +203,16 @@ func (s *Server) track(conn net.Conn) *serverConn {
 
 // serverConn is one connection being served.
 //
-// Reading is a role that passes between goroutines: the reader that decodes a
-// request hands the role on and runs the handler itself, so the handler
-// starts without waiting for a goroutine switch. The role goes to a spare
-// (a goroutine that finished a handler and parked, its stack already
-// grown) or, when none is parked, to a new goroutine.
+// Reading is a role that passes between goroutines. The reader that decodes a
+// request runs the handler itself, so the handler starts without waiting for
+// a goroutine switch. If more requests are already buffered it first hands
+// the role on; otherwise it keeps the role while the handler runs, and only
+// if the handler is still running after handoffDelay does a timer hand the
+// role on, so that later requests on the connection are not held up by a
+// slow handler. Fast handlers thus cost no goroutine wake-up at all (on a
+// small VM a wake-up costs as much as the rest of the call). The role goes
+// to a spare (a goroutine that finished a handler and parked, its stack
+// already grown) or, when none is parked, to a new goroutine.
 type serverConn struct {
 	s      *Server
 	conn   net.Conn
@@ -218,6 +225,12 @@ type serverConn struct {
 	handlers sync.WaitGroup
 	inflight atomic.Int32 // requests read and not yet answered
 
+	// held is 1 while the reader runs a handler with the role held; whoever
+	// moves it to 0 first decides: the reader keeps reading, or the
+	// handoff timer passes the role on.
+	held    atomic.Int32
+	handoff *time.Timer
+
 	wake   chan struct{}  // a send hands the reader role to a parked spare
 	stop   chan struct{}  // closed by finish: spares exit
 	spares atomic.Int32   // goroutines parked (or about to park) as spares
@@ -226,6 +239,11 @@ type serverConn struct {
 
 // maxSpares bounds the parked spare goroutines per connection.
 const maxSpares = 4
+
+// handoffDelay is how long a handler may run before the reader role it
+// holds passes to another goroutine. It bounds how long a request can wait
+// behind a slow handler on the same connection before being read.
+const handoffDelay = 50 * time.Microsecond
 
 // readLoop reads frames until it passes the reader role on (after decoding a
 // request, which it then handles) or the connection fails. After handling,
@@ -267,12 +285,22 @@ func (sc *serverConn) readOne() bool {
 		}
 		sc.handlers.Add(1)
 		sc.inflight.Add(1)
-		select {
-		case sc.wake <- struct{}{}:
-		default:
-			go sc.readLoop()
+		if sc.fr.br.Buffered() > 0 {
+			// More requests are already here: let another goroutine read
+			// them while this one runs the handler.
+			sc.passRole()
+			sc.handle(req)
+		} else {
+			sc.held.Store(1)
+			sc.handoff.Reset(handoffDelay)
+			sc.handle(req)
+			if sc.held.CompareAndSwap(1, 0) {
+				sc.handoff.Stop() // a late firing finds held 0 and does nothing
+				sc.handlers.Done()
+				continue
+			}
+			// The timer passed the role on: this goroutine becomes a spare.
 		}
-		sc.handle(req)
 		// Register as a spare before leaving the handlers, so that finish,
 		// once no handler is left, also waits for every spare.
 		spare := sc.spares.Add(1) <= maxSpares
@@ -297,11 +325,28 @@ func (sc *serverConn) readOne() bool {
 	}
 }
 
+// passRole hands the reader role to a parked spare or a new goroutine.
+func (sc *serverConn) passRole() {
+	select {
+	case sc.wake <- struct{}{}:
+	default:
+		go sc.readLoop()
+	}
+}
+
+// handoffFired runs when a handler held the reader role for handoffDelay.
+func (sc *serverConn) handoffFired() {
+	if sc.held.CompareAndSwap(1, 0) {
+		sc.passRole()
+	}
+}
+
 // finish cleans up after the last reader: it stops writes, closes the
 // connection, cancels and waits for the handlers, then releases the
 // connection from the Server.
 func (sc *serverConn) finish() {
 	s := sc.s
+	sc.handoff.Stop()
 	sc.w.shutdown(net.ErrClosed)
 	_ = sc.conn.Close()
 	sc.cancel()
