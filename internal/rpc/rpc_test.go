@@ -797,3 +797,43 @@ func TestDeadlineCtx(t *testing.T) {
 	require.ErrorIs(t, child.Err(), context.Canceled)
 	child.release()
 }
+
+// A handler that holds the reader role (it ran inline) must not hold up
+// later requests on the same connection for long: the Server passes the
+// role on once the handler has run for handoffDelay.
+func TestSlowHandlerDoesNotBlockConnection(t *testing.T) {
+	forEachNet(t, func(t *testing.T, nk netKind) {
+		release := make(chan struct{})
+		started := make(chan struct{}, 1)
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+			if req.Method == "slow" {
+				started <- struct{}{}
+				<-release
+			}
+			return &Response{Payload: req.Payload}
+		}, ServerOptions{})
+		c := newTestClient(t, nk, ClientOptions{})
+		_, err := c.Call(context.Background(), srv.addr, &Request{}) // connect
+		require.NoError(t, err)
+
+		slow := make(chan error, 1)
+		go func() {
+			_, err := c.Call(context.Background(), srv.addr, &Request{Method: "slow"})
+			slow <- err
+		}()
+		<-started
+		for i := 0; i < 20; i++ {
+			resp, err := c.Call(context.Background(), srv.addr, &Request{Method: "fast", Payload: []byte("x")})
+			require.NoError(t, err)
+			require.Equal(t, "x", string(resp.Payload))
+		}
+		select {
+		case err := <-slow:
+			t.Fatalf("slow call returned before its handler was released: %v", err)
+		default:
+		}
+		close(release)
+		require.NoError(t, <-slow)
+		require.Equal(t, int32(1), srv.ln.accepted.Load(), "all on one connection")
+	})
+}

@@ -51,7 +51,10 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
 
-	wg sync.WaitGroup // Serve loops and connections (which wait for their handlers)
+	wg sync.WaitGroup // Serve loops, connections (which wait for their handlers) and the monitor
+
+	epoch      time.Time   // origin of serverConn.heldSince
+	monitoring atomic.Bool // the monitor goroutine runs
 }
 
 var errServerClosed = errors.New("rpc: server closed")
@@ -70,6 +73,7 @@ func NewServer(h Handler, opts ServerOptions) *Server {
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
+		epoch:     time.Now(),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -194,8 +198,6 @@ func (s *Server) track(conn net.Conn) *serverConn {
 	}
 	sc.w.conn = conn
 	sc.w.onError = sc.writeFailed
-	sc.handoff = time.AfterFunc(time.Hour, sc.handoffFired)
-	sc.handoff.Stop()
 	s.conns[sc] = struct{}{}
 	s.wg.Add(1)
 	return sc
@@ -210,7 +212,10 @@ func (s *Server) track(conn net.Conn) *serverConn {
 // if the handler is still running after handoffDelay does a timer hand the
 // role on, so that later requests on the connection are not held up by a
 // slow handler. Fast handlers thus cost no goroutine wake-up at all (on a
-// small VM a wake-up costs as much as the rest of the call). The role goes
+// small VM a wake-up costs as much as the rest of the call). The handoff
+// is checked by one monitor goroutine per Server, which ticks every
+// handoffDelay while roles are held and exits after a quiet spell; a timer
+// per request would cost a wake-up of the network poller per call. The role goes
 // to a spare (a goroutine that finished a handler and parked, its stack
 // already grown) or, when none is parked, to a new goroutine.
 type serverConn struct {
@@ -225,11 +230,11 @@ type serverConn struct {
 	handlers sync.WaitGroup
 	inflight atomic.Int32 // requests read and not yet answered
 
-	// held is 1 while the reader runs a handler with the role held; whoever
+	// heldSince is when the reader started running a handler with the role
+	// held (nanoseconds since the Server's epoch), 0 when not held. Whoever
 	// moves it to 0 first decides: the reader keeps reading, or the
-	// handoff timer passes the role on.
-	held    atomic.Int32
-	handoff *time.Timer
+	// monitor passes the role on.
+	heldSince atomic.Int64
 
 	wake   chan struct{}  // a send hands the reader role to a parked spare
 	stop   chan struct{}  // closed by finish: spares exit
@@ -241,9 +246,14 @@ type serverConn struct {
 const maxSpares = 4
 
 // handoffDelay is how long a handler may run before the reader role it
-// holds passes to another goroutine. It bounds how long a request can wait
-// behind a slow handler on the same connection before being read.
-const handoffDelay = 50 * time.Microsecond
+// holds passes to another goroutine. A request arriving on the same
+// connection behind a slow handler waits at most about twice this long
+// before being read.
+const handoffDelay = time.Millisecond
+
+// monitorQuiet is how many ticks without a held role the monitor waits
+// before it exits.
+const monitorQuiet = 100
 
 // readLoop reads frames until it passes the reader role on (after decoding a
 // request, which it then handles) or the connection fails. After handling,
@@ -291,15 +301,16 @@ func (sc *serverConn) readOne() bool {
 			sc.passRole()
 			sc.handle(req)
 		} else {
-			sc.held.Store(1)
-			sc.handoff.Reset(handoffDelay)
+			since := max(int64(time.Since(s.epoch)), 1)
+			sc.heldSince.Store(since)
+			s.ensureMonitor()
 			sc.handle(req)
-			if sc.held.CompareAndSwap(1, 0) {
-				sc.handoff.Stop() // a late firing finds held 0 and does nothing
+			if sc.heldSince.CompareAndSwap(since, 0) {
 				sc.handlers.Done()
 				continue
 			}
-			// The timer passed the role on: this goroutine becomes a spare.
+			// The monitor passed the role on: this goroutine becomes a
+			// spare.
 		}
 		// Register as a spare before leaving the handlers, so that finish,
 		// once no handler is left, also waits for every spare.
@@ -334,11 +345,63 @@ func (sc *serverConn) passRole() {
 	}
 }
 
-// handoffFired runs when a handler held the reader role for handoffDelay.
-func (sc *serverConn) handoffFired() {
-	if sc.held.CompareAndSwap(1, 0) {
-		sc.passRole()
+// ensureMonitor starts the monitor if it is not running. A reader calls it
+// while holding a connection (and so the Server's WaitGroup) open.
+func (s *Server) ensureMonitor() {
+	if !s.monitoring.Load() && s.monitoring.CompareAndSwap(false, true) {
+		s.wg.Add(1)
+		go s.monitor()
 	}
+}
+
+// monitor passes on reader roles held by handlers for handoffDelay, until no
+// role has been held for monitorQuiet ticks or the Server closes.
+func (s *Server) monitor() {
+	defer s.wg.Done()
+	t := time.NewTicker(handoffDelay)
+	defer t.Stop()
+	quiet := 0
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.passHeldRoles() {
+			quiet = 0
+			continue
+		}
+		if quiet++; quiet < monitorQuiet {
+			continue
+		}
+		s.monitoring.Store(false)
+		// A role taken just before the Store found the monitor running:
+		// look again, and go on unless another monitor was started.
+		if !s.passHeldRoles() || !s.monitoring.CompareAndSwap(false, true) {
+			return
+		}
+		quiet = 0
+	}
+}
+
+// passHeldRoles passes on every role held for handoffDelay and reports
+// whether any role was held.
+func (s *Server) passHeldRoles() bool {
+	now := int64(time.Since(s.epoch))
+	held := false
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sc := range s.conns {
+		h := sc.heldSince.Load()
+		if h == 0 {
+			continue
+		}
+		held = true
+		if now-h >= int64(handoffDelay) && sc.heldSince.CompareAndSwap(h, 0) {
+			sc.passRole()
+		}
+	}
+	return held
 }
 
 // finish cleans up after the last reader: it stops writes, closes the
@@ -346,7 +409,6 @@ func (sc *serverConn) handoffFired() {
 // connection from the Server.
 func (sc *serverConn) finish() {
 	s := sc.s
-	sc.handoff.Stop()
 	sc.w.shutdown(net.ErrClosed)
 	_ = sc.conn.Close()
 	sc.cancel()
