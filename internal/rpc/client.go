@@ -494,7 +494,7 @@ func (cc *clientConn) takeRole(id uint64) bool {
 	return true
 }
 
-// dropRole gives the reader role up: to a reader goroutine if calls still
+// dropRoleLocked gives the reader role up: to a reader goroutine if calls still
 // wait, else to nobody. The caller holds cc.mu and the role.
 func (cc *clientConn) dropRoleLocked() {
 	if len(cc.pending) > 0 && cc.err == nil {
