@@ -204,11 +204,18 @@ func (b *consistentHash) Pick(req RouteRequest, healthy []Instance) (Instance, e
 	if n == 0 || req.Key == "" || len(req.Exclude) != 0 {
 		return b.pickSlow(req, healthy)
 	}
-	r := b.slots[slotOf(healthy)].Load()
-	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != n {
-		r = b.ringSlow(req.Service, healthy)
-	}
+	r := b.ringFor(req.Service, healthy)
 	return healthy[r.points[r.pos(hashString(req.Key))].idx], nil
+}
+
+// ringFor returns the ring of healthy: from its cache slot in one atomic
+// load, else through ringSlow.
+func (b *consistentHash) ringFor(service string, healthy []Instance) *hashRing {
+	r := b.slots[slotOf(healthy)].Load()
+	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != len(healthy) {
+		r = b.ringSlow(service, healthy)
+	}
+	return r
 }
 
 // slotOf returns the cache slot of a snapshot, from its address.
@@ -268,10 +275,7 @@ func (b *consistentHash) pickSlow(req RouteRequest, healthy []Instance) (Instanc
 	if req.Key == "" {
 		return (&random{rng: b.rng}).Pick(req, healthy)
 	}
-	r := b.slots[slotOf(healthy)].Load()
-	if r == nil || r.base != unsafe.SliceData(healthy) || r.n != len(healthy) {
-		r = b.ringSlow(req.Service, healthy)
-	}
+	r := b.ringFor(req.Service, healthy)
 	i := r.pos(hashString(req.Key))
 	for k := 0; k < len(r.points); k++ {
 		inst := &healthy[r.points[i].idx]
