@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strconv"
 	"time"
 
 	"github.com/aegisipc/aegis/internal/rpc"
@@ -79,12 +78,12 @@ func (n *Node) publishServed() {
 	n.served.Store(&m)
 }
 
-func unavailable(format string, args ...any) *rpc.Response {
-	return &rpc.Response{Err: &rpc.ErrorInfo{Code: CodeUnavailable, Message: fmt.Sprintf(format, args...), Retryable: true}}
+func unavailable(format string, args ...any) rpc.Response {
+	return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeUnavailable, Message: fmt.Sprintf(format, args...), Retryable: true}}
 }
 
 // serveCall runs one incoming call on the addressed local instance.
-func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Response) {
+func (n *Node) serveCall(ctx context.Context, req *rpc.Request) rpc.Response {
 	r := n.localHandler(req.Service, req.InstanceID)
 	if r == nil || r.done.Load() {
 		return unavailable("instance %s/%s is not registered on node %s", req.Service, req.InstanceID, n.name)
@@ -95,8 +94,7 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 	r.inflight.Add(1)
 	defer r.inflight.Add(-1)
 	if r.dedup == nil || req.MessageID == "" {
-		out := n.runHandler(ctx, r, req)
-		return &out
+		return n.runHandler(ctx, r, req)
 	}
 	e, first := r.dedup.Begin(req.MessageID)
 	if !first {
@@ -106,19 +104,19 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) (resp *rpc.Respo
 		n.met.duplicates.Add(bg, 1)
 		select {
 		case <-e.Done():
-			return e.Result()
+			return *e.Result()
 		case <-ctx.Done():
 			// Not "unavailable": that would let a non-idempotent call move
 			// to another instance while this one runs it.
-			return &rpc.Response{Err: &rpc.ErrorInfo{Code: CodeInProgress,
+			return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeInProgress,
 				Message: fmt.Sprintf("message %s is still running on %s/%s", req.MessageID, req.Service, req.InstanceID)}}
 		}
 	}
-	// The response lives in the dedup entry (no allocation of its own) and
-	// is shared with later duplicates: nothing downstream modifies it.
+	// The entry keeps the response for later duplicates; they share its
+	// payload, which nothing downstream modifies.
 	out := n.runHandler(ctx, r, req)
 	r.dedup.Finish(e, out, cacheable(&out))
-	return e.Result()
+	return out
 }
 
 // cacheable says which outcomes the dedup cache keeps: successes and
@@ -155,9 +153,21 @@ func (n *Node) runHandler(ctx context.Context, r *Registration, req *rpc.Request
 	return rpc.Response{Payload: out}
 }
 
-// nextMessageID returns a cluster-unique message ID.
-func (n *Node) nextMessageID() string {
-	return n.msgPrefix + strconv.FormatUint(n.msgSeq.Add(1), 36)
+// messageID is a call's message ID: the caller's (WithMessageID) or, when
+// seq is non-zero, prefix followed by seq in base 36. The generated form is
+// spelled out only in the request frame, so a call does not allocate it.
+type messageID struct {
+	prefix string
+	seq    uint64
+}
+
+// messageIDFor returns the call's message ID: o's, or a new cluster-unique
+// one.
+func (n *Node) messageIDFor(o *callOptions) messageID {
+	if o.messageID != "" {
+		return messageID{prefix: o.messageID}
+	}
+	return messageID{prefix: n.msgPrefix, seq: n.msgSeq.Add(1)}
 }
 
 // attempt makes one call to inst. It classifies failures:
@@ -167,12 +177,12 @@ func (n *Node) nextMessageID() string {
 //     caller's deadline;
 //   - *RemoteError: the handler's error;
 //   - ErrMessageTooLarge (wrapped).
-func (n *Node) attempt(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, msgID string, try int) ([]byte, error) {
+func (n *Node) attempt(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, msgID messageID, try int) ([]byte, error) {
 	if inst.load != nil {
 		inst.load.inflight.Add(1)
 		defer inst.load.inflight.Add(-1)
 	}
-	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID,
+	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID.prefix, MessageSeq: msgID.seq,
 		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: n.cfg.AttemptTimeout}
 	// Whether the handler's deadline will be the caller's rather than the
 	// attempt timeout (only a deadline context costs a clock read).

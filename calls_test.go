@@ -360,3 +360,33 @@ func TestRetryBudgetStopsFailoverStorm(t *testing.T) {
 	// Without a budget this would be 3 attempts per call.
 	require.Less(t, total, int64(calls*13/10), "retries stay near 20%% of calls (got %d attempts for %d calls)", total, calls)
 }
+
+// One call's allocations, caller and server together, on the in-memory
+// network: the request and response frames, the server's request with its
+// context and strings, the handler's Request and the dedup entry. Gossip runs
+// meanwhile, hence the margin of one.
+func TestCallAllocations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation budget skipped in -short mode")
+	}
+	c := newCluster(t, 2, true)
+	_, err := c.nodes[1].Register(context.Background(), Service{Name: "echo", Handler: echoHandler})
+	require.NoError(t, err)
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(c.nodes[0].HealthyInstances("echo")) == 1 }, "echo visible")
+	payload := make([]byte, 64)
+	budget := 7.0
+	if testutil.RaceEnabled {
+		budget += 2 // pooled calls and timers are sometimes dropped
+	}
+	for name, call := range map[string]func(context.Context, string, string, []byte, ...CallOption) ([]byte, error){
+		"Call": c.nodes[0].Call, "CallWithFailover": c.nodes[0].CallWithFailover,
+	} {
+		allocs := testing.AllocsPerRun(500, func() {
+			if _, err := call(context.Background(), "echo", "echo", payload); err != nil {
+				panic(err)
+			}
+		})
+		t.Logf("%s: %.1f allocations per call", name, allocs)
+		require.LessOrEqual(t, allocs, budget, name)
+	}
+}

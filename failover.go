@@ -94,10 +94,7 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 	if err != nil {
 		return nil, err
 	}
-	id := o.messageID
-	if id == "" {
-		id = n.nextMessageID()
-	}
+	id := n.messageIDFor(&o)
 	n.budget.deposit()
 	return n.tryInstance(ctx, &inst, method, payload, &o, id, nil)
 }
@@ -133,10 +130,7 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 // candidates ran out).
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{maxAttempts: n.cfg.MaxAttempts}, opts)
-	id := o.messageID
-	if id == "" {
-		id = n.nextMessageID()
-	}
+	id := n.messageIDFor(&o)
 	n.budget.deposit()
 	var attempts []Attempt
 	var stopErr error
@@ -184,7 +178,7 @@ func (n *Node) CallWithFailover(ctx context.Context, service, method string, pay
 // tryInstance calls inst, retrying it with the same message ID while the
 // failure may have come after delivery. Failed tries are appended to
 // attempts when it is not nil; the last error is returned.
-func (n *Node) tryInstance(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id string, attempts *[]Attempt) ([]byte, error) {
+func (n *Node) tryInstance(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id messageID, attempts *[]Attempt) ([]byte, error) {
 	for same := 0; ; same++ {
 		var start time.Time
 		if attempts != nil {

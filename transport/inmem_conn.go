@@ -27,25 +27,48 @@ const (
 // other.
 type pipe struct {
 	mu      sync.Mutex
-	chunks  []chunk
+	chunks  []chunk // chunks[head:] are unread
+	head    int
+	spare   []byte // a fully read chunk's buffer, for the next write to reuse
 	lastDue time.Time
 	writer  endState
 	reader  endState
-	changed chan struct{} // closed and replaced whenever the reader may proceed
+	// changed holds a token when readers may proceed. A reader that took
+	// the token passes it on while the pipe stays readable or has ended, so
+	// several waiting readers all get their turn; a stale token only costs
+	// a reader one more look.
+	changed chan struct{}
 }
 
-// chunk is one Write's bytes, readable from due on.
+// chunk is one Write's bytes (b[off:] still unread), readable from due on.
 type chunk struct {
 	b   []byte
+	off int
 	due time.Time
 }
 
-func newPipe() *pipe { return &pipe{changed: make(chan struct{})} }
+func newPipe() *pipe { return &pipe{changed: make(chan struct{}, 1)} }
 
-// signalLocked wakes every reader waiting on p. p.mu is held.
+// signalLocked wakes a reader waiting on p. p.mu is held.
 func (p *pipe) signalLocked() {
-	close(p.changed)
-	p.changed = make(chan struct{})
+	select {
+	case p.changed <- struct{}{}:
+	default: // a token is already there
+	}
+}
+
+// settleLocked leaves a token for the next reader if something is left to
+// read or the pipe has ended, and takes a stale one away otherwise. p.mu is
+// held.
+func (p *pipe) settleLocked() {
+	if p.head < len(p.chunks) || p.writer != endOpen || p.reader != endOpen {
+		p.signalLocked()
+		return
+	}
+	select {
+	case <-p.changed:
+	default:
+	}
 }
 
 // write queues a copy of b for delivery at due, or discards it when drop is
@@ -66,7 +89,18 @@ func (p *pipe) write(b []byte, due time.Time, drop bool) error {
 		due = p.lastDue // keep the stream in order when latency shrinks
 	}
 	p.lastDue = due
-	p.chunks = append(p.chunks, chunk{append([]byte(nil), b...), due})
+	buf := p.spare
+	p.spare = nil
+	if cap(buf) < len(b) {
+		buf = make([]byte, 0, len(b))
+	}
+	if p.head > 0 && p.head >= len(p.chunks)/2 {
+		// Move the unread chunks down rather than grow the slice forever.
+		k := copy(p.chunks, p.chunks[p.head:])
+		clear(p.chunks[k:])
+		p.chunks, p.head = p.chunks[:k], 0
+	}
+	p.chunks = append(p.chunks, chunk{b: append(buf[:0], b...), due: due})
 	p.signalLocked()
 	return nil
 }
@@ -78,32 +112,41 @@ func (p *pipe) read(b []byte) (n int, wait time.Duration, changed <-chan struct{
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.writer == endAborted {
+		p.signalLocked() // for any other reader
 		return 0, -1, nil, syscall.ECONNRESET
 	}
-	for len(p.chunks) > 0 && n < len(b) {
-		head := &p.chunks[0]
+	for p.head < len(p.chunks) && n < len(b) {
+		head := &p.chunks[p.head]
 		if d := time.Until(head.due); d > 0 {
 			if n == 0 {
 				return 0, d, p.changed, nil
 			}
 			break
 		}
-		k := copy(b[n:], head.b)
+		k := copy(b[n:], head.b[head.off:])
 		n += k
-		head.b = head.b[k:]
-		if len(head.b) == 0 {
-			p.chunks[0] = chunk{}
-			p.chunks = p.chunks[1:]
+		head.off += k
+		if head.off == len(head.b) {
+			if cap(head.b) <= maxSpare && cap(head.b) > cap(p.spare) {
+				p.spare = head.b[:0]
+			}
+			*head = chunk{}
+			p.head++
 		}
 	}
 	if n > 0 {
+		p.settleLocked()
 		return n, -1, nil, nil
 	}
 	if p.writer == endClosed {
+		p.signalLocked() // for any other reader
 		return 0, -1, nil, io.EOF
 	}
 	return 0, -1, p.changed, nil
 }
+
+// maxSpare bounds the buffer a pipe keeps for reuse.
+const maxSpare = 64 << 10
 
 // stopWriter records that the writing end stopped.
 func (p *pipe) stopWriter(s endState) {
@@ -111,7 +154,7 @@ func (p *pipe) stopWriter(s endState) {
 	defer p.mu.Unlock()
 	p.writer = s
 	if s == endAborted {
-		p.chunks = nil
+		p.chunks, p.head, p.spare = nil, 0, nil
 	}
 	p.signalLocked()
 }
@@ -122,7 +165,7 @@ func (p *pipe) stopReader(s endState) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.reader = s
-	p.chunks = nil
+	p.chunks, p.head, p.spare = nil, 0, nil
 	p.signalLocked()
 }
 
@@ -281,7 +324,7 @@ func (c *memConn) PeerClosed() bool {
 	p := c.rx
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.writer == endAborted || (p.writer == endClosed && len(p.chunks) == 0)
+	return p.writer == endAborted || (p.writer == endClosed && p.head == len(p.chunks))
 }
 
 func (c *memConn) isClosed() bool {
@@ -335,10 +378,12 @@ func (c *memConn) opErr(op string, err error) error {
 
 // deadline is a settable point in time exposed as a channel that is closed
 // when it passes. A channel that has not fired is kept across set, so
-// goroutines already waiting on it see the new time.
+// goroutines already waiting on it see the new time. One timer serves every
+// deadline set, so setting one allocates nothing.
 type deadline struct {
 	mu    sync.Mutex
-	timer *time.Timer
+	timer *time.Timer // calls fire; nil until a deadline in the future is set
+	when  time.Time   // the deadline; zero for none
 	ch    chan struct{}
 }
 
@@ -348,10 +393,10 @@ func (d *deadline) init() { d.ch = make(chan struct{}) }
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		<-d.ch // the timer fired; wait until its func has closed ch
+	if d.timer != nil {
+		d.timer.Stop() // a fire already under way finds the new d.when
 	}
-	d.timer = nil
+	d.when = t
 	fired := isDone(d.ch)
 	if t.IsZero() {
 		if fired {
@@ -363,8 +408,11 @@ func (d *deadline) set(t time.Time) {
 		if fired {
 			d.ch = make(chan struct{})
 		}
-		ch := d.ch
-		d.timer = time.AfterFunc(dur, func() { close(ch) })
+		if d.timer == nil {
+			d.timer = time.AfterFunc(dur, d.fire)
+		} else {
+			d.timer.Reset(dur)
+		}
 		return
 	}
 	if !fired {
@@ -372,13 +420,29 @@ func (d *deadline) set(t time.Time) {
 	}
 }
 
+// fire closes the channel if the deadline now set has passed; a timer armed
+// for an earlier setting finds nothing to do.
+func (d *deadline) fire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.when.IsZero() || isDone(d.ch) {
+		return
+	}
+	if left := time.Until(d.when); left > 0 {
+		d.timer.Reset(left) // early by the wall clock (it was set back)
+		return
+	}
+	close(d.ch)
+}
+
 // stop cancels a pending timer without firing it.
 func (d *deadline) stop() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.timer != nil && d.timer.Stop() {
-		d.timer = nil
+	if d.timer != nil {
+		d.timer.Stop()
 	}
+	d.when = time.Time{}
 }
 
 // channel returns the channel closed when the current deadline passes.

@@ -4,6 +4,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -484,4 +485,87 @@ func TestResponseLossResetsCallStreams(t *testing.T) {
 	require.ErrorIs(t, err, syscall.ECONNRESET)
 	nw.Heal()
 	require.False(t, nw.loseResponse())
+}
+
+// Several goroutines reading one stream at once all make progress and all
+// see its end; a reused buffer never hands a reader stale bytes.
+func TestMemConcurrentReaders(t *testing.T) {
+	nw := NewNetwork()
+	nodes := memNodes(t, nw, 2)
+	client, server := dialCall(t, nodes[0], nodes[1])
+
+	const readers, writes = 4, 2000
+	var mu sync.Mutex
+	got := make(map[byte]int)
+	var wg sync.WaitGroup
+	for r := 0; r < readers; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 3)
+			for {
+				n, err := server.Read(buf)
+				mu.Lock()
+				for _, c := range buf[:n] {
+					got[c]++
+				}
+				mu.Unlock()
+				if err != nil {
+					assert.ErrorIs(t, err, io.EOF)
+					return
+				}
+			}
+		}()
+	}
+	// Writes of 1..7 bytes of one letter each, the letter changing from
+	// write to write, so a byte read twice or a stale byte of a reused
+	// buffer shows up in the counts.
+	want := make(map[byte]int)
+	for i := 0; i < writes; i++ {
+		c, n := byte('a'+i%26), 1+i%7
+		_, err := client.Write(bytes.Repeat([]byte{c}, n))
+		require.NoError(t, err)
+		want[c] += n
+	}
+	require.NoError(t, client.Close())
+	wg.Wait() // every reader returned io.EOF
+	require.Equal(t, want, got)
+}
+
+// A read deadline can be moved back and forth: only the one set last counts.
+func TestMemReadDeadlineMoves(t *testing.T) {
+	nw := NewNetwork()
+	nodes := memNodes(t, nw, 2)
+	client, server := dialCall(t, nodes[0], nodes[1])
+	buf := make([]byte, 1)
+
+	// Set far away, then near: the near one fires.
+	require.NoError(t, server.SetReadDeadline(time.Now().Add(time.Hour)))
+	require.NoError(t, server.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
+	_, err := server.Read(buf)
+	requireOSTimeout(t, err)
+
+	// Set near, then cleared before it passes: the stale timer does not
+	// fire, and a later write is read.
+	require.NoError(t, server.SetReadDeadline(time.Now().Add(5*time.Millisecond)))
+	require.NoError(t, server.SetReadDeadline(time.Time{}))
+	time.AfterFunc(30*time.Millisecond, func() { _, _ = client.Write([]byte("x")) })
+	n, err := server.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, "x", string(buf[:n]))
+
+	// A deadline in the past fails at once; moving it forward allows reads.
+	require.NoError(t, server.SetReadDeadline(time.Unix(1, 0)))
+	_, err = server.Read(buf)
+	requireOSTimeout(t, err)
+	require.NoError(t, server.SetReadDeadline(time.Now().Add(time.Hour)))
+	sendRecv(t, client, server, "y")
+}
+
+func requireOSTimeout(t *testing.T, err error) {
+	t.Helper()
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	require.True(t, ne.Timeout(), "not a timeout: %v", err)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 }

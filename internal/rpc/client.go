@@ -82,7 +82,7 @@ type call struct {
 }
 
 type result struct {
-	resp *Response
+	resp Response
 	err  error
 }
 
@@ -137,9 +137,9 @@ const idleProbeAfter = time.Millisecond
 //     If ctx ended (or req.Timeout passed) while the connection was still
 //     being opened, the error also matches ErrDial: the request was not
 //     sent.
-func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response, error) {
+func (c *Client) Call(ctx context.Context, addr string, req *Request) (Response, error) {
 	if req == nil {
-		return nil, errNilRequest
+		return Response{}, errNilRequest
 	}
 	var timeout int64
 	if req.Timeout > 0 {
@@ -148,14 +148,14 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if left <= 0 {
-			return nil, ctxError(req, addr, context.DeadlineExceeded)
+			return Response{}, ctxError(req, addr, context.DeadlineExceeded)
 		}
 		if timeout == 0 || int64(left) < timeout {
 			timeout = int64(left)
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, ctxError(req, addr, err)
+		return Response{}, ctxError(req, addr, err)
 	}
 	// req.Timeout bounds the call with a pooled timer, when it is what
 	// expires first.
@@ -168,7 +168,7 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 	// The frame's size but for the call ID, which takes 1 to 9 bytes.
 	sizeNoID := requestFrameLen(req, 0, timeout) - 1
 	if sizeNoID+1 > c.maxFrame {
-		return nil, frameTooLarge(sizeNoID+1, c.maxFrame)
+		return Response{}, frameTooLarge(sizeNoID+1, c.maxFrame)
 	}
 
 	cl := callPool.Get().(*call)
@@ -182,7 +182,7 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 		cc, err = c.conn(ctx, expired, addr, req)
 		if err != nil {
 			callPool.Put(cl)
-			return nil, err
+			return Response{}, err
 		}
 		if id, busy, err = cc.register(cl); err == nil {
 			break
@@ -193,15 +193,15 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 		if tries == maxRedials {
 			callPool.Put(cl)
 			if errors.Is(err, ErrClosed) {
-				return nil, err
+				return Response{}, err
 			}
-			return nil, fmt.Errorf("%w: %s: connection failed before the request was sent: %v", ErrDial, addr, err)
+			return Response{}, fmt.Errorf("%w: %s: connection failed before the request was sent: %v", ErrDial, addr, err)
 		}
 	}
 	if n := sizeNoID + uintSize(id); n > c.maxFrame {
 		cc.unregister(id)
 		callPool.Put(cl)
-		return nil, frameTooLarge(n, c.maxFrame)
+		return Response{}, frameTooLarge(n, c.maxFrame)
 	}
 	if cc.w.lock() == nil {
 		cc.w.buf = appendRequestFrame(cc.w.buf, req, id, timeout)
@@ -223,12 +223,12 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (*Response
 		if cc.unregister(id) {
 			callPool.Put(cl)
 		} // else the reader holds cl and will send to it: leave it to the GC
-		return nil, ctxError(req, addr, ctx.Err())
+		return Response{}, ctxError(req, addr, ctx.Err())
 	case <-expired:
 		if cc.unregister(id) {
 			callPool.Put(cl)
 		}
-		return nil, timeoutError(req, addr)
+		return Response{}, timeoutError(req, addr)
 	}
 }
 
@@ -590,11 +590,11 @@ func (cc *clientConn) readResponse() (uint64, result, error) {
 		return bigID, result{err: fmt.Errorf(
 			"%w: response frame exceeds the limit of %d bytes", ErrFrameTooLarge, cc.client.maxFrame)}, nil
 	}
-	resp := new(Response)
-	if err := decodeResponse(body, resp); err != nil {
+	var r result
+	if err := decodeResponse(body, &r.resp); err != nil {
 		return 0, result{}, fmt.Errorf("malformed response: %w", err)
 	}
-	return resp.CallID, result{resp: resp}, nil
+	return r.resp.CallID, r, nil
 }
 
 // readLoop holds the reader role for callers that wait while none of them

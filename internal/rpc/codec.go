@@ -6,6 +6,7 @@ package rpc
 import (
 	"encoding/binary"
 	"math"
+	"strconv"
 	"time"
 )
 
@@ -29,7 +30,7 @@ const (
 func requestFrameLen(req *Request, id uint64, timeout int64) int {
 	n := frameHeadLen + containerHeaderSize(requestFields) + uintSize(id) +
 		strSize(len(req.Service)) + strSize(len(req.Method)) +
-		strSize(len(req.InstanceID)) + strSize(len(req.MessageID)) +
+		strSize(len(req.InstanceID)) + strSize(messageIDLen(req)) +
 		intSize(timeout)
 	if len(req.Header) == 0 {
 		n++
@@ -53,7 +54,13 @@ func appendRequestFrame(b []byte, req *Request, id uint64, timeout int64) []byte
 	b = appendStr(b, req.Service)
 	b = appendStr(b, req.Method)
 	b = appendStr(b, req.InstanceID)
-	b = appendStr(b, req.MessageID)
+	if req.MessageSeq == 0 {
+		b = appendStr(b, req.MessageID)
+	} else {
+		b = appendStrHeader(b, messageIDLen(req))
+		b = append(b, req.MessageID...)
+		b = strconv.AppendUint(b, req.MessageSeq, 36)
+	}
 	b = appendInt(b, timeout)
 	if len(req.Header) == 0 {
 		b = append(b, mpNil)
@@ -68,6 +75,16 @@ func appendRequestFrame(b []byte, req *Request, id uint64, timeout int64) []byte
 	b = appendUint(b, uint64(req.Attempt))
 	binary.BigEndian.PutUint32(b[start:], uint32(len(b)-start-prefixLen))
 	return b
+}
+
+// messageIDLen is the length of the message ID req sends: MessageID and,
+// if MessageSeq is non-zero, its base-36 digits.
+func messageIDLen(req *Request) int {
+	n := len(req.MessageID)
+	for v := req.MessageSeq; v != 0; v /= 36 {
+		n++
+	}
+	return n
 }
 
 // responseFrameLen returns the length prefix value of the response frame

@@ -248,6 +248,6 @@ func (c *Client) idleFor(addr string) time.Duration {
 }
 
 // echoHandler answers with the request payload.
-func echoHandler(_ context.Context, req *Request) *Response {
-	return &Response{Payload: req.Payload}
+func echoHandler(_ context.Context, req *Request) Response {
+	return Response{Payload: req.Payload}
 }

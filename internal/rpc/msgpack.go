@@ -121,7 +121,12 @@ func appendInt(b []byte, v int64) []byte {
 }
 
 func appendStr(b []byte, s string) []byte {
-	n := len(s)
+	return append(appendStrHeader(b, len(s)), s...)
+}
+
+// appendStrHeader appends the header of a string of n bytes; the caller
+// appends the bytes.
+func appendStrHeader(b []byte, n int) []byte {
 	switch {
 	case n < 32:
 		b = append(b, mpFixStr|byte(n))
@@ -132,7 +137,7 @@ func appendStr(b []byte, s string) []byte {
 	default:
 		b = append(b, mpStr32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
-	return append(b, s...)
+	return b
 }
 
 func appendBin(b []byte, p []byte) []byte {

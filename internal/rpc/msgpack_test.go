@@ -126,6 +126,36 @@ func TestRequestBodyIsMsgpack(t *testing.T) {
 	}
 }
 
+// A MessageSeq travels as base-36 digits appended to MessageID; the
+// receiver sees one string, also where the digits push the ID into a
+// longer msgpack string form.
+func TestMessageSeqOnTheWire(t *testing.T) {
+	h := handles()["new-spec"]
+	for _, tc := range []struct {
+		prefix string
+		seq    uint64
+	}{
+		{"", 1},
+		{"node-a-1f2e-", 35},
+		{strings.Repeat("x", 30), 36*36 - 1}, // 32 bytes: str8 instead of fixstr
+		{strings.Repeat("y", 250), math.MaxUint64},
+		{strings.Repeat("z", 65530), 36 * 36 * 36},
+	} {
+		req := Request{Service: "s", MessageID: tc.prefix, MessageSeq: tc.seq, Payload: []byte("p")}
+		want := tc.prefix + strconv.FormatUint(tc.seq, 36)
+		frame := appendRequestFrame(nil, &req, 7, 0)
+		require.Equal(t, requestFrameLen(&req, 7, 0), len(frame)-prefixLen, "prefix %d bytes", len(tc.prefix))
+		var got Request
+		require.NoError(t, decodeRequest(frame[frameOverhead:], &got))
+		require.Equal(t, want, got.MessageID)
+		require.Zero(t, got.MessageSeq)
+		require.Equal(t, "p", string(got.Payload))
+		var w wireRequest
+		gmpDecode(t, h, frame[frameOverhead:], &w)
+		require.Equal(t, want, w.MessageID)
+	}
+}
+
 func toInt64(v interface{}) int64 {
 	switch x := v.(type) {
 	case int64:

@@ -90,6 +90,11 @@ type Request struct {
 	Method     string
 	InstanceID string
 	MessageID  string
+	// MessageSeq, when non-zero, is sent appended to MessageID in base 36,
+	// so that a caller numbering its messages does not build (and allocate)
+	// the ID string on every call. The receiver sees the whole ID in
+	// MessageID and MessageSeq 0.
+	MessageSeq uint64
 	// Timeout, if positive, bounds the call: Client.Call gives up with
 	// ErrTimeout once it has passed (without a context of its own, which
 	// would cost allocations on every call), and sends the smaller of it and

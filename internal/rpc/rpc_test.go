@@ -29,13 +29,13 @@ const promptly = 5 * time.Second
 func TestRoundTrip(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		got := make(chan *Request, 1)
-		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			_, hasDeadline := ctx.Deadline()
 			if (req.Timeout != 0) != hasDeadline {
-				return &Response{Err: &ErrorInfo{Code: "bad-ctx"}}
+				return Response{Err: &ErrorInfo{Code: "bad-ctx"}}
 			}
 			got <- req
-			return &Response{Payload: append([]byte("pong:"), req.Payload...)}
+			return Response{Payload: append([]byte("pong:"), req.Payload...)}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -94,7 +94,7 @@ func TestRoundTrip(t *testing.T) {
 
 func TestConcurrentCallersShareOneConnection(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
-		srv := startServer(t, nk, "", func(_ context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(_ context.Context, req *Request) Response {
 			// Answer with the payload reversed, tagged with the header.
 			p := make([]byte, 0, len(req.Payload)+8)
 			p = append(p, req.Header["caller"]...)
@@ -102,7 +102,7 @@ func TestConcurrentCallersShareOneConnection(t *testing.T) {
 			for i := len(req.Payload) - 1; i >= 0; i-- {
 				p = append(p, req.Payload[i])
 			}
-			return &Response{Payload: p}
+			return Response{Payload: p}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -146,9 +146,9 @@ func TestConcurrentCallersShareOneConnection(t *testing.T) {
 func TestPayloadsAndHeaders(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		got := make(chan *Request, 1)
-		srv := startServer(t, nk, "", func(_ context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(_ context.Context, req *Request) Response {
 			got <- req
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -197,9 +197,9 @@ func TestPayloadsAndHeaders(t *testing.T) {
 func TestRequestOverClientLimit(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		var handled atomic.Int32
-		srv := startServer(t, nk, "", func(_ context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(_ context.Context, req *Request) Response {
 			handled.Add(1)
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{MaxFrameSize: 1024})
 
@@ -234,9 +234,9 @@ func TestRequestOverClientLimit(t *testing.T) {
 func TestRequestOverServerLimit(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		var handled atomic.Int32
-		srv := startServer(t, nk, "", func(_ context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(_ context.Context, req *Request) Response {
 			handled.Add(1)
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{MaxFrameSize: 1024})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -260,11 +260,11 @@ func TestRequestOverServerLimit(t *testing.T) {
 
 func TestResponseOverClientLimit(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
-		srv := startServer(t, nk, "", func(_ context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(_ context.Context, req *Request) Response {
 			if req.Method == "big" {
-				return &Response{Payload: make([]byte, 4096)}
+				return Response{Payload: make([]byte, 4096)}
 			}
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{MaxFrameSize: 1024})
 
@@ -279,14 +279,14 @@ func TestResponseOverClientLimit(t *testing.T) {
 
 func TestResponseOverServerLimit(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
-		srv := startServer(t, nk, "", func(_ context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(_ context.Context, req *Request) Response {
 			if req.Method == "big" {
-				return &Response{Payload: make([]byte, 4096)}
+				return Response{Payload: make([]byte, 4096)}
 			}
 			if req.Method == "big-error" {
-				return &Response{Err: &ErrorInfo{Code: "x", Message: strings.Repeat("m", 4096)}}
+				return Response{Err: &ErrorInfo{Code: "x", Message: strings.Repeat("m", 4096)}}
 			}
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{MaxFrameSize: 1024})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -305,16 +305,16 @@ func TestResponseOverServerLimit(t *testing.T) {
 
 func TestHandlerPanicAndErrors(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
-		srv := startServer(t, nk, "", func(_ context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(_ context.Context, req *Request) Response {
 			switch req.Method {
 			case "panic":
 				panic("boom")
-			case "nil":
-				return nil
+			case "zero":
+				return Response{}
 			case "fail":
-				return &Response{Payload: []byte("detail"), Err: &ErrorInfo{Code: "busy", Message: "try later", Retryable: true}}
+				return Response{Payload: []byte("detail"), Err: &ErrorInfo{Code: "busy", Message: "try later", Retryable: true}}
 			}
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -322,7 +322,7 @@ func TestHandlerPanicAndErrors(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, &ErrorInfo{Code: CodePanic, Message: "boom"}, resp.Err)
 
-		resp, err = c.Call(context.Background(), srv.addr, &Request{Method: "nil"})
+		resp, err = c.Call(context.Background(), srv.addr, &Request{Method: "zero"})
 		require.NoError(t, err)
 		require.Nil(t, resp.Err)
 		require.Nil(t, resp.Payload)
@@ -348,14 +348,14 @@ func TestDeadlinePropagates(t *testing.T) {
 		}
 		handlerDone := make(chan seen, 1)
 		callerDone := make(chan struct{})
-		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			<-ctx.Done()
 			handlerDone <- seen{req.Timeout, ctx.Err()}
 			// The handler's deadline is a little earlier than the caller's:
 			// answer only once the caller has given up, or the answer could
 			// win the race.
 			<-callerDone
-			return nil
+			return Response{}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -381,12 +381,12 @@ func TestDeadlinePropagates(t *testing.T) {
 		// response is dropped and the connection keeps working.
 		ctx3, cancel3 := context.WithCancel(context.Background())
 		release := make(chan struct{})
-		srv2 := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv2 := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			if req.Method == "wait" {
 				cancel3()
 				<-release
 			}
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		_, err = c.Call(ctx3, srv2.addr, &Request{Method: "wait"})
 		require.ErrorIs(t, err, context.Canceled)
@@ -407,7 +407,7 @@ func TestRequestTimeout(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		handlerErr := make(chan error, 1)
 		callerDone := make(chan struct{})
-		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			if req.Method == "block" {
 				<-ctx.Done()
 				handlerErr <- ctx.Err()
@@ -416,7 +416,7 @@ func TestRequestTimeout(t *testing.T) {
 				// or the answer could win the race.
 				<-callerDone
 			}
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -462,10 +462,10 @@ func TestRequestTimeout(t *testing.T) {
 func TestServerClosedMidCall(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		started := make(chan struct{}, 1)
-		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			started <- struct{}{}
 			<-ctx.Done()
-			return &Response{Payload: []byte("too late")}
+			return Response{Payload: []byte("too late")}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -527,10 +527,10 @@ func TestRedialAfterServerRestart(t *testing.T) {
 func TestClientCloseFailsInFlight(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		started := make(chan struct{}, 1)
-		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			started <- struct{}{}
 			<-ctx.Done()
-			return nil
+			return Response{}
 		}, ServerOptions{})
 		c := NewClient(ClientOptions{Dial: nk.dial})
 
@@ -556,12 +556,12 @@ func TestClientCloseFailsInFlight(t *testing.T) {
 func TestCloseAddr(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		started := make(chan struct{}, 1)
-		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			if req.Method == "block" {
 				started <- struct{}{}
 				<-ctx.Done()
 			}
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 
@@ -744,8 +744,14 @@ func TestRoundTripAllocs(t *testing.T) {
 			panic(err)
 		}
 	})
+	// The request frame on each side, the server's request with its
+	// context, and the request's strings.
+	budget := 4.0
+	if testutil.RaceEnabled {
+		budget++ // pooled calls are sometimes dropped
+	}
 	t.Logf("%.1f allocations per round trip", allocs)
-	require.LessOrEqual(t, allocs, 10.0)
+	require.LessOrEqual(t, allocs, budget)
 
 	// A timeout costs the handler's small context and no timer (pooled);
 	// the race detector makes sync.Pool drop some items on purpose, so
@@ -805,12 +811,12 @@ func TestSlowHandlerDoesNotBlockConnection(t *testing.T) {
 	forEachNet(t, func(t *testing.T, nk netKind) {
 		release := make(chan struct{})
 		started := make(chan struct{}, 1)
-		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) *Response {
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
 			if req.Method == "slow" {
 				started <- struct{}{}
 				<-release
 			}
-			return &Response{Payload: req.Payload}
+			return Response{Payload: req.Payload}
 		}, ServerOptions{})
 		c := newTestClient(t, nk, ClientOptions{})
 		_, err := c.Call(context.Background(), srv.addr, &Request{}) // connect

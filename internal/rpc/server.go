@@ -18,11 +18,12 @@ import (
 
 // Handler answers one request. ctx ends when req.Timeout (if nonzero) passes,
 // when the connection the request came on fails, or when the Server closes;
-// handlers must return soon after, as Server.Close waits for them. A nil
-// Response is sent as an empty success. The Response's CallID is ignored, and
-// its Payload is copied out before the response is sent, so the handler may
-// reuse it once the Server is done with the call.
-type Handler func(ctx context.Context, req *Request) *Response
+// handlers must return soon after, as Server.Close waits for them. The zero
+// Response is an empty success. The Response's CallID is ignored, and its
+// Payload is copied out before the response is sent, so the handler may
+// reuse it once the Server is done with the call. The Response is returned
+// by value so that answering a call allocates nothing.
+type Handler func(ctx context.Context, req *Request) Response
 
 // ServerOptions configures a Server. The zero value is usable.
 type ServerOptions struct {
@@ -58,9 +59,6 @@ type Server struct {
 }
 
 var errServerClosed = errors.New("rpc: server closed")
-
-// emptyResponse is sent for a handler's nil Response; it is only read.
-var emptyResponse Response
 
 // NewServer returns a Server that answers calls with h.
 func NewServer(h Handler, opts ServerOptions) *Server {
@@ -287,7 +285,8 @@ func (sc *serverConn) readOne() bool {
 			}})
 			continue
 		}
-		req := new(Request)
+		in := new(inbound)
+		req := &in.req
 		if err := decodeRequest(body, req); err != nil {
 			s.log.Warn("rpc: closing connection: malformed request", "remote", sc.conn.RemoteAddr(), "err", err)
 			sc.finish()
@@ -299,12 +298,12 @@ func (sc *serverConn) readOne() bool {
 			// More requests are already here: let another goroutine read
 			// them while this one runs the handler.
 			sc.passRole()
-			sc.handle(req)
+			sc.handle(in)
 		} else {
 			since := max(int64(time.Since(s.epoch)), 1)
 			sc.heldSince.Store(since)
 			s.ensureMonitor()
-			sc.handle(req)
+			sc.handle(in)
 			if sc.heldSince.CompareAndSwap(since, 0) {
 				sc.handlers.Done()
 				continue
@@ -422,17 +421,25 @@ func (sc *serverConn) finish() {
 	s.wg.Done()
 }
 
-// handle runs the handler for req and sends its response.
-func (sc *serverConn) handle(req *Request) {
-	var resp *Response
+// inbound is one request being served: the request and the handler's
+// context, allocated together.
+type inbound struct {
+	req Request
+	dc  deadlineCtx
+}
+
+// handle runs the handler for in's request and sends its response.
+func (sc *serverConn) handle(in *inbound) {
+	req := &in.req
+	var resp Response
 	if req.Timeout != 0 {
-		dc := &deadlineCtx{Context: sc.ctx, deadline: time.Now().Add(req.Timeout)}
-		resp = sc.s.invoke(dc, req)
-		dc.release()
+		in.dc.Context, in.dc.deadline = sc.ctx, time.Now().Add(req.Timeout)
+		resp = sc.s.invoke(&in.dc, req)
+		in.dc.release()
 	} else {
 		resp = sc.s.invoke(sc.ctx, req)
 	}
-	sc.reply(req.CallID, resp)
+	sc.reply(req.CallID, &resp)
 }
 
 // deadlineCtx is the handler's context when the call has a timeout. It
@@ -493,11 +500,11 @@ func (c *deadlineCtx) release() {
 }
 
 // invoke runs the handler, turning a panic into an error response.
-func (s *Server) invoke(ctx context.Context, req *Request) (resp *Response) {
+func (s *Server) invoke(ctx context.Context, req *Request) (resp Response) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("rpc: handler panicked", "service", req.Service, "method", req.Method, "panic", v)
-			resp = &Response{Err: &ErrorInfo{Code: CodePanic, Message: fmt.Sprint(v)}}
+			resp = Response{Err: &ErrorInfo{Code: CodePanic, Message: fmt.Sprint(v)}}
 		}
 	}()
 	return s.h(ctx, req)
@@ -506,9 +513,6 @@ func (s *Server) invoke(ctx context.Context, req *Request) (resp *Response) {
 // reply sends resp as the answer to call id, replacing it with a
 // CodeResponseTooLarge error if it does not fit the frame limit.
 func (sc *serverConn) reply(id uint64, resp *Response) {
-	if resp == nil {
-		resp = &emptyResponse
-	}
 	limit := sc.s.maxFrame
 	if n := responseFrameLen(resp, id); n > limit {
 		resp = &Response{Err: &ErrorInfo{
