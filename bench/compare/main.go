@@ -21,6 +21,11 @@
 // Use -systems call,failover -cpuprofile cpu.out to profile aegis alone, and
 // -measure latency or -measure throughput to profile one load shape.
 //
+// After the systems, each round also measures aegis Call, CallWithFailover
+// and Call with dedup off interleaved, taking turns every 64 calls or 50 ms
+// (see paired.go): their differences are a few percent, less than what
+// drifts between two separate runs. Turn it off with -paired=false.
+//
 // With -split every system's server runs in a child process (this program
 // with -serve <system>), as it would in a deployment: the client and the
 // server then do not share the process's scheduler, and allocations count
@@ -58,6 +63,7 @@ type options struct {
 	throughput bool // run the throughput measurement
 	cpuprofile string
 	memprofile string
+	paired     bool   // run the interleaved measurement of aegis variants
 	split      bool   // servers in child processes
 	serve      string // child mode: serve this system until stdin closes
 }
@@ -72,6 +78,7 @@ func main() {
 	measure := flag.String("measure", "latency,throughput", "comma-separated measurements to run: latency, throughput (targets needing a skipped one show n/a)")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&o.memprofile, "memprofile", "", "write an allocation profile (every allocation sampled) to this file at the end")
+	flag.BoolVar(&o.paired, "paired", true, "also measure Call, CallWithFailover and Call with dedup off interleaved, taking turns (targets on their ratios use it; not with -split)")
 	flag.BoolVar(&o.split, "split", false, "run each system's server in a child process instead of this one")
 	flag.StringVar(&o.serve, "serve", "", "internal (used by -split): serve this system, print its address, stop when stdin closes")
 	flag.Parse()
@@ -144,6 +151,7 @@ func run(o *options) error {
 
 	began := time.Now()
 	res := map[string][]figures{}
+	var paired []pairedFigures
 	for r := 0; r < o.rounds; r++ {
 		order := make([]system, 0, len(sel))
 		for i := range sel {
@@ -171,6 +179,14 @@ func run(o *options) error {
 			fmt.Fprintln(logw, line)
 			res[s.key] = append(res[s.key], f)
 		}
+		if o.paired && !o.split {
+			pf, err := runPaired(o)
+			if err != nil {
+				return fmt.Errorf("round %d, paired: %w", r+1, err)
+			}
+			fmt.Fprintf(logw, "  %-24s%s\n", "paired (interleaved)", pf.line())
+			paired = append(paired, pf)
+		}
 	}
 	fmt.Fprintf(logw, "done in %v\n\n", time.Since(began).Round(time.Second))
 
@@ -184,7 +200,7 @@ func run(o *options) error {
 		}
 		_ = f.Close()
 	}
-	report(os.Stdout, o, sel, res)
+	report(os.Stdout, o, sel, res, paired)
 	return nil
 }
 

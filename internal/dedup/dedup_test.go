@@ -92,3 +92,20 @@ func TestMemoryPerEntry(t *testing.T) {
 	require.Less(t, per, 2048.0)
 	runtime.KeepAlive(c)
 }
+
+// BenchmarkBeginFinish measures one call's bookkeeping in a full cache (the
+// default bound of 10,000 entries), where every Begin also evicts the
+// oldest entry.
+func BenchmarkBeginFinish(b *testing.B) {
+	c := New[[]byte](clock.Real{}, time.Hour, 10000, nil)
+	ids := make([]string, 1<<16)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("node-a-1f2e3d4c-%x", i)
+	}
+	val := make([]byte, 64)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		e, _ := c.Begin(ids[i&(1<<16-1)])
+		c.Finish(e, val, true)
+	}
+}
