@@ -4,6 +4,7 @@
 package dedup
 
 import (
+	"hash/maphash"
 	"sync"
 	"time"
 
@@ -14,31 +15,43 @@ import (
 // expire after the window and the oldest are evicted beyond the bound. It is
 // safe for concurrent use.
 //
-// The bookkeeping per call is one allocation (the entry, which is also its
-// own list node) plus the map slot; the channel waiters block on is made
-// only when a duplicate arrives while the first execution still runs.
+// Entries come and go in arrival order, so they sit in a ring of compact
+// slots (the ID's hash, the arrival time, the entry) and the map is keyed by
+// the ID's 64-bit hash. Evicting the oldest entry, which every call does
+// once the cache is full, then reads only the ring and the map, never the
+// long-cold entry or its ID. The bookkeeping per call is one allocation (the
+// entry); the channel waiters block on is made only when a duplicate arrives
+// while the first execution still runs.
 type Cache[V any] struct {
 	clk    clock.Clock
+	epoch  time.Time // arrival times are kept as nanoseconds since epoch
 	window time.Duration
 	max    int
+	seed   maphash.Seed
 
-	mu         sync.Mutex // guards everything below and every entry's links and state
-	m          map[string]*Entry[V]
-	head, tail *Entry[V] // oldest first
-	n          int
-	onEvict    func() // may be nil; called with mu held
+	mu      sync.Mutex // guards everything below and every entry's state
+	m       map[uint64]*Entry[V]
+	ring    []slot[V] // circular; ring[head] is the oldest of n slots
+	head, n int
+	onEvict func() // may be nil; called with mu held
+}
+
+// slot is one arrival: a listed entry, or one dropped since (Finish without
+// keep), which is skipped when its turn to be evicted comes.
+type slot[V any] struct {
+	h  uint64
+	at int64 // nanoseconds since the cache's epoch
+	e  *Entry[V]
 }
 
 // Entry is one message ID's execution.
 type Entry[V any] struct {
-	c          *Cache[V]
-	id         string
-	at         time.Time
-	prev, next *Entry[V]
-	listed     bool
-	finished   bool
-	done       chan struct{} // made on demand by Done; closed by Finish
-	val        V
+	c        *Cache[V]
+	id       string
+	h        uint64
+	finished bool          // Finish was called
+	done     chan struct{} // made on demand by Done; closed by Finish
+	val      V
 }
 
 // closed is returned by Done for finished entries.
@@ -49,7 +62,8 @@ var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c
 // and must not use the cache) for every entry evicted by the window or the
 // bound.
 func New[V any](clk clock.Clock, window time.Duration, max int, onEvict func()) *Cache[V] {
-	return &Cache[V]{clk: clk, window: window, max: max, m: make(map[string]*Entry[V]), onEvict: onEvict}
+	return &Cache[V]{clk: clk, epoch: clk.Now(), window: window, max: max, seed: maphash.MakeSeed(),
+		m: make(map[uint64]*Entry[V]), onEvict: onEvict}
 }
 
 // Begin claims id. If this is the first time id is seen (or its earlier
@@ -57,20 +71,28 @@ func New[V any](clk clock.Clock, window time.Duration, max int, onEvict func()) 
 // caller must run the work and call Finish. Otherwise it returns the
 // existing entry and false: the caller waits on Done, then reads Result.
 func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
-	now := c.clk.Now()
+	h := maphash.String(c.seed, id)
+	now := int64(c.clk.Now().Sub(c.epoch))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.expireLocked(now)
-	if e, ok := c.m[id]; ok {
-		return e, false
+	e := &Entry[V]{c: c, id: id, h: h}
+	if old, ok := c.m[h]; ok {
+		if old.id == id {
+			return old, false
+		}
+		// Another ID with the same 64-bit hash (about one chance in 10^11
+		// at 10,000 entries): run this one without remembering it.
+		return e, true
 	}
-	e := &Entry[V]{c: c, id: id, at: now}
-	c.pushLocked(e)
-	c.m[id] = e
-	for c.n > c.max {
-		c.removeLocked(c.head)
-		c.evicted()
+	if c.max <= 0 {
+		return e, true
 	}
+	if c.n == c.max {
+		c.evictHeadLocked()
+	}
+	c.pushLocked(slot[V]{h: h, at: now, e: e})
+	c.m[h] = e
 	return e, true
 }
 
@@ -81,7 +103,9 @@ func (c *Cache[V]) Finish(e *Entry[V], val V, keep bool) {
 	defer c.mu.Unlock()
 	e.val, e.finished = val, true
 	if !keep {
-		c.removeLocked(e)
+		if cur, ok := c.m[e.h]; ok && cur == e {
+			delete(c.m, e.h) // its slot stays until its turn to be evicted
+		}
 	}
 	if e.done != nil {
 		close(e.done)
@@ -109,60 +133,56 @@ func (e *Entry[V]) Result() *V { return &e.val }
 func (c *Cache[V]) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.n
+	return len(c.m)
 }
 
 // Expire drops entries older than the window now (Begin does it too).
 func (c *Cache[V]) Expire() {
-	now := c.clk.Now()
+	now := int64(c.clk.Now().Sub(c.epoch))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.expireLocked(now)
 }
 
-func (c *Cache[V]) expireLocked(now time.Time) {
-	for c.head != nil && now.Sub(c.head.at) > c.window {
-		c.removeLocked(c.head)
-		c.evicted()
+func (c *Cache[V]) expireLocked(now int64) {
+	for c.n > 0 && now-c.ring[c.head].at > int64(c.window) {
+		c.evictHeadLocked()
 	}
 }
 
-func (c *Cache[V]) evicted() {
-	if c.onEvict != nil {
-		c.onEvict()
+// evictHeadLocked removes the oldest slot, and its entry from the map if the
+// entry is still listed there.
+func (c *Cache[V]) evictHeadLocked() {
+	s := &c.ring[c.head]
+	if cur, ok := c.m[s.h]; ok && cur == s.e {
+		// An entry still running stays usable by its runner and waiters;
+		// only later duplicates no longer find it.
+		delete(c.m, s.h)
+		if c.onEvict != nil {
+			c.onEvict()
+		}
 	}
-}
-
-func (c *Cache[V]) pushLocked(e *Entry[V]) {
-	e.prev, e.next, e.listed = c.tail, nil, true
-	if c.tail != nil {
-		c.tail.next = e
-	} else {
-		c.head = e
+	*s = slot[V]{}
+	c.head++
+	if c.head == len(c.ring) {
+		c.head = 0
 	}
-	c.tail = e
-	c.n++
-}
-
-// removeLocked unlinks e and forgets its ID. An entry still running stays
-// usable by its runner and waiters; only later duplicates no longer find it.
-func (c *Cache[V]) removeLocked(e *Entry[V]) {
-	if !e.listed {
-		return
-	}
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		c.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		c.tail = e.prev
-	}
-	e.prev, e.next, e.listed = nil, nil, false
 	c.n--
-	if c.m[e.id] == e {
-		delete(c.m, e.id)
+}
+
+// pushLocked appends s as the newest slot, growing the ring (up to max) when
+// it is full.
+func (c *Cache[V]) pushLocked(s slot[V]) {
+	if c.n == len(c.ring) {
+		grown := make([]slot[V], min(max(2*len(c.ring), 64), c.max))
+		k := copy(grown, c.ring[c.head:])
+		copy(grown[k:], c.ring[:c.head])
+		c.ring, c.head = grown, 0
 	}
+	i := c.head + c.n
+	if i >= len(c.ring) {
+		i -= len(c.ring)
+	}
+	c.ring[i] = s
+	c.n++
 }

@@ -72,6 +72,43 @@ func TestWindowAndBound(t *testing.T) {
 	require.True(t, first)
 }
 
+// A dropped entry's slot, evicted later, does not take the ID's newer entry
+// with it; nor does dropping an entry that was evicted while it ran.
+func TestDroppedAndEvictedEntriesLeaveNewerOnes(t *testing.T) {
+	var evicted int
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 3, func() { evicted++ })
+	e, _ := c.Begin("m1")
+	c.Finish(e, "retryable failure", false)
+	again, first := c.Begin("m1")
+	require.True(t, first)
+	c.Finish(again, "ok", true)
+	for _, id := range []string{"a", "b"} { // the second evicts the dropped slot
+		x, _ := c.Begin(id)
+		c.Finish(x, id, true)
+	}
+	require.Zero(t, evicted, "a dropped slot is not an eviction")
+	dup, first := c.Begin("m1")
+	require.False(t, first)
+	require.Equal(t, "ok", *dup.Result())
+
+	// "slow" runs while three newer IDs push it out; it comes back as a
+	// new entry, and the first run's late, not-kept outcome leaves that
+	// alone.
+	slow, _ := c.Begin("slow")
+	for _, id := range []string{"c", "d", "e"} {
+		x, _ := c.Begin(id)
+		c.Finish(x, id, true)
+	}
+	slow2, first := c.Begin("slow")
+	require.True(t, first)
+	c.Finish(slow, "late failure", false)
+	c.Finish(slow2, "done", true)
+	dup, first = c.Begin("slow")
+	require.False(t, first)
+	require.Equal(t, "done", *dup.Result())
+	require.Equal(t, 3, c.Len())
+}
+
 // TestMemoryPerEntry reports the heap cost of one entry at the default
 // bound (10,000) holding a 64-byte result.
 func TestMemoryPerEntry(t *testing.T) {
