@@ -123,6 +123,13 @@ type Config struct {
 	// DedupMaxEntries bounds each local instance's dedup cache (oldest
 	// evicted first). 0 disables deduplication. Default 10,000.
 	DedupMaxEntries int
+	// DedupMaxBytes bounds the memory each local instance's dedup cache
+	// holds, counted as the response payloads, error messages and message
+	// IDs kept plus about 160 bytes per entry (oldest evicted first). A
+	// response larger than the bound on its own is not remembered, so a
+	// retry of its call runs the handler again. Must be positive when
+	// DedupMaxEntries is. Default 64 MiB.
+	DedupMaxBytes int64
 
 	// Gossip tunes memberlist. Default LANGossip().
 	Gossip GossipConfig
@@ -246,6 +253,7 @@ func DefaultConfig() *Config {
 		SameInstanceBackoff:     5 * time.Millisecond,
 		DedupWindow:             300 * time.Second,
 		DedupMaxEntries:         10000,
+		DedupMaxBytes:           64 << 20,
 		Gossip:                  LANGossip(),
 	}
 }
@@ -335,6 +343,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DedupMaxEntries < 0 {
 		return bad("DedupMaxEntries", "must not be negative, got %d", c.DedupMaxEntries)
+	}
+	if c.DedupMaxEntries > 0 && c.DedupMaxBytes <= 0 {
+		return bad("DedupMaxBytes", "must be positive while DedupMaxEntries is (%d), got %d", c.DedupMaxEntries, c.DedupMaxBytes)
 	}
 	if c.EjectMaxTime < c.EjectBaseTime {
 		return bad("EjectMaxTime", "(%v) must be at least EjectBaseTime (%v)", c.EjectMaxTime, c.EjectBaseTime)

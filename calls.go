@@ -119,6 +119,15 @@ func (n *Node) serveCall(ctx context.Context, req *rpc.Request) rpc.Response {
 	return out
 }
 
+// responseSize is what a response kept by the dedup cache holds.
+func responseSize(r rpc.Response) int {
+	n := len(r.Payload)
+	if r.Err != nil {
+		n += len(r.Err.Code) + len(r.Err.Message)
+	}
+	return n
+}
+
 // cacheable says which outcomes the dedup cache keeps: successes and
 // non-retryable handler errors (including panics) — the handler ran and must
 // not run again. Retryable errors and "unavailable" are not kept: the next

@@ -29,6 +29,7 @@ func TestValidate(t *testing.T) {
 		{"Gossip.ProbeTimeout", func(c *Config) { c.Gossip.ProbeTimeout = 2 * c.Gossip.ProbeInterval }},
 		{"Gossip.GossipNodes", func(c *Config) { c.Gossip.GossipNodes = 0 }},
 		{"SecretKey", func(c *Config) { c.SecretKey = []byte("short") }},
+		{"DedupMaxBytes", func(c *Config) { c.DedupMaxBytes = 0 }},
 	}
 	for _, tc := range cases {
 		c := DefaultConfig()

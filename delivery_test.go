@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -346,4 +347,45 @@ func TestDedupWindowAndBound(t *testing.T) {
 	// The counter outlives the instance.
 	require.NoError(t, dreg.Deregister(context.Background()))
 	require.EqualValues(t, 8, c.nodes[1].Stats().DedupEvictions)
+}
+
+// TestDedupByteBound: the cache also holds at most DedupMaxBytes; the oldest
+// outcomes go first, and one too big to fit is not remembered at all.
+func TestDedupByteBound(t *testing.T) {
+	c := newCluster(t, 2, true, func(cfg *Config) {
+		cfg.DedupMaxBytes = 8 << 10
+	})
+	c.waitConverged(10 * time.Second)
+	var runs atomic.Int64
+	c.register(c.nodes[1], Service{Name: "d", InstanceID: "d-1",
+		Handler: func(ctx context.Context, req *Request) ([]byte, error) {
+			runs.Add(1)
+			size, err := strconv.Atoi(string(req.Payload))
+			if err != nil {
+				return nil, err
+			}
+			return make([]byte, size), nil
+		}}, 1)
+	c.settle()
+	call := func(id string, size int) {
+		t.Helper()
+		out, err := c.nodes[0].Call(context.Background(), "d", "m", []byte(strconv.Itoa(size)), WithMessageID(id))
+		require.NoError(t, err)
+		require.Len(t, out, size)
+	}
+	for i := 0; i < 4; i++ { // 4 × 3 KiB: the first two are pushed out
+		call(fmt.Sprintf("m%d", i), 3<<10)
+	}
+	require.EqualValues(t, 4, runs.Load())
+	require.EqualValues(t, 2, c.nodes[1].Stats().DedupEvictions)
+	call("m3", 3<<10) // still held
+	require.EqualValues(t, 4, runs.Load())
+	call("m0", 3<<10) // evicted: runs again
+	require.EqualValues(t, 5, runs.Load())
+
+	call("big", 16<<10) // over the bound on its own: not remembered...
+	call("big", 16<<10)
+	require.EqualValues(t, 7, runs.Load())
+	call("m0", 3<<10) // ...and it evicted nothing
+	require.EqualValues(t, 7, runs.Load())
 }

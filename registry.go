@@ -242,7 +242,7 @@ func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
 	}
 	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation)}
 	if n.cfg.DedupMaxEntries > 0 {
-		r.dedup = dedup.New[rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries, n.dedupEvicted)
+		r.dedup = dedup.New[rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries, n.cfg.DedupMaxBytes, responseSize, n.dedupEvicted)
 	}
 	n.local[key] = r
 	n.publishServed()

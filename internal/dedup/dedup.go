@@ -12,8 +12,9 @@ import (
 )
 
 // Cache maps message IDs to the outcome of their one execution. Entries
-// expire after the window and the oldest are evicted beyond the bound. It is
-// safe for concurrent use.
+// expire after the window, and the oldest are evicted beyond either bound:
+// a number of entries and a number of bytes (as counted by the sizeOf
+// function given to New, plus the ID). It is safe for concurrent use.
 //
 // Entries come and go in arrival order, so they sit in a ring of compact
 // slots (the ID's hash, the arrival time, the entry) and the map is keyed by
@@ -28,20 +29,27 @@ type Cache[V any] struct {
 	window time.Duration
 	max    int
 	seed   maphash.Seed
+	// maxBytes bounds bytes, the sum of the sizes of kept outcomes; sizeOf
+	// measures one (nil: bytes are not counted).
+	maxBytes int64
+	sizeOf   func(V) int
 
 	mu      sync.Mutex // guards everything below and every entry's state
 	m       map[uint64]*Entry[V]
 	ring    []slot[V] // circular; ring[head] is the oldest of n slots
 	head, n int
+	headSeq uint64 // arrival number of ring[head]
+	bytes   int64
 	onEvict func() // may be nil; called with mu held
 }
 
 // slot is one arrival: a listed entry, or one dropped since (Finish without
 // keep), which is skipped when its turn to be evicted comes.
 type slot[V any] struct {
-	h  uint64
-	at int64 // nanoseconds since the cache's epoch
-	e  *Entry[V]
+	h    uint64
+	at   int64 // nanoseconds since the cache's epoch
+	e    *Entry[V]
+	size int64 // the kept outcome's bytes; 0 until Finish keeps it
 }
 
 // Entry is one message ID's execution.
@@ -49,6 +57,7 @@ type Entry[V any] struct {
 	c        *Cache[V]
 	id       string
 	h        uint64
+	seq      uint64        // arrival number; 0 when not in the ring
 	finished bool          // Finish was called
 	done     chan struct{} // made on demand by Done; closed by Finish
 	val      V
@@ -57,13 +66,21 @@ type Entry[V any] struct {
 // closed is returned by Done for finished entries.
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// New returns a cache keeping entries for window, at most max of them.
-// onEvict, if not nil, is called (with the cache locked: it must be quick
-// and must not use the cache) for every entry evicted by the window or the
-// bound.
-func New[V any](clk clock.Clock, window time.Duration, max int, onEvict func()) *Cache[V] {
+// EntryOverhead is what the byte bound counts for one kept entry besides
+// its outcome's size and its ID: roughly the entry and its share of the
+// ring and the map.
+const EntryOverhead = 160
+
+// New returns a cache keeping entries for window, at most max of them. If
+// sizeOf is not nil, the entries kept also hold at most maxBytes bytes,
+// each counting sizeOf(outcome) + len(id) + EntryOverhead; an outcome
+// that does not fit on its own is not kept (as with Finish's keep false),
+// rather than evicting every other. onEvict, if not nil, is called
+// (with the cache locked: it must be quick and must not use the cache) for
+// every entry evicted by the window or a bound.
+func New[V any](clk clock.Clock, window time.Duration, max int, maxBytes int64, sizeOf func(V) int, onEvict func()) *Cache[V] {
 	return &Cache[V]{clk: clk, epoch: clk.Now(), window: window, max: max, seed: maphash.MakeSeed(),
-		m: make(map[uint64]*Entry[V]), onEvict: onEvict}
+		maxBytes: maxBytes, sizeOf: sizeOf, m: make(map[uint64]*Entry[V]), onEvict: onEvict, headSeq: 1}
 }
 
 // Begin claims id. If this is the first time id is seen (or its earlier
@@ -91,6 +108,7 @@ func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 	if c.n == c.max {
 		c.evictHeadLocked()
 	}
+	e.seq = c.headSeq + uint64(c.n)
 	c.pushLocked(slot[V]{h: h, at: now, e: e})
 	c.m[h] = e
 	return e, true
@@ -102,9 +120,15 @@ func (c *Cache[V]) Finish(e *Entry[V], val V, keep bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e.val, e.finished = val, true
-	if !keep {
-		if cur, ok := c.m[e.h]; ok && cur == e {
+	if cur, ok := c.m[e.h]; ok && cur == e {
+		var size int64
+		if keep && c.sizeOf != nil {
+			size = int64(c.sizeOf(val)) + int64(len(e.id)) + EntryOverhead
+		}
+		if !keep || size > c.maxBytes {
 			delete(c.m, e.h) // its slot stays until its turn to be evicted
+		} else if size > 0 {
+			c.chargeLocked(e, size)
 		}
 	}
 	if e.done != nil {
@@ -144,6 +168,27 @@ func (c *Cache[V]) Expire() {
 	c.expireLocked(now)
 }
 
+// chargeLocked counts size bytes (at most maxBytes) for listed entry e's
+// outcome and evicts the oldest entries until the byte bound holds again.
+func (c *Cache[V]) chargeLocked(e *Entry[V], size int64) {
+	i := c.head + int(e.seq-c.headSeq)
+	if i >= len(c.ring) {
+		i -= len(c.ring)
+	}
+	c.ring[i].size = size
+	c.bytes += size
+	for c.bytes > c.maxBytes && c.n > 0 {
+		c.evictHeadLocked()
+	}
+}
+
+// Bytes returns the bytes counted for the entries held.
+func (c *Cache[V]) Bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
 func (c *Cache[V]) expireLocked(now int64) {
 	for c.n > 0 && now-c.ring[c.head].at > int64(c.window) {
 		c.evictHeadLocked()
@@ -162,7 +207,9 @@ func (c *Cache[V]) evictHeadLocked() {
 			c.onEvict()
 		}
 	}
+	c.bytes -= s.size
 	*s = slot[V]{}
+	c.headSeq++
 	c.head++
 	if c.head == len(c.ring) {
 		c.head = 0

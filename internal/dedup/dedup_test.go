@@ -16,7 +16,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestFirstRunsOthersWait(t *testing.T) {
-	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10, nil)
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10, 0, nil, nil)
 	e, first := c.Begin("m1")
 	require.True(t, first)
 	dup, first := c.Begin("m1")
@@ -38,7 +38,7 @@ func TestFirstRunsOthersWait(t *testing.T) {
 }
 
 func TestNotKeptRunsAgain(t *testing.T) {
-	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10, nil)
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 10, 0, nil, nil)
 	e, _ := c.Begin("m1")
 	c.Finish(e, "retryable failure", false)
 	_, first := c.Begin("m1")
@@ -48,7 +48,7 @@ func TestNotKeptRunsAgain(t *testing.T) {
 func TestWindowAndBound(t *testing.T) {
 	clk := clock.NewFake(time.Unix(0, 0))
 	var evicted int
-	c := New[int](clk, 300*time.Second, 3, func() { evicted++ })
+	c := New[int](clk, 300*time.Second, 3, 0, nil, func() { evicted++ })
 	for i := 0; i < 5; i++ {
 		e, first := c.Begin(fmt.Sprint(i))
 		require.True(t, first)
@@ -76,7 +76,7 @@ func TestWindowAndBound(t *testing.T) {
 // with it; nor does dropping an entry that was evicted while it ran.
 func TestDroppedAndEvictedEntriesLeaveNewerOnes(t *testing.T) {
 	var evicted int
-	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 3, func() { evicted++ })
+	c := New[string](clock.NewFake(time.Unix(0, 0)), time.Minute, 3, 0, nil, func() { evicted++ })
 	e, _ := c.Begin("m1")
 	c.Finish(e, "retryable failure", false)
 	again, first := c.Begin("m1")
@@ -109,6 +109,36 @@ func TestDroppedAndEvictedEntriesLeaveNewerOnes(t *testing.T) {
 	require.Equal(t, 3, c.Len())
 }
 
+// The byte bound evicts the oldest entries once the kept outcomes (plus IDs
+// and overhead) exceed it, and an outcome too big on its own is not kept.
+func TestByteBound(t *testing.T) {
+	var evicted int
+	per := int64(100 + 2 + EntryOverhead) // 100-byte outcome, 2-byte ID
+	c := New[[]byte](clock.NewFake(time.Unix(0, 0)), time.Minute, 100, 3*per, func(b []byte) int { return len(b) }, func() { evicted++ })
+	for i := 0; i < 5; i++ {
+		e, first := c.Begin(fmt.Sprintf("m%d", i))
+		require.True(t, first)
+		c.Finish(e, make([]byte, 100), true)
+	}
+	require.Equal(t, 3, c.Len())
+	require.Equal(t, 3*per, c.Bytes())
+	require.Equal(t, 2, evicted)
+	_, first := c.Begin("m0")
+	require.True(t, first, "oldest evicted first")
+	_, first = c.Begin("m4")
+	require.False(t, first, "newest kept")
+
+	// A running entry ("m0" again) counts nothing. An outcome over the
+	// bound on its own is not kept, and evicts nothing.
+	big, _ := c.Begin("mb")
+	c.Finish(big, make([]byte, 4*per), true)
+	require.Equal(t, 3*per, c.Bytes())
+	require.Equal(t, 4, c.Len(), "m2, m3, m4 and the running m0")
+	_, first = c.Begin("mb")
+	require.True(t, first, "an outcome over the bound is not kept")
+	require.Equal(t, 2, evicted)
+}
+
 // TestMemoryPerEntry reports the heap cost of one entry at the default
 // bound (10,000) holding a 64-byte result.
 func TestMemoryPerEntry(t *testing.T) {
@@ -116,7 +146,7 @@ func TestMemoryPerEntry(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	c := New[[]byte](clock.Real{}, 300*time.Second, n, nil)
+	c := New[[]byte](clock.Real{}, 300*time.Second, n, 0, nil, nil)
 	for i := 0; i < n; i++ {
 		e, _ := c.Begin(fmt.Sprintf("node-a1b2c3d4-%x", i))
 		c.Finish(e, make([]byte, 64), true)
@@ -134,7 +164,7 @@ func TestMemoryPerEntry(t *testing.T) {
 // default bound of 10,000 entries), where every Begin also evicts the
 // oldest entry.
 func BenchmarkBeginFinish(b *testing.B) {
-	c := New[[]byte](clock.Real{}, time.Hour, 10000, nil)
+	c := New[[]byte](clock.Real{}, time.Hour, 10000, 1<<30, func(b []byte) int { return len(b) }, nil)
 	ids := make([]string, 1<<16)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("node-a-1f2e3d4c-%x", i)
