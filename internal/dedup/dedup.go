@@ -17,12 +17,16 @@ import (
 // function given to New, plus the ID). It is safe for concurrent use.
 //
 // Entries come and go in arrival order, so they sit in a ring of compact
-// slots (the ID's hash, the arrival time, the entry) and the map is keyed by
-// the ID's 64-bit hash. Evicting the oldest entry, which every call does
-// once the cache is full, then reads only the ring and the map, never the
-// long-cold entry or its ID. The bookkeeping per call is one allocation (the
-// entry); the channel waiters block on is made only when a duplicate arrives
-// while the first execution still runs.
+// slots (the ID's hash, the arrival time, the entry), and an index maps the
+// ID's 64-bit hash to the slot's arrival number. Evicting the oldest entry,
+// which every call does once the cache is full, touches the ring only: the
+// index keeps the evicted key (a key whose slot is gone is ignored) and is
+// rebuilt from the ring once it holds twice the bound. So a call reads one
+// cold part of memory (its ID's index bucket) where a map-only design reads
+// three (that bucket, the oldest entry's bucket and the oldest entry's ID).
+// The bookkeeping per call is one allocation (the entry); the channel
+// waiters block on is made only when a duplicate arrives while the first
+// execution still runs.
 type Cache[V any] struct {
 	clk    clock.Clock
 	epoch  time.Time // arrival times are kept as nanoseconds since epoch
@@ -35,10 +39,12 @@ type Cache[V any] struct {
 	sizeOf   func(V) int
 
 	mu      sync.Mutex // guards everything below and every entry's state
-	m       map[uint64]*Entry[V]
-	ring    []slot[V] // circular; ring[head] is the oldest of n slots
+	index   map[uint64]uint64
+	spare   map[uint64]uint64 // the previous index, cleared and reused by the next rebuild
+	ring    []slot[V]         // circular; ring[head] is the oldest of n slots
 	head, n int
 	headSeq uint64 // arrival number of ring[head]
+	live    int    // slots neither dropped nor evicted
 	bytes   int64
 	onEvict func() // may be nil; called with mu held
 }
@@ -46,10 +52,11 @@ type Cache[V any] struct {
 // slot is one arrival: a listed entry, or one dropped since (Finish without
 // keep), which is skipped when its turn to be evicted comes.
 type slot[V any] struct {
-	h    uint64
-	at   int64 // nanoseconds since the cache's epoch
-	e    *Entry[V]
-	size int64 // the kept outcome's bytes; 0 until Finish keeps it
+	h       uint64
+	at      int64 // nanoseconds since the cache's epoch
+	e       *Entry[V]
+	size    int64 // the kept outcome's bytes; 0 until Finish keeps it
+	dropped bool
 }
 
 // Entry is one message ID's execution.
@@ -80,7 +87,7 @@ const EntryOverhead = 160
 // every entry evicted by the window or a bound.
 func New[V any](clk clock.Clock, window time.Duration, max int, maxBytes int64, sizeOf func(V) int, onEvict func()) *Cache[V] {
 	return &Cache[V]{clk: clk, epoch: clk.Now(), window: window, max: max, seed: maphash.MakeSeed(),
-		maxBytes: maxBytes, sizeOf: sizeOf, m: make(map[uint64]*Entry[V]), onEvict: onEvict, headSeq: 1}
+		maxBytes: maxBytes, sizeOf: sizeOf, index: make(map[uint64]uint64), onEvict: onEvict, headSeq: 1}
 }
 
 // Begin claims id. If this is the first time id is seen (or its earlier
@@ -94,13 +101,15 @@ func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 	defer c.mu.Unlock()
 	c.expireLocked(now)
 	e := &Entry[V]{c: c, id: id, h: h}
-	if old, ok := c.m[h]; ok {
-		if old.id == id {
-			return old, false
+	if seq, ok := c.index[h]; ok {
+		if s := c.slotAt(seq); s != nil && !s.dropped && s.h == h {
+			if s.e.id == id {
+				return s.e, false
+			}
+			// Another ID with the same 64-bit hash (about one chance in
+			// 10^11 at 10,000 entries): run it without remembering it.
+			return e, true
 		}
-		// Another ID with the same 64-bit hash (about one chance in 10^11
-		// at 10,000 entries): run this one without remembering it.
-		return e, true
 	}
 	if c.max <= 0 {
 		return e, true
@@ -110,7 +119,11 @@ func (c *Cache[V]) Begin(id string) (*Entry[V], bool) {
 	}
 	e.seq = c.headSeq + uint64(c.n)
 	c.pushLocked(slot[V]{h: h, at: now, e: e})
-	c.m[h] = e
+	c.live++
+	c.index[h] = e.seq
+	if len(c.index) >= 2*c.max+64 {
+		c.rebuildIndexLocked()
+	}
 	return e, true
 }
 
@@ -120,20 +133,43 @@ func (c *Cache[V]) Finish(e *Entry[V], val V, keep bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e.val, e.finished = val, true
-	if cur, ok := c.m[e.h]; ok && cur == e {
+	if s := c.slotAt(e.seq); s != nil && s.e == e && !s.dropped {
 		var size int64
 		if keep && c.sizeOf != nil {
 			size = int64(c.sizeOf(val)) + int64(len(e.id)) + EntryOverhead
 		}
-		if !keep || size > c.maxBytes {
-			delete(c.m, e.h) // its slot stays until its turn to be evicted
-		} else if size > 0 {
-			c.chargeLocked(e, size)
+		switch {
+		case !keep || size > c.maxBytes:
+			// The slot stays until its turn to be evicted.
+			s.dropped, s.e = true, nil
+			c.live--
+			if seq, ok := c.index[e.h]; ok && seq == e.seq {
+				delete(c.index, e.h)
+			}
+		case size > 0:
+			s.size = size
+			c.bytes += size
+			for c.bytes > c.maxBytes && c.n > 0 {
+				c.evictHeadLocked()
+			}
 		}
 	}
 	if e.done != nil {
 		close(e.done)
 	}
+}
+
+// slotAt returns the slot of arrival number seq, or nil if it has left the
+// ring.
+func (c *Cache[V]) slotAt(seq uint64) *slot[V] {
+	if seq < c.headSeq || seq-c.headSeq >= uint64(c.n) {
+		return nil
+	}
+	i := c.head + int(seq-c.headSeq)
+	if i >= len(c.ring) {
+		i -= len(c.ring)
+	}
+	return &c.ring[i]
 }
 
 // Done is closed when the entry's outcome is known.
@@ -157,7 +193,14 @@ func (e *Entry[V]) Result() *V { return &e.val }
 func (c *Cache[V]) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.m)
+	return c.live
+}
+
+// Bytes returns the bytes counted for the entries held.
+func (c *Cache[V]) Bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
 }
 
 // Expire drops entries older than the window now (Begin does it too).
@@ -168,41 +211,19 @@ func (c *Cache[V]) Expire() {
 	c.expireLocked(now)
 }
 
-// chargeLocked counts size bytes (at most maxBytes) for listed entry e's
-// outcome and evicts the oldest entries until the byte bound holds again.
-func (c *Cache[V]) chargeLocked(e *Entry[V], size int64) {
-	i := c.head + int(e.seq-c.headSeq)
-	if i >= len(c.ring) {
-		i -= len(c.ring)
-	}
-	c.ring[i].size = size
-	c.bytes += size
-	for c.bytes > c.maxBytes && c.n > 0 {
-		c.evictHeadLocked()
-	}
-}
-
-// Bytes returns the bytes counted for the entries held.
-func (c *Cache[V]) Bytes() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.bytes
-}
-
 func (c *Cache[V]) expireLocked(now int64) {
 	for c.n > 0 && now-c.ring[c.head].at > int64(c.window) {
 		c.evictHeadLocked()
 	}
 }
 
-// evictHeadLocked removes the oldest slot, and its entry from the map if the
-// entry is still listed there.
+// evictHeadLocked removes the oldest slot. An entry still running stays
+// usable by its runner and waiters; only later duplicates no longer find
+// it. Its index key stays behind, ignored, until the index is rebuilt.
 func (c *Cache[V]) evictHeadLocked() {
 	s := &c.ring[c.head]
-	if cur, ok := c.m[s.h]; ok && cur == s.e {
-		// An entry still running stays usable by its runner and waiters;
-		// only later duplicates no longer find it.
-		delete(c.m, s.h)
+	if !s.dropped {
+		c.live--
 		if c.onEvict != nil {
 			c.onEvict()
 		}
@@ -215,6 +236,24 @@ func (c *Cache[V]) evictHeadLocked() {
 		c.head = 0
 	}
 	c.n--
+}
+
+// rebuildIndexLocked replaces the index with one holding only the keys of
+// live slots. A live slot's hash is unique among live slots: an ID is
+// added only when no live slot has its hash.
+func (c *Cache[V]) rebuildIndexLocked() {
+	idx := c.spare
+	if idx == nil {
+		idx = make(map[uint64]uint64, c.live)
+	}
+	clear(idx)
+	for k := 0; k < c.n; k++ {
+		seq := c.headSeq + uint64(k)
+		if s := c.slotAt(seq); !s.dropped {
+			idx[s.h] = seq
+		}
+	}
+	c.index, c.spare = idx, c.index
 }
 
 // pushLocked appends s as the newest slot, growing the ring (up to max) when

@@ -139,6 +139,37 @@ func TestByteBound(t *testing.T) {
 	require.Equal(t, 2, evicted)
 }
 
+// Long runs go through many rebuilds of the index (every ~2×bound+64
+// arrivals): the newest entries are always found, older and dropped ones
+// never, and the index stays bounded.
+func TestIndexRebuilds(t *testing.T) {
+	const bound = 10
+	c := New[int](clock.NewFake(time.Unix(0, 0)), time.Hour, bound, 0, nil, nil)
+	for i := 0; i < 5000; i++ {
+		e, first := c.Begin(fmt.Sprint(i))
+		require.True(t, first, "id %d", i)
+		c.Finish(e, i, i%7 != 0) // every 7th is dropped
+		if i%97 == 0 && i >= bound {
+			// The newest kept ones are found (this adds nothing)...
+			for j := i - bound + 1; j <= i; j++ {
+				if j%7 == 0 {
+					continue
+				}
+				dup, first := c.Begin(fmt.Sprint(j))
+				require.False(t, first, "id %d after %d", j, i)
+				require.Equal(t, j, *dup.Result())
+			}
+			// ...the one just pushed out is not, nor a dropped one.
+			for _, j := range []int{i - bound, i - i%7} {
+				e, first := c.Begin(fmt.Sprint(j))
+				require.True(t, first, "id %d after %d", j, i)
+				c.Finish(e, j, false)
+			}
+		}
+		require.LessOrEqual(t, len(c.index), 2*bound+64)
+	}
+}
+
 // TestMemoryPerEntry reports the heap cost of one entry at the default
 // bound (10,000) holding a 64-byte result.
 func TestMemoryPerEntry(t *testing.T) {
