@@ -220,12 +220,12 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (Response,
 		callPool.Put(cl)
 		return r.resp, r.err
 	case <-ctx.Done():
-		if cc.unregister(id) {
+		if cc.abandon(id) {
 			callPool.Put(cl)
 		} // else the reader holds cl and will send to it: leave it to the GC
 		return Response{}, ctxError(req, addr, ctx.Err())
 	case <-expired:
-		if cc.unregister(id) {
+		if cc.abandon(id) {
 			callPool.Put(cl)
 		}
 		return Response{}, timeoutError(req, addr)
@@ -446,6 +446,23 @@ func (cc *clientConn) unregister(id uint64) bool {
 	return ok
 }
 
+// abandon gives up waiting for call id, whose request was sent. The call
+// stays pending without a caller (a nil entry) until its response comes and
+// is dropped: the connection keeps a reader while a response is on its way,
+// so that it never clogs with answers nobody reads (which, on a transport
+// without buffering, would block the server's writes and then its reads).
+// It reports false if the call was no longer there (its result is being
+// delivered).
+func (cc *clientConn) abandon(id uint64) bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if _, ok := cc.pending[id]; !ok {
+		return false
+	}
+	cc.pending[id] = nil
+	return true
+}
+
 // deliver hands r to the caller waiting for call id, if it still waits.
 func (cc *clientConn) deliver(id uint64, r result) {
 	cc.mu.Lock()
@@ -473,7 +490,9 @@ func (cc *clientConn) fail(err error) {
 	cc.w.shutdown(err)
 	_ = cc.conn.Close()
 	for _, cl := range pending {
-		cl.ch <- result{err: err}
+		if cl != nil { // nil: abandoned
+			cl.ch <- result{err: err}
+		}
 	}
 	cc.client.forget(cc)
 }
@@ -557,7 +576,9 @@ func (cc *clientConn) lead(ctx context.Context, cl *call, id uint64, req *Reques
 		_ = cc.conn.SetReadDeadline(time.Time{})
 		cc.mu.Lock()
 		_, mine := cc.pending[id]
-		delete(cc.pending, id)
+		if mine {
+			cc.pending[id] = nil // abandoned: see abandon
+		}
 		if cc.err == nil {
 			cc.dropRoleLocked()
 		}

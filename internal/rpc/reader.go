@@ -52,6 +52,21 @@ func newFrameReader(conn net.Conn, max int, kind byte) *frameReader {
 	return &frameReader{br: bufio.NewReaderSize(conn, readBufSize), max: max, kind: kind}
 }
 
+// frameBuffered reports whether a whole frame within the limit is in the
+// read buffer, so that next returns it without reading the connection.
+func (r *frameReader) frameBuffered() bool {
+	if r.skip > 0 || r.part != nil {
+		return false
+	}
+	n := r.br.Buffered()
+	if n < prefixLen {
+		return false
+	}
+	hdr, _ := r.br.Peek(prefixLen) // buffered: cannot block or fail
+	l := uint64(binary.BigEndian.Uint32(hdr))
+	return l <= uint64(r.max) && uint64(n-prefixLen) >= l
+}
+
 // next reads one frame. Normally it returns the frame's body (the bytes after
 // version and kind) in a fresh slice the caller owns. A frame longer than the
 // limit is read past without being stored: next returns big=true and the call

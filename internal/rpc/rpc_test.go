@@ -843,3 +843,50 @@ func TestSlowHandlerDoesNotBlockConnection(t *testing.T) {
 		require.Equal(t, int32(1), srv.ln.accepted.Load(), "all on one connection")
 	})
 }
+
+// Requests that arrive together for fast handlers are answered in one
+// batch. If a handler in the batch turns out slow, the answers queued before
+// it still go out (the monitor writes them when it passes the reader role
+// on), and the requests after it are served meanwhile.
+func TestBatchedRepliesBehindSlowHandler(t *testing.T) {
+	forEachNet(t, func(t *testing.T, nk netKind) {
+		release := make(chan struct{})
+		srv := startServer(t, nk, "", func(ctx context.Context, req *Request) Response {
+			if req.Method == "slow" {
+				<-release
+			}
+			return Response{Payload: req.Payload}
+		}, ServerOptions{})
+		defer close(release)
+		conn := rawConn(t, nk, srv.addr)
+		require.NoError(t, conn.SetDeadline(time.Now().Add(promptly)))
+		// One write: fast (1), fast (2), slow (3). Nothing follows the slow
+		// one, so only the monitor can write the answers queued before it.
+		var batch []byte
+		for id, m := range []string{"", "fast", "fast", "slow"} {
+			if id > 0 {
+				batch = appendRequestFrame(batch, &Request{Method: m, Payload: []byte(m)}, uint64(id), 0)
+			}
+		}
+		_, err := conn.Write(batch)
+		require.NoError(t, err)
+		fr := newFrameReader(conn, DefaultMaxFrameSize, KindResponse)
+		got := map[uint64]string{}
+		read := func(n int) {
+			for len(got) < n {
+				body, _, _, err := fr.next()
+				require.NoError(t, err, "answers while 3 runs; got %v", got)
+				var resp Response
+				require.NoError(t, decodeResponse(body, &resp))
+				require.Nil(t, resp.Err)
+				got[resp.CallID] = string(resp.Payload)
+			}
+		}
+		read(2)
+		// A request after it is served while it runs.
+		_, err = conn.Write(appendRequestFrame(nil, &Request{Method: "fast", Payload: []byte("fast")}, 4, 0))
+		require.NoError(t, err)
+		read(3)
+		require.Equal(t, map[uint64]string{1: "fast", 2: "fast", 4: "fast"}, got)
+	})
+}

@@ -233,6 +233,8 @@ type serverConn struct {
 	// moves it to 0 first decides: the reader keeps reading, or the
 	// monitor passes the role on.
 	heldSince atomic.Int64
+	// handlerNanos is a moving average of the time handlers take.
+	handlerNanos atomic.Int64
 
 	wake   chan struct{}  // a send hands the reader role to a parked spare
 	stop   chan struct{}  // closed by finish: spares exit
@@ -282,7 +284,7 @@ func (sc *serverConn) readOne() bool {
 			sc.reply(bigID, &Response{Err: &ErrorInfo{
 				Code:    CodeFrameTooLarge,
 				Message: fmt.Sprintf("request frame exceeds the server limit of %d bytes", s.maxFrame),
-			}})
+			}}, false)
 			continue
 		}
 		in := new(inbound)
@@ -294,22 +296,31 @@ func (sc *serverConn) readOne() bool {
 		}
 		sc.handlers.Add(1)
 		sc.inflight.Add(1)
-		if sc.fr.br.Buffered() > 0 {
-			// More requests are already here: let another goroutine read
-			// them while this one runs the handler.
+		if sc.fr.br.Buffered() > 0 && !(sc.fastHandlers() && sc.fr.frameBuffered()) {
+			// More requests are already here and handlers may take a
+			// while: let another goroutine read them while this one runs
+			// the handler.
 			sc.passRole()
 			sc.handle(in)
 		} else {
+			// Nothing else to read yet, or only whole requests for fast
+			// handlers: run the handler keeping the role.
 			since := max(int64(time.Since(s.epoch)), 1)
 			sc.heldSince.Store(since)
 			s.ensureMonitor()
-			sc.handle(in)
+			resp := sc.run(in, since)
 			if sc.heldSince.CompareAndSwap(since, 0) {
+				// Still the reader. If another whole request is buffered,
+				// it is read and answered next without blocking: this
+				// response waits for that batch, and the batch goes out
+				// in one write.
+				sc.reply(in.req.CallID, &resp, sc.fr.frameBuffered())
 				sc.handlers.Done()
 				continue
 			}
-			// The monitor passed the role on: this goroutine becomes a
-			// spare.
+			// The monitor passed the role on (and wrote out what waited):
+			// this goroutine answers, then becomes a spare.
+			sc.reply(in.req.CallID, &resp, false)
 		}
 		// Register as a spare before leaving the handlers, so that finish,
 		// once no handler is left, also waits for every spare.
@@ -398,6 +409,7 @@ func (s *Server) passHeldRoles() bool {
 		held = true
 		if now-h >= int64(handoffDelay) && sc.heldSince.CompareAndSwap(h, 0) {
 			sc.passRole()
+			sc.flush() // responses queued before the slow handler
 		}
 	}
 	return held
@@ -430,6 +442,14 @@ type inbound struct {
 
 // handle runs the handler for in's request and sends its response.
 func (sc *serverConn) handle(in *inbound) {
+	resp := sc.run(in, int64(time.Since(sc.s.epoch)))
+	sc.reply(in.req.CallID, &resp, false)
+}
+
+// run runs the handler for in's request, which started at start
+// (nanoseconds since the Server's epoch), and returns its response. It
+// keeps the average handler time up to date.
+func (sc *serverConn) run(in *inbound, start int64) Response {
 	req := &in.req
 	var resp Response
 	if req.Timeout != 0 {
@@ -439,8 +459,28 @@ func (sc *serverConn) handle(in *inbound) {
 	} else {
 		resp = sc.s.invoke(sc.ctx, req)
 	}
-	sc.reply(req.CallID, &resp)
+	d := int64(time.Since(sc.s.epoch)) - start
+	avg := sc.handlerNanos.Load()
+	sc.handlerNanos.Store(avg + (d-avg)/8) // racy between goroutines: an estimate
+	return resp
 }
+
+// fastHandlers reports whether handlers on this connection have lately
+// been quick enough to run one after another with the reader role held.
+func (sc *serverConn) fastHandlers() bool {
+	return sc.handlerNanos.Load() < int64(inlineHandlerTime)
+}
+
+// inlineHandlerTime is the average handler time below which a reader with
+// several whole requests buffered runs them one after another and answers
+// them in one write, instead of handing each next one to another goroutine.
+// Above it, handlers run side by side. The monitor still hands the role on
+// from any one handler that runs for handoffDelay.
+const inlineHandlerTime = 20 * time.Microsecond
+
+// maxQueuedReplies bounds the bytes of responses that wait for their batch
+// to be written.
+const maxQueuedReplies = 64 << 10
 
 // deadlineCtx is the handler's context when the call has a timeout. It
 // behaves as context.WithDeadline(parent, deadline) followed by cancel once
@@ -512,7 +552,11 @@ func (s *Server) invoke(ctx context.Context, req *Request) (resp Response) {
 
 // reply sends resp as the answer to call id, replacing it with a
 // CodeResponseTooLarge error if it does not fit the frame limit.
-func (sc *serverConn) reply(id uint64, resp *Response) {
+//
+// With queue set the response is only queued: the caller holds the reader
+// role and will answer another request (which writes the batch) before it
+// blocks, unless the queue has grown past maxQueuedReplies.
+func (sc *serverConn) reply(id uint64, resp *Response, queue bool) {
 	limit := sc.s.maxFrame
 	if n := responseFrameLen(resp, id); n > limit {
 		resp = &Response{Err: &ErrorInfo{
@@ -528,7 +572,19 @@ func (sc *serverConn) reply(id uint64, resp *Response) {
 		return // connection gone; the caller learns from its side
 	}
 	sc.w.buf = appendResponseFrame(sc.w.buf, resp, id)
+	if queue && len(sc.w.buf) < maxQueuedReplies {
+		sc.w.unlock()
+		return
+	}
 	_ = sc.w.commit(busy)
+}
+
+// flush writes the queued responses, unless a write is under way (which
+// writes them too).
+func (sc *serverConn) flush() {
+	if sc.w.lock() == nil {
+		_ = sc.w.commit(false)
+	}
 }
 
 func (sc *serverConn) writeFailed(error) {

@@ -50,6 +50,10 @@ func (w *frameWriter) lock() error {
 	return nil
 }
 
+// unlock releases the lock taken by lock, leaving the appended frame queued
+// for the next commit.
+func (w *frameWriter) unlock() { w.mu.Unlock() }
+
 // commit releases the lock taken by lock after a frame was appended, writing
 // the queued frames if no other goroutine is. If busy (other frames are
 // likely on their way), the writer first yields its P once so that runnable
