@@ -233,6 +233,11 @@ func (n *Node) classify(ctx context.Context, inst *Instance, err error) error {
 	switch {
 	case errors.Is(err, rpc.ErrFrameTooLarge):
 		return fmt.Errorf("%w: %s.%s on %s: %w", ErrMessageTooLarge, inst.Service, inst.ID, inst.Addr, err)
+	case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+		// The call client saw the caller's deadline pass (it only reports
+		// context.DeadlineExceeded for that) a moment before the
+		// context's own timer fired: the deadline is spent all the same.
+		return deadlineSpent{fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, err)}
 	case ctx.Err() != nil:
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, ctx.Err())

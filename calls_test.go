@@ -390,3 +390,18 @@ func TestCallAllocations(t *testing.T) {
 		require.LessOrEqual(t, allocs, budget, name)
 	}
 }
+
+// The call client can see the caller's deadline pass a moment before the
+// context's own timer fires. That is still the caller's timeout, not an
+// unavailable instance, and nothing is tried after it.
+func TestDeadlineSeenBeforeContextFires(t *testing.T) {
+	c := newCluster(t, 1, true)
+	inst := &Instance{Service: "svc", ID: "inst-0", Addr: "10.0.0.1:7947"}
+	ctx := context.Background() // its deadline "not yet fired"
+	err := c.nodes[0].classify(ctx, inst, fmt.Errorf("rpc: call svc.m on %s: %w", inst.Addr, context.DeadlineExceeded))
+	require.ErrorIs(t, err, ErrTimeout)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NotErrorIs(t, err, ErrInstanceUnavailable)
+	require.False(t, retryable(ctx, err), "no other instance is tried")
+	require.False(t, mayHaveBeenDelivered(ctx, err, false), "nor the same one")
+}
