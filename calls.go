@@ -233,10 +233,11 @@ func (n *Node) classify(ctx context.Context, inst *Instance, err error) error {
 	switch {
 	case errors.Is(err, rpc.ErrFrameTooLarge):
 		return fmt.Errorf("%w: %s.%s on %s: %w", ErrMessageTooLarge, inst.Service, inst.ID, inst.Addr, err)
-	case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-		// The call client saw the caller's deadline pass (it only reports
-		// context.DeadlineExceeded for that) a moment before the
-		// context's own timer fired: the deadline is spent all the same.
+	case ctx.Err() == nil && deadlinePassed(ctx) && errors.Is(err, context.DeadlineExceeded):
+		// The call client saw the caller's deadline pass a moment before
+		// the context's own timer fired: it is spent all the same. (A
+		// dial's own timeout also matches context.DeadlineExceeded, hence
+		// the clock.)
 		return deadlineSpent{fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, err)}
 	case ctx.Err() != nil:
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -251,6 +252,13 @@ func (n *Node) classify(ctx context.Context, inst *Instance, err error) error {
 		return fmt.Errorf("%w: %w", ErrShutdown, err)
 	}
 	return fmt.Errorf("%w: %s at %s: %w", ErrInstanceUnavailable, inst.ID, inst.Addr, err)
+}
+
+// deadlinePassed reports whether ctx has a deadline and the clock is past
+// it, whether or not ctx has noticed yet.
+func deadlinePassed(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // deadlineSpent marks an error after which the caller's deadline is spent

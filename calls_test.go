@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/aegisipc/aegis/internal/rpc"
 	"github.com/aegisipc/aegis/internal/testutil"
 )
 
@@ -393,15 +395,42 @@ func TestCallAllocations(t *testing.T) {
 
 // The call client can see the caller's deadline pass a moment before the
 // context's own timer fires. That is still the caller's timeout, not an
-// unavailable instance, and nothing is tried after it.
+// unavailable instance, and nothing is tried after it. A dial's own timeout
+// (which also matches context.DeadlineExceeded) is not.
 func TestDeadlineSeenBeforeContextFires(t *testing.T) {
 	c := newCluster(t, 1, true)
 	inst := &Instance{Service: "svc", ID: "inst-0", Addr: "10.0.0.1:7947"}
-	ctx := context.Background() // its deadline "not yet fired"
+	// A deadline that has passed, its timer not yet fired.
+	ctx := pastDeadlineCtx{context.Background(), time.Now().Add(-time.Millisecond)}
 	err := c.nodes[0].classify(ctx, inst, fmt.Errorf("rpc: call svc.m on %s: %w", inst.Addr, context.DeadlineExceeded))
 	require.ErrorIs(t, err, ErrTimeout)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.NotErrorIs(t, err, ErrInstanceUnavailable)
 	require.False(t, retryable(ctx, err), "no other instance is tried")
 	require.False(t, mayHaveBeenDelivered(ctx, err, false), "nor the same one")
+
+	// No caller deadline: a dial timeout leaves the instance unavailable
+	// (another one is tried).
+	dialErr := fmt.Errorf("%w: %s: %w", rpc.ErrDial, inst.Addr, &net.OpError{Op: "dial", Err: dialTimeout{}})
+	require.ErrorIs(t, dialErr, context.DeadlineExceeded)
+	err = c.nodes[0].classify(context.Background(), inst, dialErr)
+	require.ErrorIs(t, err, ErrInstanceUnavailable)
+	require.True(t, retryable(context.Background(), err))
 }
+
+// pastDeadlineCtx reports a deadline without ending: a context whose timer
+// has not fired yet.
+type pastDeadlineCtx struct {
+	context.Context
+	dl time.Time
+}
+
+func (c pastDeadlineCtx) Deadline() (time.Time, bool) { return c.dl, true }
+
+// dialTimeout is a dial's timeout as net and the in-memory transport report
+// it: it matches context.DeadlineExceeded.
+type dialTimeout struct{}
+
+func (dialTimeout) Error() string        { return "i/o timeout" }
+func (dialTimeout) Timeout() bool        { return true }
+func (dialTimeout) Is(target error) bool { return target == context.DeadlineExceeded }
