@@ -414,6 +414,12 @@ type Node struct {
 
 	failedMu sync.Mutex // guards failed
 	failed   map[string]failedNode
+	// peers holds a copy of every other live member's memberlist.Node,
+	// taken in the membership callbacks (memberlist holds its lock then).
+	// memberlist updates its own Node structs in place, so reading those
+	// (Members()) from another goroutine races with it.
+	peersMu sync.RWMutex
+	peers   map[string]*memberlist.Node
 
 	lifeMu       sync.Mutex // serializes Leave and Shutdown
 	stopCh       chan struct{}
@@ -468,6 +474,7 @@ func New(cfg *Config) (*Node, error) {
 		clk:    c.clock,
 		local:  make(map[instKey]*Registration),
 		failed: make(map[string]failedNode),
+		peers:  make(map[string]*memberlist.Node),
 		stopCh: make(chan struct{}),
 	}
 	n.met = newNodeMetrics(c.MeterProvider)

@@ -75,10 +75,11 @@ func (d *delegate) NotifyJoin(node *memberlist.Node) {
 	n.failedMu.Lock()
 	delete(n.failed, node.Name)
 	n.failedMu.Unlock()
+	peer := n.setPeer(node)
 	n.reg.nodeAlive(node.Name)
 	// Introduce our instances to the newcomer straight away instead of
 	// waiting for gossip or push/pull to carry them.
-	n.queueDirect(outMsg{to: node, introduce: true})
+	n.queueDirect(outMsg{to: peer, introduce: true})
 }
 
 func (d *delegate) NotifyLeave(node *memberlist.Node) {
@@ -86,6 +87,9 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	if node.Name == n.name {
 		return
 	}
+	n.peersMu.Lock()
+	delete(n.peers, node.Name)
+	n.peersMu.Unlock()
 	if node.State == memberlist.StateLeft {
 		n.log.Info("node left", "peer", node.Name)
 		n.reg.nodeLeft(node.Name)
@@ -98,7 +102,34 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	n.reg.nodeFailed(node.Name)
 }
 
-func (d *delegate) NotifyUpdate(node *memberlist.Node) {}
+func (d *delegate) NotifyUpdate(node *memberlist.Node) {
+	if node.Name != d.n.name {
+		d.n.setPeer(node)
+	}
+}
+
+// setPeer records a copy of node, called from a membership callback (under
+// memberlist's lock), and returns it. The copy's fields, Addr's bytes
+// included, are never written again: memberlist replaces them, it does not
+// modify them.
+func (n *Node) setPeer(node *memberlist.Node) *memberlist.Node {
+	cp := *node
+	n.peersMu.Lock()
+	n.peers[node.Name] = &cp
+	n.peersMu.Unlock()
+	return &cp
+}
+
+// peerList returns the copies of the other live members' Nodes.
+func (n *Node) peerList() []*memberlist.Node {
+	n.peersMu.RLock()
+	defer n.peersMu.RUnlock()
+	out := make([]*memberlist.Node, 0, len(n.peers))
+	for _, p := range n.peers {
+		out = append(out, p)
+	}
+	return out
+}
 
 // handleGossip decodes and applies one gossip message. Bad messages are
 // dropped with a log line and a counter. What is new to this node is
@@ -296,7 +327,7 @@ func (n *Node) deliver(m outMsg) {
 	}
 	targets := []*memberlist.Node{m.to}
 	if m.to == nil {
-		targets = ml.Members()
+		targets = n.peerList()
 	}
 	for _, t := range targets {
 		if t.Name == n.name {
@@ -326,7 +357,7 @@ func (n *Node) requestPull(origin string) {
 // that fails) with up to three random peers until one succeeds.
 func (n *Node) pull(prefer string) {
 	ml := n.ml
-	members := ml.Members()
+	members := n.peerList()
 	if prefer != "" && prefer != n.name {
 		for _, m := range members {
 			if m.Name == prefer {
