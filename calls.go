@@ -233,17 +233,13 @@ func (n *Node) classify(ctx context.Context, inst *Instance, err error) error {
 	switch {
 	case errors.Is(err, rpc.ErrFrameTooLarge):
 		return fmt.Errorf("%w: %s.%s on %s: %w", ErrMessageTooLarge, inst.Service, inst.ID, inst.Addr, err)
-	case ctx.Err() == nil && deadlinePassed(ctx) && errors.Is(err, context.DeadlineExceeded):
-		// The call client saw the caller's deadline pass a moment before
-		// the context's own timer fired: it is spent all the same. (A
-		// dial's own timeout also matches context.DeadlineExceeded, hence
-		// the clock.)
-		return deadlineSpent{fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, err)}
-	case ctx.Err() != nil:
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, ctx.Err())
-		}
+	case errors.Is(ctx.Err(), context.Canceled):
 		return fmt.Errorf("aegis: call to %s canceled: %w", inst.ID, ctx.Err())
+	case ctx.Err() != nil, deadlinePassed(ctx) && errors.Is(err, context.DeadlineExceeded):
+		// The call client can see the caller's deadline pass a moment
+		// before ctx's own timer fires. (A dial's own timeout also matches
+		// context.DeadlineExceeded, hence the clock.)
+		return deadlineSpent{fmt.Errorf("%w: caller's deadline passed waiting for %s: %w", ErrTimeout, inst.ID, context.DeadlineExceeded)}
 	case errors.Is(err, rpc.ErrTimeout):
 		// err stays in the chain: a dial that timed out (rpc.ErrDial)
 		// proves the request was never delivered.

@@ -368,9 +368,6 @@ func TestRetryBudgetStopsFailoverStorm(t *testing.T) {
 // context and strings, the handler's Request and the dedup entry. Gossip runs
 // meanwhile, hence the margin of one.
 func TestCallAllocations(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocation budget skipped in -short mode")
-	}
 	c := newCluster(t, 2, true)
 	_, err := c.nodes[1].Register(context.Background(), Service{Name: "echo", Handler: echoHandler})
 	require.NoError(t, err)

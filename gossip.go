@@ -120,7 +120,8 @@ func (n *Node) setPeer(node *memberlist.Node) *memberlist.Node {
 	return &cp
 }
 
-// peerList returns the copies of the other live members' Nodes.
+// peerList returns the copies of the other live members' Nodes (never this
+// node's own).
 func (n *Node) peerList() []*memberlist.Node {
 	n.peersMu.RLock()
 	defer n.peersMu.RUnlock()
@@ -330,9 +331,6 @@ func (n *Node) deliver(m outMsg) {
 		targets = n.peerList()
 	}
 	for _, t := range targets {
-		if t.Name == n.name {
-			continue
-		}
 		if err := ml.SendBestEffort(t, m.msg); err != nil {
 			n.log.Debug("direct send failed", "peer", t.Name, "err", err)
 		}
@@ -357,18 +355,15 @@ func (n *Node) requestPull(origin string) {
 // that fails) with up to three random peers until one succeeds.
 func (n *Node) pull(prefer string) {
 	ml := n.ml
-	members := n.peerList()
-	if prefer != "" && prefer != n.name {
-		for _, m := range members {
-			if m.Name == prefer {
-				if _, err := ml.Join([]string{m.FullAddress().Addr}); err == nil {
-					return
-				}
-				break
-			}
+	n.peersMu.RLock()
+	p := n.peers[prefer]
+	n.peersMu.RUnlock()
+	if p != nil {
+		if _, err := ml.Join([]string{p.FullAddress().Addr}); err == nil {
+			return
 		}
 	}
-	for _, m := range shuffledPeers(members, n.name) {
+	for _, m := range shuffledPeers(n.peerList()) {
 		_, err := ml.Join([]string{m.FullAddress().Addr})
 		if err == nil {
 			return
@@ -377,17 +372,10 @@ func (n *Node) pull(prefer string) {
 	}
 }
 
-// shuffledPeers returns members other than self, in random order, at most
-// three of them.
-func shuffledPeers(members []*memberlist.Node, self string) []*memberlist.Node {
-	out := make([]*memberlist.Node, 0, len(members))
-	for _, m := range members {
-		if m.Name != self {
-			out = append(out, m)
-		}
-	}
-	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out[:min(len(out), 3)]
+// shuffledPeers shuffles peers in place and returns at most three of them.
+func shuffledPeers(peers []*memberlist.Node) []*memberlist.Node {
+	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
+	return peers[:min(len(peers), 3)]
 }
 
 // pullInterval limits pulls triggered by unknown heartbeats.

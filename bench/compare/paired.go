@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/aegisipc/aegis"
 )
 
 // The paired measurement compares aegis variants whose cost differs by a few
@@ -44,55 +40,25 @@ type pairedFigures struct {
 // node C (dedup off, service "echo-nodedup") and caller node A, and returns
 // the variants, all calling from A.
 func startVariants() ([]variant, func(), error) {
-	var stops []func()
+	b, err := startEchoNode("b", "echo", true)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := startEchoNode("c", "echo-nodedup", false)
+	if err != nil {
+		_ = b.Shutdown()
+		return nil, nil, err
+	}
+	a, err := startCaller([]string{b.Addr(), c.Addr()}, "echo", "echo-nodedup")
+	if err != nil {
+		_ = c.Shutdown()
+		_ = b.Shutdown()
+		return nil, nil, err
+	}
 	stop := func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
-		}
-	}
-	serve := func(service string, dedup bool) (string, error) {
-		aegisSeq++
-		nd, err := newAegisNode(fmt.Sprintf("bench-%s-%d-%d", service, os.Getpid(), aegisSeq), dedup)
-		if err != nil {
-			return "", err
-		}
-		stops = append(stops, func() { _ = nd.Shutdown() })
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, err = nd.Register(ctx, aegis.Service{Name: service, Handler: func(_ context.Context, req *aegis.Request) ([]byte, error) {
-			return req.Payload, nil
-		}})
-		return nd.Addr(), err
-	}
-	addrB, err := serve("echo", true)
-	if err != nil {
-		stop()
-		return nil, nil, err
-	}
-	addrC, err := serve("echo-nodedup", false)
-	if err != nil {
-		stop()
-		return nil, nil, err
-	}
-	aegisSeq++
-	a, err := newAegisNode(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true)
-	if err != nil {
-		stop()
-		return nil, nil, err
-	}
-	stops = append(stops, func() { _ = a.Shutdown() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := a.Join(ctx, addrB, addrC); err != nil {
-		stop()
-		return nil, nil, err
-	}
-	for len(a.HealthyInstances("echo")) != 1 || len(a.HealthyInstances("echo-nodedup")) != 1 {
-		if ctx.Err() != nil {
-			stop()
-			return nil, nil, errors.New("paired: node A did not see both echo instances within 30s")
-		}
-		time.Sleep(5 * time.Millisecond)
+		_ = a.Shutdown()
+		_ = c.Shutdown()
+		_ = b.Shutdown()
 	}
 	return []variant{
 		{"call", "Call", func(ctx context.Context, p []byte) ([]byte, error) { return a.Call(ctx, "echo", "echo", p) }},

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -383,50 +382,72 @@ func newAegisNode(name string, dedup bool) (*aegis.Node, error) {
 
 var aegisSeq int
 
-// serveAegis starts node B with an echo instance and returns its gossip
-// address.
-func serveAegis(dedup bool) (string, func(), error) {
+// startEchoNode starts an aegis node (named after role) with an echo
+// instance of service.
+func startEchoNode(role, service string, dedup bool) (*aegis.Node, error) {
 	aegisSeq++
-	b, err := newAegisNode(fmt.Sprintf("bench-b-%d-%d", os.Getpid(), aegisSeq), dedup)
+	nd, err := newAegisNode(fmt.Sprintf("bench-%s-%d-%d", role, os.Getpid(), aegisSeq), dedup)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err = b.Register(ctx, aegis.Service{
-		Name: "echo",
+	_, err = nd.Register(ctx, aegis.Service{
+		Name: service,
 		Handler: func(_ context.Context, req *aegis.Request) ([]byte, error) {
 			return req.Payload, nil
 		},
 	})
 	if err != nil {
-		_ = b.Shutdown()
-		return "", nil, fmt.Errorf("register on B: %w", err)
+		_ = nd.Shutdown()
+		return nil, fmt.Errorf("register %q on %s: %w", service, role, err)
+	}
+	return nd, nil
+}
+
+// startCaller starts the calling node A, joins the nodes at addrs and waits
+// until A sees one healthy instance of each service.
+func startCaller(addrs []string, services ...string) (*aegis.Node, error) {
+	aegisSeq++
+	a, err := newAegisNode(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.Join(ctx, addrs...); err != nil {
+		_ = a.Shutdown()
+		return nil, err
+	}
+	for _, svc := range services {
+		for len(a.HealthyInstances(svc)) != 1 {
+			if ctx.Err() != nil {
+				_ = a.Shutdown()
+				return nil, fmt.Errorf("aegis: node A did not see a healthy %q instance within 30s", svc)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return a, nil
+}
+
+// serveAegis starts node B with an echo instance and returns its gossip
+// address.
+func serveAegis(dedup bool) (string, func(), error) {
+	b, err := startEchoNode("b", "echo", dedup)
+	if err != nil {
+		return "", nil, err
 	}
 	return b.Addr(), func() { _ = b.Shutdown() }, nil
 }
 
 // connectAegis starts node A, joins B at addr and calls B's instance.
 func connectAegis(addr string, failover bool) (*running, error) {
-	aegisSeq++
-	a, err := newAegisNode(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true)
+	a, err := startCaller([]string{addr}, "echo")
 	if err != nil {
 		return nil, err
 	}
 	stop := func() { _ = a.Shutdown() }
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := a.Join(ctx, addr); err != nil {
-		stop()
-		return nil, err
-	}
-	for len(a.HealthyInstances("echo")) != 1 {
-		if ctx.Err() != nil {
-			stop()
-			return nil, errors.New("aegis: node A did not see a healthy \"echo\" instance within 30s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 	var call callFn
 	if failover {
 		call = func(ctx context.Context, payload []byte) ([]byte, error) {

@@ -732,9 +732,6 @@ func TestMalformedResponsesFailCalls(t *testing.T) {
 // allocations per call round trip, client and server together, for a 64-byte
 // payload.
 func TestRoundTripAllocs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocation budget skipped in -short mode")
-	}
 	srv := startServer(t, netKinds[0], "", echoHandler, ServerOptions{})
 	c := newTestClient(t, netKinds[0], ClientOptions{})
 	req := &Request{Service: "svc", Method: "echo", InstanceID: "i-1", MessageID: "m-1", Payload: make([]byte, 64)}

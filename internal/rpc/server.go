@@ -205,17 +205,22 @@ func (s *Server) track(conn net.Conn) *serverConn {
 //
 // Reading is a role that passes between goroutines. The reader that decodes a
 // request runs the handler itself, so the handler starts without waiting for
-// a goroutine switch. If more requests are already buffered it first hands
-// the role on; otherwise it keeps the role while the handler runs, and only
-// if the handler is still running after handoffDelay does a timer hand the
-// role on, so that later requests on the connection are not held up by a
-// slow handler. Fast handlers thus cost no goroutine wake-up at all (on a
-// small VM a wake-up costs as much as the rest of the call). The handoff
-// is checked by one monitor goroutine per Server, which ticks every
-// handoffDelay while roles are held and exits after a quiet spell; a timer
-// per request would cost a wake-up of the network poller per call. The role goes
-// to a spare (a goroutine that finished a handler and parked, its stack
-// already grown) or, when none is parked, to a new goroutine.
+// a goroutine switch, and keeps the role while it does:
+//   - with nothing else buffered, it reads on once the handler returns, so
+//     fast handlers cost no goroutine wake-up at all (on a small VM a
+//     wake-up costs as much as the rest of the call);
+//   - with more whole requests buffered and handlers that have been fast,
+//     it runs them one after another and answers them in one write;
+//   - with more requests buffered and handlers that may take a while, it
+//     first hands the role on, so they run side by side.
+//
+// A handler that still runs after handoffDelay loses the role to another
+// goroutine, so later requests are not held up. One monitor goroutine per
+// Server checks this, ticking while roles are held and exiting after a quiet
+// spell (a timer per request would wake the network poller on every call).
+// The role goes to a spare (a goroutine that finished a handler and parked,
+// its stack already grown) or, when none is parked, to a new goroutine,
+// which first writes the answers queued before the slow handler.
 type serverConn struct {
 	s      *Server
 	conn   net.Conn
@@ -267,6 +272,10 @@ func (sc *serverConn) readLoop() {
 // goroutine was then woken from the spares to read again.
 func (sc *serverConn) readOne() bool {
 	s := sc.s
+	// The role may come from a reader whose handler turned out slow after
+	// it queued answers (see reply): write them before reading, which may
+	// block.
+	sc.flush()
 	for {
 		body, bigID, big, err := sc.fr.next()
 		if err != nil {
@@ -408,8 +417,7 @@ func (s *Server) passHeldRoles() bool {
 		}
 		held = true
 		if now-h >= int64(handoffDelay) && sc.heldSince.CompareAndSwap(h, 0) {
-			sc.passRole()
-			sc.flush() // responses queued before the slow handler
+			sc.passRole() // the new reader writes what was queued
 		}
 	}
 	return held
@@ -553,9 +561,11 @@ func (s *Server) invoke(ctx context.Context, req *Request) (resp Response) {
 // reply sends resp as the answer to call id, replacing it with a
 // CodeResponseTooLarge error if it does not fit the frame limit.
 //
-// With queue set the response is only queued: the caller holds the reader
-// role and will answer another request (which writes the batch) before it
-// blocks, unless the queue has grown past maxQueuedReplies.
+// With queue set the response is only queued (unless the queue has grown
+// past maxQueuedReplies): the caller holds the reader role and will answer
+// another whole buffered request, which writes the batch, before it reads
+// again; if that handler turns out slow, the reader the role passes to
+// writes the batch first thing.
 func (sc *serverConn) reply(id uint64, resp *Response, queue bool) {
 	limit := sc.s.maxFrame
 	if n := responseFrameLen(resp, id); n > limit {
