@@ -1,3 +1,6 @@
+// This file holds the errors Aegis returns: sentinels, RemoteError and its
+// codes, FailoverError.
+
 package aegis
 
 import (
@@ -28,10 +31,72 @@ var (
 	// ErrInvalidConfig: Config.Validate found a problem; the wrapping error
 	// names the field.
 	ErrInvalidConfig = errors.New("aegis: invalid config")
-	// ErrInvalidName: a service name, instance ID or metadata entry breaks
+	// ErrInvalidName: a service name, instance ID or metadata key breaks
 	// the rules documented on Service.
 	ErrInvalidName = errors.New("aegis: invalid name")
+	// ErrInvalidService: a Service to register has no Handler or an unknown
+	// Role.
+	ErrInvalidService = errors.New("aegis: invalid service")
+	// ErrRecordTooLarge: an instance's record (names, address, metadata)
+	// encodes to more than MaxRecordSize bytes.
+	ErrRecordTooLarge = errors.New("aegis: instance record too large")
+	// ErrMessageTooLarge: a request or response exceeded
+	// Config.MaxFrameSize.
+	ErrMessageTooLarge = errors.New("aegis: message too large")
+	// ErrRetryBudgetExhausted: CallWithFailover stopped retrying because
+	// retries already make up more than the budget allows (see
+	// Config.RetryBudgetRatio).
+	ErrRetryBudgetExhausted = errors.New("aegis: retry budget exhausted")
 )
+
+// Remote error codes set by Aegis itself (handlers choose their own).
+const (
+	// CodeUnavailable: the addressed instance is not on the node, draining,
+	// or the node is shutting down. Retryable.
+	CodeUnavailable = "unavailable"
+	// CodeHandler: the handler returned a plain error.
+	CodeHandler = "handler"
+	// CodePanic: the handler panicked; the node kept serving.
+	CodePanic = "panic"
+	// CodeUnknownMethod: no handler for the method (see Mux).
+	CodeUnknownMethod = "unknown-method"
+	// CodeTooLarge: the request or the response exceeded MaxFrameSize.
+	CodeTooLarge = "too-large"
+	// CodeDeadline: the handler gave up because the call's deadline (the
+	// caller's, propagated, or the attempt timeout) passed; the caller sees
+	// ErrTimeout. Not cached by deduplication: a retry runs the handler.
+	CodeDeadline = "deadline-exceeded"
+	// CodeInProgress: a retry found the first execution of its message ID
+	// still running and stopped waiting for it (the caller's deadline
+	// passed or it went away). Not retryable: the handler is running.
+	CodeInProgress = "in-progress"
+	// CodeBadRequest: a typed method (HandleTyped) could not decode the
+	// request payload.
+	CodeBadRequest = "bad-request"
+)
+
+// Is lets errors.Is match a RemoteError with code CodeUnavailable against
+// ErrInstanceUnavailable, and one with CodeTooLarge against
+// ErrMessageTooLarge.
+func (e *RemoteError) Is(target error) bool {
+	switch target {
+	case ErrInstanceUnavailable:
+		return e.Code == CodeUnavailable
+	case ErrMessageTooLarge:
+		return e.Code == CodeTooLarge
+	}
+	return false
+}
+
+// Retryable marks err so that CallWithFailover moves the call to another
+// instance when a handler returns it. The caller sees a *RemoteError with
+// Retryable set.
+func Retryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &RemoteError{Code: CodeHandler, Message: err.Error(), Retryable: true}
+}
 
 // RemoteError is an error returned by a remote handler (or by the remote
 // node on the handler's behalf), carried back to the caller.

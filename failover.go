@@ -1,19 +1,15 @@
+// This file holds Call and CallWithFailover: call options, the retry loop
+// over instances and the same-instance retries.
+
 package aegis
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"math/rand/v2"
-	"sync/atomic"
 	"time"
 
-	"github.com/aegisipc/aegis/internal/rpc"
+	"go.opentelemetry.io/otel/trace"
 )
-
-// ErrRetryBudgetExhausted: CallWithFailover stopped retrying because retries
-// already make up more than the budget allows (see Config.RetryBudgetRatio).
-var ErrRetryBudgetExhausted = errors.New("aegis: retry budget exhausted")
 
 // CallOption adjusts one Call or CallWithFailover.
 type CallOption func(*callOptions)
@@ -90,13 +86,14 @@ func applyOptions(o callOptions, opts []CallOption) callOptions {
 // ErrMessageTooLarge (all wrapped) or the handler's *RemoteError.
 func (n *Node) Call(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{}, opts)
-	inst, err := n.pick(service, method, &o)
-	if err != nil {
-		return nil, err
+	if n.tracer != nil {
+		var span trace.Span
+		ctx, span = n.startCallSpan(ctx, "Call", service, method, &o)
+		out, err := n.caller.call(ctx, service, method, payload, &o)
+		endSpan(span, err)
+		return out, err
 	}
-	id := n.messageIDFor(&o)
-	n.budget.deposit()
-	return n.tryInstance(ctx, &inst, method, payload, &o, id, nil)
+	return n.caller.call(ctx, service, method, payload, &o)
 }
 
 // CallWithFailover calls method on a healthy instance of service and, when
@@ -127,20 +124,44 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 // bounded by AttemptTimeout. A failure after a single try is returned as
 // is. Otherwise a failed call returns a *FailoverError listing every try;
 // errors.Is and errors.As look through it (ErrNoHealthyInstances when
-// candidates ran out).
+// candidates ran out, ErrRetryBudgetExhausted when the budget stopped it).
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{maxAttempts: n.cfg.MaxAttempts}, opts)
-	id := n.messageIDFor(&o)
-	n.budget.deposit()
+	if n.tracer != nil {
+		var span trace.Span
+		ctx, span = n.startCallSpan(ctx, "CallWithFailover", service, method, &o)
+		out, err := n.caller.callWithFailover(ctx, service, method, payload, &o)
+		endSpan(span, err)
+		return out, err
+	}
+	return n.caller.callWithFailover(ctx, service, method, payload, &o)
+}
+
+// call is Call after the options are applied.
+func (c *caller) call(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error) {
+	inst, err := c.pick(service, method, o)
+	if err != nil {
+		return nil, err
+	}
+	id := c.messageIDFor(o)
+	c.budget.Deposit()
+	out, _, err := c.tryInstance(ctx, &inst, method, payload, o, id, nil)
+	return out, err
+}
+
+// callWithFailover is CallWithFailover after the options are applied.
+func (c *caller) callWithFailover(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error) {
+	id := c.messageIDFor(o)
+	c.budget.Deposit()
 	var attempts []Attempt
 	var stopErr error
 	copied := false
 	for distinct := 0; distinct < o.maxAttempts; distinct++ {
-		if distinct > 0 && !n.budget.withdraw() {
+		if distinct > 0 && !c.budget.Withdraw() {
 			stopErr = ErrRetryBudgetExhausted
 			break
 		}
-		inst, err := n.pick(service, method, &o)
+		inst, err := c.pick(service, method, o)
 		if err != nil {
 			if len(attempts) == 0 {
 				return nil, err
@@ -148,11 +169,11 @@ func (n *Node) CallWithFailover(ctx context.Context, service, method string, pay
 			stopErr = err
 			break
 		}
-		out, err := n.tryInstance(ctx, &inst, method, payload, &o, id, &attempts)
+		out, oc, err := c.tryInstance(ctx, &inst, method, payload, o, id, &attempts)
 		if err == nil {
 			return out, nil
 		}
-		if !retryable(ctx, err) || !inst.idempotent(method) && !notDelivered(err) {
+		if ctx.Err() != nil || !oc.failover(inst.idempotent(method)) {
 			break
 		}
 		if !copied {
@@ -164,7 +185,7 @@ func (n *Node) CallWithFailover(ctx context.Context, service, method string, pay
 			o.exclude, copied = ex, true
 		}
 		o.exclude[inst.ID] = struct{}{}
-		if wait := backoff(err, distinct); wait > 0 && !sleepCtx(ctx, wait) {
+		if outcomeRules[oc].pause && !sleepCtx(ctx, jitter(time.Millisecond, distinct)) {
 			stopErr = ctx.Err()
 			break
 		}
@@ -176,45 +197,31 @@ func (n *Node) CallWithFailover(ctx context.Context, service, method string, pay
 }
 
 // tryInstance calls inst, retrying it with the same message ID while the
-// failure may have come after delivery. Failed tries are appended to
-// attempts when it is not nil; the last error is returned.
-func (n *Node) tryInstance(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id messageID, attempts *[]Attempt) ([]byte, error) {
+// outcome allows (see outcomeRule), up to SameInstanceRetries times and
+// within the retry budget. Failed tries are appended to attempts when it
+// is not nil; the last outcome and error are returned.
+func (c *caller) tryInstance(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id messageID, attempts *[]Attempt) ([]byte, outcome, error) {
 	for same := 0; ; same++ {
 		var start time.Time
 		if attempts != nil {
 			start = time.Now()
 		}
-		out, err := n.attempt(ctx, inst, method, payload, o, id, same)
+		out, oc, err := c.attempt(ctx, inst, method, payload, o, id, same)
 		if err == nil {
-			return out, nil
+			return out, oc, nil
 		}
 		if attempts != nil {
 			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
 		}
-		if same >= n.cfg.SameInstanceRetries || !mayHaveBeenDelivered(ctx, err, inst.idempotent(method)) || !n.budget.withdraw() {
-			return nil, err
+		if same >= c.cfg.SameInstanceRetries || ctx.Err() != nil || !oc.retrySame(inst.idempotent(method)) || !c.budget.Withdraw() {
+			return nil, oc, err
 		}
-		n.stats.sameRetries.Add(1)
-		n.met.sameRetries.Add(bg, 1)
-		if !sleepCtx(ctx, jitter(n.cfg.SameInstanceBackoff, same)) {
-			return nil, err
+		c.stats.sameRetries.Add(1)
+		c.met.sameRetries.Add(bg, 1)
+		if !sleepCtx(ctx, jitter(c.cfg.SameInstanceBackoff, same)) {
+			return nil, oc, err
 		}
 	}
-}
-
-// mayHaveBeenDelivered reports whether err leaves open that the instance got
-// the request (so a same-instance retry, answered by dedup, is the safe
-// next step): a lost connection always; an attempt timeout only for
-// non-idempotent methods, since an idempotent one is better moved to
-// another instance than waited on again.
-func mayHaveBeenDelivered(ctx context.Context, err error, idempotent bool) bool {
-	if ctx.Err() != nil || errors.As(err, new(deadlineSpent)) || notDelivered(err) {
-		return false
-	}
-	if errors.Is(err, rpc.ErrConnLost) {
-		return true
-	}
-	return !idempotent && errors.Is(err, ErrTimeout)
 }
 
 // jitter returns a random duration in [0, base×2^n), capped at 100×base.
@@ -226,7 +233,9 @@ func jitter(base time.Duration, n int) time.Duration {
 	return time.Duration(rand.Int64N(int64(ceiling)))
 }
 
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
+// sleepCtx waits d or until ctx ends; it reports whether d passed. A call's
+// pauses run inside the caller's context, whose deadline is wall-clock, so
+// they wait on the wall clock.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
@@ -238,109 +247,5 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
-	}
-}
-
-// retryable reports whether err may succeed on another instance.
-func retryable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || errors.As(err, new(deadlineSpent)) {
-		return false // the caller's deadline is spent
-	}
-	var re *RemoteError
-	if errors.As(err, &re) {
-		return re.Retryable || re.Code == CodeUnavailable
-	}
-	return errors.Is(err, ErrInstanceUnavailable) || errors.Is(err, ErrTimeout)
-}
-
-// backoff is a small jittered pause before retrying an instance that
-// answered "try elsewhere" (it may be shedding load); a dead connection is
-// retried at once.
-func backoff(err error, try int) time.Duration {
-	var re *RemoteError
-	if !errors.As(err, &re) || !re.Retryable {
-		return 0
-	}
-	return jitter(time.Millisecond, try)
-}
-
-// pick chooses an instance from the service's routing snapshot.
-func (n *Node) pick(service, method string, o *callOptions) (Instance, error) {
-	if n.state.Load() == stateStopped {
-		return Instance{}, ErrShutdown
-	}
-	snap := n.reg.snaps.get(service)
-	if snap == nil {
-		return Instance{}, fmt.Errorf("%w: %q", ErrServiceNotFound, service)
-	}
-	inst, err := n.cfg.Balancer.Pick(RouteRequest{Service: service, Method: method, Key: o.key, Exclude: o.exclude}, snap.routable)
-	if err != nil {
-		if errors.Is(err, ErrNoHealthyInstances) {
-			return Instance{}, fmt.Errorf("%w: service %q has %d instance(s), %d routable, %d excluded", ErrNoHealthyInstances, service, snap.known, len(snap.routable), len(o.exclude))
-		}
-		return Instance{}, err
-	}
-	return inst, nil
-}
-
-// retryBudget allows retries up to a ratio of calls plus a floor per
-// second, like Finagle's RetryBudget: when every instance fails, failover
-// adds at most about ratio×load instead of multiplying it.
-type retryBudget struct {
-	perCall  int64 // milli-tokens deposited per call
-	capacity int64 // milli-tokens at most
-	floor    int64 // retries always allowed per second
-	tokens   atomic.Int64
-	floorSec atomic.Int64
-	floorN   atomic.Int64
-}
-
-func newRetryBudget(ratio float64, floorPerSec int) *retryBudget {
-	b := &retryBudget{perCall: int64(ratio * 1000), floor: int64(floorPerSec)}
-	// Bank at most ten seconds' worth of floor or 100 retries.
-	b.capacity = max(100, 10*b.floor) * 1000
-	return b
-}
-
-func (b *retryBudget) deposit() {
-	if b.tokens.Add(b.perCall) > b.capacity {
-		b.tokens.Store(b.capacity)
-	}
-}
-
-func (b *retryBudget) withdraw() bool {
-	for {
-		t := b.tokens.Load()
-		if t < 1000 {
-			break
-		}
-		if b.tokens.CompareAndSwap(t, t-1000) {
-			return true
-		}
-	}
-	sec := time.Now().Unix()
-	if old := b.floorSec.Load(); old != sec && b.floorSec.CompareAndSwap(old, sec) {
-		b.floorN.Store(0)
-	}
-	return b.floorN.Add(1) <= b.floor
-}
-
-// observe feeds passive failure tracking: consecutive unavailable or
-// timed-out attempts eject an instance from this node's routing pool.
-func (n *Node) observe(inst *Instance, err error) {
-	l := inst.load
-	if l == nil || n.cfg.EjectAfterFailures <= 0 {
-		return
-	}
-	failed := err != nil && (errors.Is(err, ErrInstanceUnavailable) || errors.Is(err, ErrTimeout))
-	if !failed {
-		// Any answer, even a handler error, shows the instance is alive.
-		if l.consecFails.Swap(0) != 0 || l.ejections.Load() > 0 {
-			n.reg.callSucceeded(instKey{inst.Service, inst.ID})
-		}
-		return
-	}
-	if l.consecFails.Add(1) >= int32(n.cfg.EjectAfterFailures) {
-		n.reg.eject(instKey{inst.Service, inst.ID}, n.cfg.EjectBaseTime, n.cfg.EjectMaxTime)
 	}
 }

@@ -1,25 +1,147 @@
+// This file holds the gossiper: the part of a Node that owns memberlist,
+// the broadcast queues and the handling of every gossip message received.
+
 package aegis
 
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/aegisipc/aegis/internal/bqueue"
+	"github.com/aegisipc/aegis/internal/clock"
 	"github.com/aegisipc/aegis/internal/wire"
 )
 
 var bg = context.Background()
 
-// delegate connects memberlist to the Node. memberlist calls NotifyMsg,
+// gossiper runs memberlist for a Node and everything that travels through
+// it: record and heartbeat broadcasts, direct sends (outbox.go), pulls, and
+// the list of peers and failed nodes (members.go). It writes what it
+// learns into the registry. Its goroutines are counted by the Node (spawn)
+// and stop with stopCh.
+type gossiper struct {
+	name   string
+	log    *slog.Logger
+	clk    clock.Clock
+	cfg    GossipConfig
+	reg    *registry
+	stats  *nodeStats
+	met    *nodeMetrics
+	stopCh <-chan struct{}
+	spawn  func(func()) bool
+	hosts  func(instKey) bool // whether this node hosts the instance now
+
+	ml      *memberlist.Memberlist
+	mlp     atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
+	queue   *bqueue.Queue                         // records and tombstones
+	hbQueue *bqueue.Queue                         // heartbeat batches
+	outbox  chan outMsg                           // direct sends, run by outboxLoop
+
+	peersMu sync.RWMutex // guards peers
+	// peers holds a copy of every other live member's memberlist.Node,
+	// taken in the membership callbacks (memberlist holds its lock then).
+	// memberlist updates its own Node structs in place, so reading those
+	// (Members()) from another goroutine races with it.
+	peers map[string]*memberlist.Node
+
+	failed failedNodes
+
+	lastPull atomic.Int64 // clock time (unix ns) of the last pull triggered by an unknown heartbeat
+}
+
+// newGossiper builds the gossiper of n and starts memberlist (which may
+// call back into it before this returns).
+func newGossiper(n *Node) (*gossiper, error) {
+	g := &gossiper{
+		name: n.name, log: n.log, clk: n.clk, cfg: n.cfg.Gossip, reg: n.reg, stats: &n.stats, met: n.met,
+		stopCh: n.stopCh, spawn: n.spawn,
+		hosts: func(k instKey) bool {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			_, ok := n.local[k]
+			return ok
+		},
+		peers:  make(map[string]*memberlist.Node),
+		failed: failedNodes{m: make(map[string]failedNode)},
+		outbox: make(chan outMsg, outboxSize),
+	}
+	numNodes := func() int {
+		if ml := g.mlp.Load(); ml != nil {
+			return ml.NumMembers()
+		}
+		return 1
+	}
+	g.queue = bqueue.New(g.cfg.RetransmitMult, numNodes)
+	g.hbQueue = bqueue.New(g.cfg.HeartbeatRetransmitMult, numNodes)
+	ml, err := memberlist.Create(g.memberlistConfig(n.cfg, n.tr))
+	if err != nil {
+		return nil, err
+	}
+	g.ml = ml
+	g.mlp.Store(ml)
+	return g, nil
+}
+
+// start starts the outbox and reconnect loops.
+func (g *gossiper) start() {
+	timer := g.clk.NewTimer(time.Hour)
+	timer.Stop()
+	g.spawn(func() { g.outboxLoop(timer) })
+	reconnect := g.clk.NewTicker(g.cfg.ReconnectInterval)
+	g.spawn(func() { g.reconnectLoop(reconnect) })
+}
+
+func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) *memberlist.Config {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = g.name
+	mc.Transport = tr
+	mc.ProbeInterval = c.Gossip.ProbeInterval
+	mc.ProbeTimeout = c.Gossip.ProbeTimeout
+	mc.SuspicionMult = c.Gossip.SuspicionMult
+	mc.GossipInterval = c.Gossip.GossipInterval
+	mc.GossipNodes = c.Gossip.GossipNodes
+	mc.RetransmitMult = c.Gossip.RetransmitMult
+	mc.PushPullInterval = c.Gossip.PushPullInterval
+	mc.GossipToTheDeadTime = c.Gossip.GossipToTheDeadTime
+	mc.TCPTimeout = c.Gossip.TCPTimeout
+	// Heartbeats keep the broadcast queue busy, so nearly every gossip
+	// round sends packets; memberlist's LZW compression of each one costs
+	// far more CPU than the bytes it saves.
+	mc.EnableCompression = false
+	if len(c.SecretKey) > 0 {
+		mc.SecretKey = c.SecretKey
+	}
+	advertise := c.AdvertiseAddr
+	if ga, ok := tr.(interface{ GossipAddr() string }); ok && advertise == "" {
+		advertise = ga.GossipAddr()
+	}
+	if host, port, err := net.SplitHostPort(advertise); err == nil {
+		mc.AdvertiseAddr = host
+		mc.AdvertisePort, _ = strconv.Atoi(port)
+	}
+	d := &delegate{g: g}
+	mc.Delegate = d
+	mc.Events = d
+	mc.Logger = slog.NewLogLogger(g.log.With("component", "memberlist").Handler(), slog.LevelDebug)
+	return mc
+}
+
+// delegate connects memberlist to the gossiper. memberlist calls NotifyMsg,
 // GetBroadcasts, LocalState and MergeRemoteState from its own goroutines,
 // possibly concurrently; each returns quickly and never blocks on the
-// network.
-type delegate struct{ n *Node }
+// network. The membership callbacks run under memberlist's lock.
+type delegate struct{ g *gossiper }
 
 var (
 	_ memberlist.Delegate      = (*delegate)(nil)
@@ -30,183 +152,158 @@ var (
 // (which memberlist caps at 512 bytes).
 func (d *delegate) NodeMeta(limit int) []byte { return nil }
 
-func (d *delegate) NotifyMsg(b []byte) { d.n.handleGossip(b) }
+func (d *delegate) NotifyMsg(b []byte) { d.g.handleGossip(b) }
 
 // GetBroadcasts fills a gossip packet: records and tombstones first, then
 // heartbeat batches in the space left.
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	out := d.n.queue.GetBroadcasts(overhead, limit)
+	out := d.g.queue.GetBroadcasts(overhead, limit)
 	for _, b := range out {
 		limit -= overhead + len(b)
 	}
-	return append(out, d.n.hbQueue.GetBroadcasts(overhead, limit)...)
+	return append(out, d.g.hbQueue.GetBroadcasts(overhead, limit)...)
 }
 
 func (d *delegate) LocalState(join bool) []byte {
-	b, err := wire.Encode(&wire.State{Node: d.n.name, Records: d.n.reg.state()})
+	b, err := wire.Encode(&wire.State{Node: d.g.name, Records: d.g.reg.state()})
 	if err != nil {
-		d.n.log.Error("encode local state", "err", err)
+		d.g.log.Error("encode local state", "err", err)
 		return nil
 	}
 	return b
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
-	n := d.n
+	g := d.g
 	msg, err := wire.Decode(buf)
 	if err == nil && msg.Type != wire.MsgState {
 		err = errors.New("push/pull carried a non-state message")
 	}
 	if err != nil {
-		n.dropGossip("push-pull", err)
+		g.dropGossip("push-pull", err)
 		return
 	}
-	n.stats.gossipReceived.Add(1)
+	g.stats.gossipReceived.Add(1)
 	for i := range msg.State.Records {
-		n.applyRecord(&msg.State.Records[i])
+		g.applyRecord(&msg.State.Records[i])
 	}
 }
 
 func (d *delegate) NotifyJoin(node *memberlist.Node) {
-	n := d.n
-	if node.Name == n.name {
+	g := d.g
+	if node.Name == g.name {
 		return
 	}
-	n.failedMu.Lock()
-	delete(n.failed, node.Name)
-	n.failedMu.Unlock()
-	peer := n.setPeer(node)
-	n.reg.nodeAlive(node.Name)
+	g.failed.remove(node.Name)
+	peer := g.setPeer(node)
+	g.reg.nodeAlive(node.Name)
 	// Introduce our instances to the newcomer straight away instead of
 	// waiting for gossip or push/pull to carry them.
-	n.queueDirect(outMsg{to: peer, introduce: true})
+	g.queueDirect(outMsg{to: peer, introduce: true})
 }
 
 func (d *delegate) NotifyLeave(node *memberlist.Node) {
-	n := d.n
-	if node.Name == n.name {
+	g := d.g
+	if node.Name == g.name {
 		return
 	}
-	n.peersMu.Lock()
-	delete(n.peers, node.Name)
-	n.peersMu.Unlock()
+	g.peersMu.Lock()
+	delete(g.peers, node.Name)
+	g.peersMu.Unlock()
 	if node.State == memberlist.StateLeft {
-		n.log.Info("node left", "peer", node.Name)
-		n.reg.nodeLeft(node.Name)
+		g.log.Info("node left", "peer", node.Name)
+		g.reg.nodeLeft(node.Name)
 		return
 	}
-	n.log.Warn("node failed", "peer", node.Name)
-	n.failedMu.Lock()
-	n.failed[node.Name] = failedNode{addr: node.Address(), since: n.clk.Now()}
-	n.failedMu.Unlock()
-	n.reg.nodeFailed(node.Name)
+	g.log.Warn("node failed", "peer", node.Name)
+	g.failed.add(node.Name, node.Address(), g.clk.Now())
+	g.reg.nodeFailed(node.Name)
 }
 
 func (d *delegate) NotifyUpdate(node *memberlist.Node) {
-	if node.Name != d.n.name {
-		d.n.setPeer(node)
+	if node.Name != d.g.name {
+		d.g.setPeer(node)
 	}
-}
-
-// setPeer records a copy of node, called from a membership callback (under
-// memberlist's lock), and returns it. The copy's fields, Addr's bytes
-// included, are never written again: memberlist replaces them, it does not
-// modify them.
-func (n *Node) setPeer(node *memberlist.Node) *memberlist.Node {
-	cp := *node
-	n.peersMu.Lock()
-	n.peers[node.Name] = &cp
-	n.peersMu.Unlock()
-	return &cp
-}
-
-// peerList returns the copies of the other live members' Nodes (never this
-// node's own).
-func (n *Node) peerList() []*memberlist.Node {
-	n.peersMu.RLock()
-	defer n.peersMu.RUnlock()
-	out := make([]*memberlist.Node, 0, len(n.peers))
-	for _, p := range n.peers {
-		out = append(out, p)
-	}
-	return out
 }
 
 // handleGossip decodes and applies one gossip message. Bad messages are
 // dropped with a log line and a counter. What is new to this node is
 // re-broadcast (epidemic gossip), unless it came straight from its origin,
 // which reaches every member directly and gossips it itself.
-func (n *Node) handleGossip(b []byte) {
+func (g *gossiper) handleGossip(b []byte) {
 	msg, err := wire.Decode(b)
 	if err != nil {
-		n.dropGossip("message", err)
+		g.dropGossip("message", err)
 		return
 	}
-	n.stats.gossipReceived.Add(1)
+	g.stats.gossipReceived.Add(1)
 	switch msg.Type {
 	case wire.MsgRecord:
-		if n.applyRecord(msg.Record) && !msg.Direct {
-			n.broadcast("r:"+msg.Record.Service+"/"+msg.Record.ID, append([]byte(nil), b...))
+		if g.applyRecord(msg.Record) && !msg.Direct {
+			g.queue.Queue(recordName(instKey{msg.Record.Service, msg.Record.ID}), append([]byte(nil), b...))
 		}
 	case wire.MsgHeartbeats:
-		batch := msg.Heartbeats
-		anyFresh := false
-		for i := range batch.Beats {
-			fresh, unknown := n.reg.heartbeat(&batch.Beats[i], batch.Time)
-			n.stats.heartbeatsReceived.Add(1)
-			if unknown {
-				n.stats.heartbeatsUnknown.Add(1)
-				n.requestPull(batch.Node)
-			}
-			anyFresh = anyFresh || fresh
-		}
-		if anyFresh && !msg.Direct && batch.Node != n.name {
-			n.hbQueue.Queue(batchName(batch), append([]byte(nil), b...))
-		}
+		g.applyHeartbeats(msg.Heartbeats, b, msg.Direct)
 	default:
-		n.dropGossip("message", errors.New("state message outside push/pull"))
+		g.dropGossip("message", errors.New("state message outside push/pull"))
 	}
+}
+
+// applyHeartbeats applies a received batch (encoded as b) and passes it on
+// when anything in it was new here.
+func (g *gossiper) applyHeartbeats(batch *wire.HeartbeatBatch, b []byte, direct bool) {
+	anyFresh := false
+	for i := range batch.Beats {
+		fresh, unknown := g.reg.heartbeat(&batch.Beats[i], batch.Time)
+		g.stats.heartbeatsReceived.Add(1)
+		if unknown {
+			g.stats.heartbeatsUnknown.Add(1)
+			g.requestPull(batch.Node)
+		}
+		anyFresh = anyFresh || fresh
+	}
+	if anyFresh && !direct && batch.Node != g.name {
+		g.hbQueue.Queue(batchName(batch), append([]byte(nil), b...))
+	}
+}
+
+// queueHeartbeats queues a batch this node originated (encoded as msg).
+func (g *gossiper) queueHeartbeats(batch *wire.HeartbeatBatch, msg []byte) {
+	g.hbQueue.Queue(batchName(batch), msg)
 }
 
 // applyRecord merges a record and reports whether it was new here.
-func (n *Node) applyRecord(rec *wire.Record) bool {
-	if rec.Node == n.name && !rec.Deleted {
-		n.refute(rec)
+func (g *gossiper) applyRecord(rec *wire.Record) bool {
+	if rec.Node == g.name && !rec.Deleted {
+		g.refute(rec)
 		return false
 	}
-	return n.reg.apply(rec, reasonFor(rec))
-}
-
-func reasonFor(rec *wire.Record) string {
+	reason := "registered"
 	if rec.Deleted {
-		return "deregistered"
+		reason = "deregistered"
 	}
-	return "registered"
+	return g.reg.apply(rec, reason)
 }
 
 // refute handles a live record that claims to be ours. If we do not host
 // that instance (a previous life of this node name), gossip a tombstone that
 // supersedes it.
-func (n *Node) refute(rec *wire.Record) {
+func (g *gossiper) refute(rec *wire.Record) {
 	k := instKey{rec.Service, rec.ID}
-	n.mu.Lock()
-	_, local := n.local[k]
-	n.mu.Unlock()
-	if local {
+	if g.hosts(k) {
 		return
 	}
-	tomb := wire.Record{Service: rec.Service, ID: rec.ID, Node: n.name, Incarnation: rec.Incarnation,
-		Seq: rec.Seq + 1, Time: n.clk.Now().UnixNano(), Deleted: true}
-	n.reg.apply(&tomb, "deregistered")
+	tomb := tombstoneOf(rec, supersede, g.clk.Now())
+	g.reg.apply(&tomb, "deregistered")
 	if msg, err := wire.Encode(&tomb); err == nil {
-		n.announce("r:"+k.String(), msg)
+		g.announce(recordName(k), msg)
 	}
 }
 
-func (n *Node) dropGossip(where string, err error) {
-	n.stats.gossipDropped.Add(1)
-	n.met.gossipDropped.Add(bg, 1, metric.WithAttributes(attribute.String("where", where)))
-	n.log.Warn("dropped bad gossip", "where", where, "err", err)
+func (g *gossiper) dropGossip(where string, err error) {
+	g.stats.gossipDropped.Add(1)
+	g.met.gossipDropped.Add(bg, 1, metric.WithAttributes(attribute.String("where", where)))
+	g.log.Warn("dropped bad gossip", "where", where, "err", err)
 }
 
 // announce queues msg for gossip and sends it straight to every live member
@@ -214,161 +311,65 @@ func (n *Node) dropGossip(where string, err error) {
 // use it: they are rare, and direct fan-out makes them visible cluster-wide
 // within one network round trip, while gossip from the origin and push/pull
 // repair whatever a lost packet missed.
-func (n *Node) announce(name string, msg []byte) {
-	n.broadcast(name, msg)
-	n.sendDirectTwice(wire.Direct(msg))
+func (g *gossiper) announce(name string, msg []byte) {
+	g.queue.Queue(name, msg)
+	g.sendDirectTwice(wire.Direct(msg))
 }
 
-// sendDirectTwice sends msg straight to every member now and once more a
-// moment later. Receivers do not re-gossip what they got directly (every
-// member got it), so a packet lost in a burst (a hundred nodes announcing
-// at once overflow socket buffers) would otherwise wait for the origin's
-// own gossip or for a pull; the repeat makes such a loss cost a few hundred
-// milliseconds. Applying a message twice is harmless.
-func (n *Node) sendDirectTwice(msg []byte) {
-	n.queueDirect(outMsg{msg: msg, repeat: true})
-}
-
-// reannounceDelay is the least wait before an announcement is repeated (up
-// to twice that, with jitter).
-const reannounceDelay = 150 * time.Millisecond
-
-// outMsg is a direct send for outboxLoop: msg to one node, or to every
-// member when to is nil; introduce sends this node's records and
-// heartbeats to a newcomer instead of msg.
-type outMsg struct {
-	to        *memberlist.Node
-	msg       []byte
-	introduce bool
-	repeat    bool // send again after reannounceDelay (see sendDirectTwice)
-}
-
-// delayed is an outMsg waiting in outboxLoop until due.
-type delayed struct {
-	due time.Time
-	m   outMsg
-}
-
-// outboxSize bounds pending direct sends; beyond it they are dropped (gossip
-// still carries the same messages).
-const outboxSize = 1024
-
-func (n *Node) sendDirect(to *memberlist.Node, msg []byte) {
-	n.queueDirect(outMsg{to: to, msg: msg})
-}
-
-func (n *Node) queueDirect(m outMsg) {
+// catchUp runs one more push/pull with a random member a moment after a
+// join. The join's own exchange misses what is registered between it and
+// the moment the rest of the cluster learns of this node (when they start
+// sending to it directly); under a cold start of many nodes that gap would
+// otherwise be closed only by the next heartbeat (5 s) or the periodic
+// push/pull (30 s and more).
+func (g *gossiper) catchUp() {
+	t := g.clk.NewTimer(catchUpDelay + time.Duration(rand.Int64N(int64(catchUpDelay))))
+	defer t.Stop()
 	select {
-	case n.outbox <- m:
-	default:
-		n.log.Debug("outbox full: direct send dropped")
-	}
-}
-
-// outboxLoop performs direct sends off the caller's goroutine (memberlist
-// callbacks must not block, and Register should not wait for N sends).
-// Repeats wait here, on one timer that stops with the loop.
-func (n *Node) outboxLoop() {
-	var later []delayed
-	var next time.Time // when timer fires; zero while it is stopped
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	arm := func(due time.Time) {
-		if next.IsZero() || due.Before(next) {
-			next = due
-			timer.Reset(time.Until(due))
-		}
-	}
-	for {
-		select {
-		case <-n.stopCh:
-			return
-		case m := <-n.outbox:
-			n.deliver(m)
-			if m.repeat {
-				due := time.Now().Add(reannounceDelay + time.Duration(rand.Int64N(int64(reannounceDelay))))
-				later = append(later, delayed{due: due, m: outMsg{to: m.to, msg: m.msg}})
-				arm(due)
-			}
-		case now := <-timer.C:
-			next = time.Time{}
-			keep := later[:0]
-			for _, d := range later {
-				if d.due.After(now) {
-					keep = append(keep, d)
-					continue
-				}
-				n.deliver(d.m)
-			}
-			clear(later[len(keep):])
-			later = keep
-			for _, d := range later {
-				arm(d.due)
-			}
-		}
-	}
-}
-
-func (n *Node) deliver(m outMsg) {
-	ml := n.ml
-	if m.introduce {
-		recs := n.reg.localRecords()
-		for i := range recs {
-			b, err := wire.Encode(&recs[i])
-			if err != nil {
-				continue
-			}
-			if err := ml.SendBestEffort(m.to, wire.Direct(b)); err != nil {
-				n.log.Debug("introduce failed", "peer", m.to.Name, "err", err)
-				return
-			}
-		}
+	case <-g.stopCh:
 		return
+	case <-t.C():
 	}
-	targets := []*memberlist.Node{m.to}
-	if m.to == nil {
-		targets = n.peerList()
-	}
-	for _, t := range targets {
-		if err := ml.SendBestEffort(t, m.msg); err != nil {
-			n.log.Debug("direct send failed", "peer", t.Name, "err", err)
-		}
-	}
+	g.pull("")
 }
+
+// catchUpDelay is the least wait before catchUp (up to twice that).
+const catchUpDelay = time.Second
 
 // requestPull schedules one push/pull exchange, at most once per
 // pullInterval: a heartbeat for an instance this node has never heard of
 // means a record broadcast passed it by. origin, the heartbeat's sender,
 // surely has the record, so it is asked first.
-func (n *Node) requestPull(origin string) {
-	now := time.Now().UnixNano()
-	last := n.lastPull.Load()
-	if now-last < int64(pullInterval) || !n.lastPull.CompareAndSwap(last, now) {
+func (g *gossiper) requestPull(origin string) {
+	now := g.clk.Now().UnixNano()
+	last := g.lastPull.Load()
+	if now-last < int64(pullInterval) && now >= last || !g.lastPull.CompareAndSwap(last, now) {
 		return
 	}
-	n.spawn(func() { n.pull(origin) })
+	g.spawn(func() { g.pull(origin) })
 }
+
+// pullInterval limits pulls triggered by unknown heartbeats.
+const pullInterval = 500 * time.Millisecond
 
 // pull runs one push/pull state exchange (a memberlist Join with a current
 // member): with the member named prefer if there is one, otherwise (or if
 // that fails) with up to three random peers until one succeeds.
-func (n *Node) pull(prefer string) {
-	ml := n.ml
-	n.peersMu.RLock()
-	p := n.peers[prefer]
-	n.peersMu.RUnlock()
+func (g *gossiper) pull(prefer string) {
+	g.peersMu.RLock()
+	p := g.peers[prefer]
+	g.peersMu.RUnlock()
 	if p != nil {
-		if _, err := ml.Join([]string{p.FullAddress().Addr}); err == nil {
+		if _, err := g.ml.Join([]string{p.FullAddress().Addr}); err == nil {
 			return
 		}
 	}
-	for _, m := range shuffledPeers(n.peerList()) {
-		_, err := ml.Join([]string{m.FullAddress().Addr})
+	for _, m := range shuffledPeers(g.peerList()) {
+		_, err := g.ml.Join([]string{m.FullAddress().Addr})
 		if err == nil {
 			return
 		}
-		n.log.Debug("pull failed", "peer", m.Name, "err", err)
+		g.log.Debug("pull failed", "peer", m.Name, "err", err)
 	}
 }
 
@@ -378,11 +379,20 @@ func shuffledPeers(peers []*memberlist.Node) []*memberlist.Node {
 	return peers[:min(len(peers), 3)]
 }
 
-// pullInterval limits pulls triggered by unknown heartbeats.
-const pullInterval = 500 * time.Millisecond
-
-// broadcast queues msg for gossip. A newer message with the same name
-// replaces an older one still in the queue.
-func (n *Node) broadcast(name string, msg []byte) {
-	n.queue.Queue(name, msg)
+// waitQueueDrained waits until every queued record broadcast has been sent
+// its full number of times (a few gossip rounds), for at most limit or
+// until ctx ends. memberlist's gossip rounds run on the wall clock, and
+// limit comes from ctx's deadline, so this waits on the wall clock.
+func (g *gossiper) waitQueueDrained(ctx context.Context, limit time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	t := time.NewTicker(g.cfg.GossipInterval / 4)
+	defer t.Stop()
+	for g.queue.Len() > 0 && g.ml.NumMembers() > 1 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -30,9 +30,9 @@ func TestBadGossipIsDropped(t *testing.T) {
 	victim := c.nodes[1]
 	sender := c.nodes[0]
 	before := victim.Stats().GossipDropped
-	var target = victim.ml.LocalNode()
+	var target = victim.gossip.ml.LocalNode()
 	for _, b := range bad {
-		require.NoError(t, sender.ml.SendBestEffort(target, b))
+		require.NoError(t, sender.gossip.ml.SendBestEffort(target, b))
 	}
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		return victim.Stats().GossipDropped-before == uint64(len(bad))
@@ -41,7 +41,7 @@ func TestBadGossipIsDropped(t *testing.T) {
 	require.Equal(t, []string{"svc"}, victim.Services())
 
 	// Push/pull with garbage is dropped too.
-	d := &delegate{n: victim}
+	d := &delegate{g: victim.gossip}
 	d.MergeRemoteState([]byte{wire.Version, byte(wire.MsgState), 0xc1}, false)
 	d.MergeRemoteState(good, false)
 	require.Equal(t, uint64(len(bad)+2), victim.Stats().GossipDropped-before)
@@ -58,9 +58,9 @@ func TestRefuteStaleOwnRecord(t *testing.T) {
 	// A record that claims to be node-01's but that node-01 does not host
 	// (a previous life of the node name) is superseded by a tombstone.
 	ghost := &wire.Record{Service: "svc", ID: "ghost", Node: c.nodes[1].Name(), Addr: "10.9.9.9:1", Incarnation: 5, Heartbeats: true}
-	c.nodes[0].applyRecord(ghost)
+	c.nodes[0].gossip.applyRecord(ghost)
 	require.Equal(t, StatusHealthy, status(c.nodes[0], "ghost"))
-	c.nodes[1].applyRecord(ghost)
+	c.nodes[1].gossip.applyRecord(ghost)
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		return status(c.nodes[0], "ghost") == -1 && status(c.nodes[1], "ghost") == -1
 	}, "ghost refuted")

@@ -179,30 +179,6 @@ func TestGracefulLeaveDeregisters(t *testing.T) {
 	require.ErrorIs(t, err, ErrShutdown)
 }
 
-func TestDeregister(t *testing.T) {
-	c := newCluster(t, 3, false)
-	c.waitConverged(10 * time.Second)
-	require.NoError(t, c.regs[2].Deregister(context.Background()))
-	require.NoError(t, c.regs[2].Deregister(context.Background()))
-	for _, nd := range c.nodes {
-		testutil.Eventually(t, 10*time.Second, func() bool { return status(nd, "inst-2") == -1 }, "gone on %s", nd.Name())
-	}
-	// The same ID can be registered again, elsewhere, and wins over the
-	// tombstone.
-	_, err := c.nodes[0].Register(context.Background(), Service{Name: "svc", InstanceID: "inst-2", Handler: echoHandler})
-	require.NoError(t, err)
-	for _, nd := range c.nodes {
-		testutil.Eventually(t, 10*time.Second, func() bool {
-			for _, in := range nd.Instances("svc") {
-				if in.ID == "inst-2" {
-					return in.Node == c.nodes[0].Name() && in.Status == StatusHealthy
-				}
-			}
-			return false
-		}, "re-registered on %s", nd.Name())
-	}
-}
-
 func TestPartitionAndHeal(t *testing.T) {
 	c := newCluster(t, 4, false, func(cfg *Config) {
 		cfg.HeartbeatInterval = 200 * time.Millisecond
@@ -233,36 +209,6 @@ func TestLateJoinerLearnsEverything(t *testing.T) {
 	late := c.addNode()
 	c.waitConverged(10 * time.Second)
 	require.Len(t, late.Instances("svc"), 6)
-}
-
-func TestRegisterRules(t *testing.T) {
-	c := newCluster(t, 2, false)
-	c.waitConverged(10 * time.Second)
-	ctx := context.Background()
-	for _, svc := range []Service{
-		{Name: "", Handler: echoHandler},
-		{Name: "has space", Handler: echoHandler},
-		{Name: "svc:colon", Handler: echoHandler},
-		{Name: "svc", InstanceID: "bad/id", Handler: echoHandler},
-		{Name: "svc", Metadata: map[string]string{"bad key": "v"}, Handler: echoHandler},
-		{Name: "svc", Metadata: map[string]string{"big": string(make([]byte, 2000))}, Handler: echoHandler},
-		{Name: "svc"},
-	} {
-		_, err := c.nodes[0].Register(ctx, svc)
-		require.ErrorIs(t, err, ErrInvalidName, "%+v", svc.Name)
-	}
-	_, err := c.nodes[0].Register(ctx, Service{Name: "svc", InstanceID: "inst-0", Handler: echoHandler})
-	require.ErrorIs(t, err, ErrDuplicateInstance, "local duplicate")
-	_, err = c.nodes[0].Register(ctx, Service{Name: "svc", InstanceID: "inst-1", Handler: echoHandler})
-	require.ErrorIs(t, err, ErrDuplicateInstance, "duplicate of a remote instance")
-	r, err := c.nodes[0].Register(ctx, Service{Name: "other", Metadata: map[string]string{"zone": "a"}, Handler: echoHandler})
-	require.NoError(t, err)
-	require.Equal(t, "a", r.Instance().Metadata["zone"])
-	require.Contains(t, r.Instance().ID, "other-")
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		return len(c.nodes[1].Instances("other")) == 1
-	}, "metadata instance spreads")
-	require.Equal(t, "a", c.nodes[1].Instances("other")[0].Metadata["zone"])
 }
 
 func TestShutdownWhileRegistering(t *testing.T) {
@@ -313,7 +259,7 @@ func (c *cluster) describe() string {
 	out := ""
 	for _, nd := range c.nodes {
 		out += fmt.Sprintf("\n%s (sent %d, received %d, gossip %d, hbq %d, rq %d, members %d):", nd.Name(), nd.Stats().HeartbeatsSent,
-			nd.Stats().HeartbeatsReceived, nd.Stats().GossipReceived, nd.hbQueue.Len(), nd.queue.Len(), nd.ml.NumMembers())
+			nd.Stats().HeartbeatsReceived, nd.Stats().GossipReceived, nd.gossip.hbQueue.Len(), nd.gossip.queue.Len(), nd.gossip.ml.NumMembers())
 		for _, in := range nd.Instances("svc") {
 			out += fmt.Sprintf(" %s(%s, hb %s)", in.ID, in.Status, in.LastHeartbeat.Format("15:04:05.000"))
 		}

@@ -1,3 +1,6 @@
+// This file holds the node's counters (Stats) and its OpenTelemetry
+// instruments.
+
 package aegis
 
 import (
@@ -29,6 +32,9 @@ type Stats struct {
 	// DedupEvictions counts dedup entries of local instances dropped by the
 	// window or the bound.
 	DedupEvictions uint64
+	// Reconnects counts attempts to rejoin a node memberlist declared dead
+	// (one per Gossip.ReconnectInterval while any is known).
+	Reconnects uint64
 }
 
 // Stats returns the node's counters.
@@ -42,6 +48,7 @@ func (n *Node) Stats() Stats {
 		DuplicatesAnswered:  n.stats.duplicates.Load(),
 		SameInstanceRetries: n.stats.sameRetries.Load(),
 		DedupEvictions:      n.stats.dedupEvictions.Load(),
+		Reconnects:          n.stats.reconnects.Load(),
 	}
 }
 
@@ -55,6 +62,7 @@ type nodeStats struct {
 	gossipReceived, gossipDropped                         atomic.Uint64
 	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown atomic.Uint64
 	duplicates, sameRetries, dedupEvictions               atomic.Uint64
+	reconnects                                            atomic.Uint64
 }
 
 // nodeMetrics are the OpenTelemetry instruments of a Node.

@@ -1,8 +1,13 @@
+// This file holds the public types of service instances and registration
+// (Service, Instance, Registration, Status, Role) and the registry: this
+// node's replicated view of every instance, merged from gossip.
+
 package aegis
 
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -149,23 +154,27 @@ func validName(s string, maxLen int) bool {
 	return true
 }
 
+// maxNameLen is the longest service name, instance ID, node name or
+// metadata key.
+const maxNameLen = 128
+
 func validateService(svc *Service) error {
-	if !validName(svc.Name, 128) || strings.Contains(svc.Name, ":") {
+	if !validName(svc.Name, maxNameLen) || strings.Contains(svc.Name, ":") {
 		return fmt.Errorf("%w: service name %q: use 1-128 letters, digits, '.', '_' or '-'", ErrInvalidName, svc.Name)
 	}
-	if svc.InstanceID != "" && !validName(svc.InstanceID, 128) {
+	if svc.InstanceID != "" && !validName(svc.InstanceID, maxNameLen) {
 		return fmt.Errorf("%w: instance ID %q: use 1-128 letters, digits, '.', '_', '-' or ':'", ErrInvalidName, svc.InstanceID)
 	}
 	for k := range svc.Metadata {
-		if !validName(k, 128) {
+		if !validName(k, maxNameLen) {
 			return fmt.Errorf("%w: metadata key %q: use 1-128 letters, digits, '.', '_', '-' or ':'", ErrInvalidName, k)
 		}
 	}
 	if svc.Role < RoleNone || svc.Role > RoleStandby {
-		return fmt.Errorf("%w: role %d", ErrInvalidName, svc.Role)
+		return fmt.Errorf("%w: role %d is not a Role", ErrInvalidService, svc.Role)
 	}
 	if svc.Handler == nil {
-		return fmt.Errorf("%w: service %q has a nil Handler", ErrInvalidName, svc.Name)
+		return fmt.Errorf("%w: service %q has a nil Handler", ErrInvalidService, svc.Name)
 	}
 	return nil
 }
@@ -177,16 +186,46 @@ type Registration struct {
 	svc      Service
 	status   atomic.Int32               // self-reported Status
 	inflight atomic.Int64               // calls running in the handler
+	draining atomic.Bool                // someone waits in waitIdle
+	idle     chan struct{}              // capacity 1; signalled when inflight drops to 0 while draining
 	dedup    *dedup.Cache[rpc.Response] // outcomes by message ID; nil when disabled
 	paused   atomic.Bool                // heartbeats paused
 	done     atomic.Bool                // deregistered or node stopped
 	regTime  time.Time
 }
 
+// callStarted and callFinished bracket a call running on the instance.
+func (r *Registration) callStarted() { r.inflight.Add(1) }
+
+func (r *Registration) callFinished() {
+	if r.inflight.Add(-1) == 0 && r.draining.Load() {
+		select {
+		case r.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// waitIdle waits until no call runs on the instance, or ctx ends. The
+// caller has made sure no new calls start (status draining).
+func (r *Registration) waitIdle(ctx context.Context) error {
+	r.draining.Store(true)
+	for r.inflight.Load() > 0 {
+		select {
+		case <-r.idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // Register registers a local instance of svc, gossips it to the cluster and
 // starts its heartbeats. It returns ErrDuplicateInstance if an instance with
 // the same service name and ID is already known, ErrInvalidName for names
-// breaking the rules on Service, and ErrShutdown once the node is leaving.
+// breaking the rules on Service, ErrInvalidService for a nil Handler or an
+// unknown Role, ErrRecordTooLarge when the record would not fit a gossip
+// packet, and ErrShutdown once the node is leaving.
 func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -197,23 +236,21 @@ func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error)
 	if svc.InstanceID == "" {
 		svc.InstanceID = svc.Name + "-" + randomHex(6)
 	}
-	meta := make(map[string]string, len(svc.Metadata))
-	for k, v := range svc.Metadata {
-		meta[k] = v
-	}
-	svc.Metadata = meta
+	svc.Metadata = copyMeta(svc.Metadata)
+	svc.NonIdempotent = slices.Clone(svc.NonIdempotent)
 	key := instKey{svc.Name, svc.InstanceID}
 
-	r, err := n.registerLocked(key, svc)
+	r, err := n.register(key, svc)
 	if err != nil {
 		return nil, err
 	}
 	n.log.Info("registered instance", "service", svc.Name, "instance", svc.InstanceID)
-	n.heartbeatRound(false)
+	n.heartbeatRound(gossipOnly)
 	return r, nil
 }
 
-func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
+// register stores and announces a new local instance. It takes n.mu.
+func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.state.Load() != stateRunning {
@@ -227,36 +264,51 @@ func (n *Node) registerLocked(key instKey, svc Service) (*Registration, error) {
 		Service: svc.Name, ID: svc.InstanceID, Node: n.name, Addr: n.tr.CallAddr(),
 		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
-		NonIdempotent: append([]string(nil), svc.NonIdempotent...),
+		NonIdempotent: svc.NonIdempotent,
 	}
-	if err := n.reg.registerLocal(&rec); err != nil {
+	if err := n.reg.reserveLocal(&rec); err != nil {
 		return nil, err
 	}
 	msg, err := wire.Encode(&rec)
 	if err == nil && len(msg) > MaxRecordSize {
-		err = fmt.Errorf("%w: instance %s encodes to %d bytes, more than MaxRecordSize (%d); shorten its metadata", ErrInvalidName, key, len(msg), MaxRecordSize)
+		err = fmt.Errorf("%w: instance %s encodes to %d bytes, more than MaxRecordSize (%d); shorten its metadata", ErrRecordTooLarge, key, len(msg), MaxRecordSize)
 	}
 	if err != nil {
-		n.reg.forgetLocal(key)
+		n.reg.releaseLocal(key)
 		return nil, err
 	}
-	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation)}
+	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation), idle: make(chan struct{}, 1)}
 	if n.cfg.DedupMaxEntries > 0 {
 		r.dedup = dedup.New[rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries, n.cfg.DedupMaxBytes, responseSize, n.dedupEvicted)
 	}
 	n.local[key] = r
-	n.publishServed()
+	n.server.publish(n.local)
 	n.reg.commitLocal(&rec)
-	n.announce("r:"+key.String(), msg)
+	n.gossip.announce(recordName(key), msg)
 	return r, nil
 }
 
+// recordName names an instance's record in the broadcast queue: a newer
+// message about the instance replaces an older one still queued.
+func recordName(k instKey) string { return "r:" + k.String() }
+
 // Deregister removes the instance from the cluster and stops its
-// heartbeats. Peers see EventDeregistered with reason "deregistered". It is
-// idempotent.
+// heartbeats; peers see EventDeregistered with reason "deregistered". When
+// calls are running on the instance, it first marks it draining (peers stop
+// routing to it) and waits until they finish or ctx ends; it then removes
+// the instance either way, returning ctx's error if calls were cut short.
+// It is idempotent.
 func (r *Registration) Deregister(ctx context.Context) error {
+	var err error
+	if r.inflight.Load() > 0 && !r.done.Load() {
+		r.status.Store(int32(StatusDraining))
+		r.n.heartbeatRound(gossipAndDirect)
+		if err = r.waitIdle(ctx); err != nil {
+			err = fmt.Errorf("aegis: deregister %s: in-flight calls cut short: %w", r.key, err)
+		}
+	}
 	r.n.deregister(r, "deregistered")
-	return nil
+	return err
 }
 
 func (n *Node) deregister(r *Registration, reason string) {
@@ -266,11 +318,11 @@ func (n *Node) deregister(r *Registration, reason string) {
 		return
 	}
 	delete(n.local, r.key)
-	n.publishServed()
+	n.server.publish(n.local)
 	r.done.Store(true)
 	if tomb, ok := n.reg.tombstoneLocal(r.key, reason); ok {
 		if msg, err := wire.Encode(&tomb); err == nil {
-			n.announce("r:"+r.key.String(), msg)
+			n.gossip.announce(recordName(r.key), msg)
 		}
 	}
 	n.log.Info("deregistered instance", "service", r.key.service, "instance", r.key.id, "reason", reason)
@@ -287,7 +339,7 @@ func (r *Registration) SetStatus(s Status) {
 	if Status(r.status.Swap(int32(s))) == s {
 		return
 	}
-	r.n.heartbeatRound(true)
+	r.n.heartbeatRound(gossipAndDirect)
 }
 
 // PauseHeartbeats stops this instance's heartbeats while its node stays up,
@@ -298,7 +350,7 @@ func (r *Registration) PauseHeartbeats() { r.paused.Store(true) }
 // ResumeHeartbeats undoes PauseHeartbeats and sends a heartbeat at once.
 func (r *Registration) ResumeHeartbeats() {
 	if r.paused.Swap(false) {
-		r.n.heartbeatRound(true)
+		r.n.heartbeatRound(gossipAndDirect)
 	}
 }
 
@@ -317,13 +369,28 @@ func (r *Registration) Instance() Instance {
 // instance, sorted.
 func (n *Node) Services() []string { return n.reg.services() }
 
-// Instances returns copies of every known instance of service, healthy or
-// not, sorted by instance ID.
-func (n *Node) Instances(service string) []Instance { return n.reg.instances(service, false) }
+// Instances returns copies of every instance of service this node knows,
+// in any status (unhealthy ones stay until ReapTimeout removes them),
+// sorted by instance ID.
+func (n *Node) Instances(service string) []Instance { return n.reg.instances(service) }
 
-// HealthyInstances returns the instances routing may pick, sorted by ID: the
-// healthy ones, or, when there are none, the degraded ones.
-func (n *Node) HealthyInstances(service string) []Instance { return n.reg.instances(service, true) }
+// HealthyInstances returns copies of exactly the instances routing may pick
+// now, sorted by instance ID: the healthy ones, or, when none is healthy,
+// the degraded ones; minus those this node's passive failure tracking has
+// ejected (EventEjected), unless that would leave none. Calls also skip the
+// instances they exclude (WithExclude, and the ones a CallWithFailover has
+// already tried).
+func (n *Node) HealthyInstances(service string) []Instance {
+	snap := n.reg.snaps.get(service)
+	if snap == nil {
+		return nil
+	}
+	out := slices.Clone(snap.routable)
+	for i := range out {
+		out[i].Metadata = copyMeta(out[i].Metadata)
+	}
+	return out
+}
 
 // entry is the local state of one known instance.
 type entry struct {
@@ -379,17 +446,42 @@ type tombstone struct {
 	at  time.Time   // local clock
 }
 
+// tombstoneRule says which version a tombstone takes.
+type tombstoneRule int
+
+const (
+	// supersede: one Seq past the record's version, so that every node
+	// holding the record accepts the deletion (deregistration, refutation
+	// of a stale own record, a node that left).
+	supersede tombstoneRule = iota
+	// sameVersion: the record's own version. Used when this node reaps an
+	// instance on its own: the tombstone only keeps stale gossip from
+	// reviving it here, and any newer version from a still-living owner
+	// still does.
+	sameVersion
+)
+
+// tombstoneOf returns the tombstone that deletes rec's instance, stamped
+// with now (informational, like Record.Time).
+func tombstoneOf(rec *wire.Record, rule tombstoneRule, now time.Time) wire.Record {
+	seq := rec.Seq
+	if rule == supersede {
+		seq++
+	}
+	return wire.Record{Service: rec.Service, ID: rec.ID, Node: rec.Node, Incarnation: rec.Incarnation,
+		Seq: seq, Time: now.UnixNano(), Deleted: true}
+}
+
 // registry is the replicated view of all instances, merged from gossip.
 // Its methods are safe for concurrent use; emit is called with mu held, in
 // order, and must not block.
 type registry struct {
-	self    string
-	clk     clock.Clock
-	timeout time.Duration
-	reap    time.Duration
-	emit    func(Event)
-
-	ejectAfter int // Config.EjectAfterFailures
+	self       string
+	clk        clock.Clock
+	timeout    time.Duration // Config.HeartbeatTimeout
+	reap       time.Duration // Config.ReapTimeout
+	ejectAfter int           // Config.EjectAfterFailures
+	emit       func(Event)
 
 	mu      sync.RWMutex // guards everything below
 	entries map[instKey]*entry
@@ -399,9 +491,9 @@ type registry struct {
 	snaps   *snapshots
 }
 
-func newRegistry(self string, clk clock.Clock, timeout, reap time.Duration, emit func(Event)) *registry {
+func newRegistry(self string, clk clock.Clock, timeout, reap time.Duration, ejectAfter int, emit func(Event)) *registry {
 	r := &registry{
-		self: self, clk: clk, timeout: timeout, reap: reap, emit: emit,
+		self: self, clk: clk, timeout: timeout, reap: reap, ejectAfter: ejectAfter, emit: emit,
 		entries: make(map[instKey]*entry),
 		tombs:   make(map[instKey]tombstone),
 		dead:    make(map[string]time.Time),
@@ -411,10 +503,10 @@ func newRegistry(self string, clk clock.Clock, timeout, reap time.Duration, emit
 	return r
 }
 
-// registerLocal reserves key for a new local record, checking for a live
+// reserveLocal reserves key for a new local record, checking for a live
 // instance with the same key anywhere in the cluster, and raises
 // rec.Incarnation above any version seen for the key.
-func (r *registry) registerLocal(rec *wire.Record) error {
+func (r *registry) reserveLocal(rec *wire.Record) error {
 	k := instKey{rec.Service, rec.ID}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -431,13 +523,14 @@ func (r *registry) registerLocal(rec *wire.Record) error {
 	return nil
 }
 
-func (r *registry) forgetLocal(k instKey) {
+// releaseLocal drops a reservation that did not become a registration.
+func (r *registry) releaseLocal(k instKey) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.pending, k)
 }
 
-// commitLocal stores a local record reserved by registerLocal.
+// commitLocal stores a local record reserved by reserveLocal.
 func (r *registry) commitLocal(rec *wire.Record) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -454,8 +547,7 @@ func (r *registry) tombstoneLocal(k instKey, reason string) (wire.Record, bool) 
 	if !ok {
 		return wire.Record{}, false
 	}
-	tomb := wire.Record{Service: k.service, ID: k.id, Node: e.rec.Node, Incarnation: e.rec.Incarnation,
-		Seq: e.rec.Seq + 1, Time: r.clk.Now().UnixNano(), Deleted: true}
+	tomb := tombstoneOf(&e.rec, supersede, r.clk.Now())
 	r.applyLocked(&tomb, reason)
 	return tomb, true
 }
@@ -478,36 +570,43 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 	if ok && !wire.Newer(rec.Incarnation, rec.Seq, e.rec.Incarnation, e.rec.Seq) {
 		return false
 	}
-	if rec.Deleted {
+	switch {
+	case rec.Deleted:
 		r.tombs[k] = tombstone{rec: *rec, at: now}
 		if ok {
-			delete(r.entries, k)
-			r.snaps.markStale(k.service)
-			inst := e.instance()
-			r.emit(Event{Type: EventDeregistered, Instance: inst, OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
+			r.removeLocked(k, e, reason, now)
 		}
-		return true
-	}
-	delete(r.tombs, k)
-	if ok && e.rec.Incarnation == rec.Incarnation {
-		// A newer version of the same incarnation: fresh state, counts as
-		// a heartbeat.
-		roleChanged := e.rec.Role != rec.Role
-		e.rec = *rec
-		e.rec.Meta = copyMeta(rec.Meta)
-		r.heartbeatLocked(e, now)
-		if roleChanged {
-			r.snaps.markStale(k.service)
-			r.emit(Event{Type: EventRoleChanged, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: "updated", Time: now})
+	case ok && e.rec.Incarnation == rec.Incarnation:
+		delete(r.tombs, k)
+		r.updateLocked(e, rec, now)
+	default:
+		delete(r.tombs, k)
+		if ok {
+			// A re-registration replaces the old incarnation.
+			r.removeLocked(k, e, "replaced", now)
 		}
-		return true
+		r.insertLocked(k, rec, reason, now)
 	}
-	if ok {
-		// A re-registration replaces the old incarnation.
-		delete(r.entries, k)
-		r.emit(Event{Type: EventDeregistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: "replaced", Time: now})
+	return true
+}
+
+// updateLocked applies a newer version of e's incarnation: fresh state,
+// counting as a heartbeat. Routing is rebuilt when anything it reads (the
+// address, role, metadata) changed.
+func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
+	routed := e.rec.Addr != rec.Addr || e.rec.Role != rec.Role || !maps.Equal(e.rec.Meta, rec.Meta) ||
+		!slices.Equal(e.rec.NonIdempotent, rec.NonIdempotent)
+	e.rec = *rec
+	e.rec.Meta = copyMeta(rec.Meta)
+	r.heartbeatLocked(e, now)
+	if routed {
+		r.snaps.markStale(rec.Service)
 	}
-	e = &entry{rec: *rec, lastHeartbeat: now, load: &instLoad{}}
+}
+
+// insertLocked stores a new instance.
+func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now time.Time) {
+	e := &entry{rec: *rec, lastHeartbeat: now, load: &instLoad{}}
 	e.rec.Meta = copyMeta(rec.Meta)
 	if _, dead := r.dead[rec.Node]; dead {
 		e.nodeFailed, e.badSince = true, now
@@ -516,7 +615,14 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 	r.entries[k] = e
 	r.snaps.markStale(k.service)
 	r.emit(Event{Type: EventRegistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
-	return true
+}
+
+// removeLocked forgets an instance (its tombstone, if any, is the caller's
+// business).
+func (r *registry) removeLocked(k instKey, e *entry, reason string, now time.Time) {
+	delete(r.entries, k)
+	r.snaps.markStale(k.service)
+	r.emit(Event{Type: EventDeregistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
 }
 
 // heartbeatLocked records a fresh heartbeat for e.
@@ -565,39 +671,25 @@ func (r *registry) services() []string {
 	for k := range r.entries {
 		seen[k.service] = struct{}{}
 	}
-	out := make([]string, 0, len(seen))
-	for s := range seen {
-		out = append(out, s)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(seen))
 }
 
-func (r *registry) instances(service string, routable bool) []Instance {
+// instances returns every known instance of service, sorted by ID.
+func (r *registry) instances(service string) []Instance {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	var healthy, degraded, all []Instance
+	var all []Instance
 	for k, e := range r.entries {
-		if k.service != service {
-			continue
-		}
-		switch {
-		case !routable:
+		if k.service == service {
 			all = append(all, e.instance())
-		case e.status == StatusHealthy:
-			healthy = append(healthy, e.instance())
-		case e.status == StatusDegraded:
-			degraded = append(degraded, e.instance())
 		}
 	}
-	if routable {
-		all = healthy
-		if len(all) == 0 {
-			all = degraded
-		}
-	}
-	slices.SortFunc(all, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+	sortByID(all)
 	return all
+}
+
+func sortByID(insts []Instance) {
+	slices.SortFunc(insts, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
 }
 
 // state returns every live record and tombstone, for push/pull.

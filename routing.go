@@ -1,3 +1,6 @@
+// This file holds routing: the Balancer interface, the built-in balancers,
+// and the immutable per-service snapshots they pick from.
+
 package aegis
 
 import (
@@ -6,10 +9,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 )
 
@@ -418,104 +419,64 @@ func (s *snapshots) flush() {
 	if !s.dirty.Load() {
 		return // another reader did it
 	}
-	built := make(map[string]*serviceSnapshot, len(s.stale))
-	degraded := make(map[string][]Instance)
+	byService := make(map[string][]*entry, len(s.stale))
 	for svc := range s.stale {
-		built[svc] = &serviceSnapshot{}
+		byService[svc] = nil
 	}
 	for k, e := range s.r.entries {
-		snap := built[k.service]
-		if snap == nil {
-			continue
-		}
-		snap.known++
-		switch e.status {
-		case StatusHealthy:
-			snap.routable = append(snap.routable, e.instance())
-		case StatusDegraded:
-			degraded[k.service] = append(degraded[k.service], e.instance())
+		if es, ok := byService[k.service]; ok {
+			byService[k.service] = append(es, e)
 		}
 	}
 	old := *s.m.Load()
-	next := make(map[string]*serviceSnapshot, len(old)+len(built))
+	next := make(map[string]*serviceSnapshot, len(old)+len(byService))
 	for k, v := range old {
 		next[k] = v
 	}
-	for svc, snap := range built {
-		if snap.known == 0 {
+	for svc, es := range byService {
+		if len(es) == 0 {
 			delete(next, svc)
 			continue
 		}
-		if len(snap.routable) == 0 {
-			snap.routable = degraded[svc]
-		}
-		// Instances ejected by passive failure tracking leave the pool,
-		// but never the last candidates.
-		kept := snap.routable[:0:0]
-		for _, in := range snap.routable {
-			if e := s.r.entries[instKey{svc, in.ID}]; e == nil || e.ejectedUntil.IsZero() {
-				kept = append(kept, in)
-			}
-		}
-		if len(kept) > 0 {
-			snap.routable = kept
-		}
-		slices.SortFunc(snap.routable, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
-		next[svc] = snap
+		next[svc] = &serviceSnapshot{routable: routable(es), known: len(es)}
 	}
 	s.m.Store(&next)
 	clear(s.stale)
 	s.dirty.Store(false)
 }
 
-// eject removes an instance from this node's routing pool for a period that
-// doubles with each consecutive ejection (base, 2×base, ... up to max).
-func (r *registry) eject(k instKey, base, maxTime time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e, ok := r.entries[k]
-	if !ok || !e.ejectedUntil.IsZero() {
-		return
+// routable returns what routing may pick among one service's instances,
+// sorted by ID: the healthy ones, or the degraded ones when none is
+// healthy; minus the ejected ones, unless that would leave none. This is
+// the one place that decides it (HealthyInstances returns the same set).
+func routable(es []*entry) []Instance {
+	var healthy, degraded []*entry
+	for _, e := range es {
+		switch e.status {
+		case StatusHealthy:
+			healthy = append(healthy, e)
+		case StatusDegraded:
+			degraded = append(degraded, e)
+		}
 	}
-	now := r.clk.Now()
-	d := base << min(e.ejections, 16)
-	if d > maxTime || d <= 0 {
-		d = maxTime
+	pool := healthy
+	if len(pool) == 0 {
+		pool = degraded
 	}
-	e.ejections++
-	e.load.ejections.Store(int32(e.ejections))
-	e.load.consecFails.Store(0)
-	e.ejectedAt, e.ejectedUntil = now, now.Add(d)
-	r.snaps.markStale(k.service)
-	r.emit(Event{Type: EventEjected, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
-		Reason: "consecutive-failures", Time: now})
-}
-
-// callSucceeded clears the failure history of an instance after a call it
-// answered.
-func (r *registry) callSucceeded(k instKey) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if e, ok := r.entries[k]; ok && e.ejectedUntil.IsZero() {
-		e.ejections = 0
-		e.load.ejections.Store(0)
+	kept := make([]Instance, 0, len(pool))
+	for _, e := range pool {
+		if e.ejectedUntil.IsZero() {
+			kept = append(kept, e.instance())
+		}
 	}
-}
-
-// reinstateLocked returns ejected instances to the pool once their period
-// has passed and a heartbeat newer than the ejection has arrived (or at
-// once, for instances that send no heartbeats). The next call decides: a
-// success clears the history, a failure ejects again for twice as long.
-func (r *registry) reinstateLocked(e *entry, now time.Time, threshold int) {
-	if e.ejectedUntil.IsZero() || now.Before(e.ejectedUntil) {
-		return
+	if len(kept) == 0 {
+		for _, e := range pool {
+			kept = append(kept, e.instance())
+		}
 	}
-	if e.rec.Heartbeats && !e.lastHeartbeat.After(e.ejectedAt) {
-		return
+	if len(kept) == 0 {
+		return nil
 	}
-	e.ejectedUntil = time.Time{}
-	e.load.consecFails.Store(int32(threshold - 1))
-	r.snaps.markStale(e.rec.Service)
-	r.emit(Event{Type: EventReinstated, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
-		Reason: "ejection-expired", Time: now})
+	sortByID(kept)
+	return kept
 }

@@ -1,0 +1,58 @@
+// This file holds passive ejection: instances that keep failing this
+// node's calls leave its routing pool for a while.
+
+package aegis
+
+import "time"
+
+// eject removes an instance from this node's routing pool for a period that
+// doubles with each consecutive ejection (base, 2×base, ... up to max).
+func (r *registry) eject(k instKey, base, maxTime time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[k]
+	if !ok || !e.ejectedUntil.IsZero() {
+		return
+	}
+	now := r.clk.Now()
+	d := base << min(e.ejections, 16)
+	if d > maxTime || d <= 0 {
+		d = maxTime
+	}
+	e.ejections++
+	e.load.ejections.Store(int32(e.ejections))
+	e.load.consecFails.Store(0)
+	e.ejectedAt, e.ejectedUntil = now, now.Add(d)
+	r.snaps.markStale(k.service)
+	r.emit(Event{Type: EventEjected, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
+		Reason: "consecutive-failures", Time: now})
+}
+
+// callSucceeded clears the failure history of an instance after a call it
+// answered.
+func (r *registry) callSucceeded(k instKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.entries[k]; ok && e.ejectedUntil.IsZero() {
+		e.ejections = 0
+		e.load.ejections.Store(0)
+	}
+}
+
+// reinstateLocked returns ejected instances to the pool once their period
+// has passed and a heartbeat newer than the ejection has arrived (or at
+// once, for instances that send no heartbeats). The next call decides: a
+// success clears the history, a failure ejects again for twice as long.
+func (r *registry) reinstateLocked(e *entry, now time.Time) {
+	if e.ejectedUntil.IsZero() || now.Before(e.ejectedUntil) {
+		return
+	}
+	if e.rec.Heartbeats && !e.lastHeartbeat.After(e.ejectedAt) {
+		return
+	}
+	e.ejectedUntil = time.Time{}
+	e.load.consecFails.Store(int32(r.ejectAfter - 1))
+	r.snaps.markStale(e.rec.Service)
+	r.emit(Event{Type: EventReinstated, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
+		Reason: "ejection-expired", Time: now})
+}

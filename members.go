@@ -1,0 +1,104 @@
+// This file holds the gossiper's view of other members: copies of the live
+// peers' memberlist Nodes, and the failed nodes it keeps trying to rejoin.
+
+package aegis
+
+import (
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/aegisipc/aegis/internal/clock"
+)
+
+// setPeer records a copy of node, called from a membership callback (under
+// memberlist's lock), and returns it. The copy's fields, Addr's bytes
+// included, are never written again: memberlist replaces them, it does not
+// modify them.
+func (g *gossiper) setPeer(node *memberlist.Node) *memberlist.Node {
+	cp := *node
+	g.peersMu.Lock()
+	g.peers[node.Name] = &cp
+	g.peersMu.Unlock()
+	return &cp
+}
+
+// peerList returns the copies of the other live members' Nodes (never this
+// node's own).
+func (g *gossiper) peerList() []*memberlist.Node {
+	g.peersMu.RLock()
+	defer g.peersMu.RUnlock()
+	out := make([]*memberlist.Node, 0, len(g.peers))
+	for _, p := range g.peers {
+		out = append(out, p)
+	}
+	return out
+}
+
+// failedNodes are the nodes memberlist declared dead, with their gossip
+// address and when (on the node's clock). Safe for concurrent use.
+type failedNodes struct {
+	mu sync.Mutex // guards m
+	m  map[string]failedNode
+}
+
+type failedNode struct {
+	addr  string
+	since time.Time
+}
+
+func (f *failedNodes) add(name, addr string, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.m[name] = failedNode{addr: addr, since: now}
+}
+
+func (f *failedNodes) remove(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.m, name)
+}
+
+// due forgets the nodes that failed more than timeout before now and
+// returns the addresses of the others, sorted by name.
+func (f *failedNodes) due(now time.Time, timeout time.Duration) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var addrs []string
+	for _, name := range slices.Sorted(maps.Keys(f.m)) {
+		if now.Sub(f.m[name].since) > timeout {
+			delete(f.m, name)
+			continue
+		}
+		addrs = append(addrs, f.m[name].addr)
+	}
+	return addrs
+}
+
+// reconnectLoop rejoins one node memberlist declared dead on each tick of
+// t, as serf does: after a partition heals, the two sides would otherwise
+// never gossip again once the dead-node gossip window has passed. Nodes
+// are tried for Gossip.ReconnectTimeout after they failed.
+func (g *gossiper) reconnectLoop(t clock.Ticker) {
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stopCh:
+			return
+		case <-t.C():
+		}
+		addrs := g.failed.due(g.clk.Now(), g.cfg.ReconnectTimeout)
+		if len(addrs) == 0 {
+			continue
+		}
+		addr := addrs[rand.IntN(len(addrs))]
+		g.stats.reconnects.Add(1)
+		if _, err := g.ml.Join([]string{addr}); err != nil {
+			g.log.Debug("reconnect failed", "addr", addr, "err", err)
+		}
+	}
+}

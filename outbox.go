@@ -1,0 +1,137 @@
+// This file holds direct sends: messages the gossiper sends straight to
+// members over UDP, off the caller's goroutine, with one delayed repeat.
+
+package aegis
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/aegisipc/aegis/internal/clock"
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+// outMsg is a direct send for outboxLoop: msg to one node, or to every
+// member when to is nil; introduce sends this node's records to a newcomer
+// instead of msg.
+type outMsg struct {
+	to        *memberlist.Node
+	msg       []byte
+	introduce bool
+	repeat    bool // send again after reannounceDelay (see sendDirectTwice)
+}
+
+// delayed is an outMsg waiting in outboxLoop until due.
+type delayed struct {
+	due time.Time
+	m   outMsg
+}
+
+// outboxSize bounds pending direct sends; beyond it they are dropped (gossip
+// still carries the same messages).
+const outboxSize = 1024
+
+// reannounceDelay is the least wait before an announcement is repeated (up
+// to twice that, with jitter).
+const reannounceDelay = 150 * time.Millisecond
+
+// sendDirectTwice sends msg straight to every member now and once more a
+// moment later. Receivers do not re-gossip what they got directly (every
+// member got it), so a packet lost in a burst (a hundred nodes announcing
+// at once overflow socket buffers) would otherwise wait for the origin's
+// own gossip or for a pull; the repeat makes such a loss cost a few hundred
+// milliseconds. Applying a message twice is harmless.
+func (g *gossiper) sendDirectTwice(msg []byte) {
+	g.queueDirect(outMsg{msg: msg, repeat: true})
+}
+
+func (g *gossiper) queueDirect(m outMsg) {
+	select {
+	case g.outbox <- m:
+	default:
+		g.log.Debug("outbox full: direct send dropped")
+	}
+}
+
+// outboxLoop performs direct sends off the caller's goroutine (memberlist
+// callbacks must not block, and Register should not wait for N sends).
+// Repeats wait here on timer (stopped, from the node's clock), which stops
+// with the loop.
+func (g *gossiper) outboxLoop(timer clock.Timer) {
+	var later []delayed
+	var next time.Time // when timer fires; zero while it is stopped
+	defer timer.Stop()
+	arm := func(due time.Time) {
+		if next.IsZero() || due.Before(next) {
+			next = due
+			timer.Reset(due.Sub(g.clk.Now()))
+		}
+	}
+	for {
+		select {
+		case <-g.stopCh:
+			return
+		case m := <-g.outbox:
+			g.deliver(m)
+			if m.repeat {
+				due := g.clk.Now().Add(reannounceDelay + time.Duration(rand.Int64N(int64(reannounceDelay))))
+				later = append(later, delayed{due: due, m: outMsg{to: m.to, msg: m.msg}})
+				arm(due)
+			}
+		case <-timer.C():
+			next = time.Time{}
+			later = g.deliverDue(later, g.clk.Now())
+			for _, d := range later {
+				arm(d.due)
+			}
+		}
+	}
+}
+
+// deliverDue sends the messages in later that are due at now and returns
+// the rest.
+func (g *gossiper) deliverDue(later []delayed, now time.Time) []delayed {
+	keep := later[:0]
+	for _, d := range later {
+		if d.due.After(now) {
+			keep = append(keep, d)
+			continue
+		}
+		g.deliver(d.m)
+	}
+	clear(later[len(keep):])
+	return keep
+}
+
+func (g *gossiper) deliver(m outMsg) {
+	if m.introduce {
+		g.introduce(m.to)
+		return
+	}
+	targets := []*memberlist.Node{m.to}
+	if m.to == nil {
+		targets = g.peerList()
+	}
+	for _, t := range targets {
+		if err := g.ml.SendBestEffort(t, m.msg); err != nil {
+			g.log.Debug("direct send failed", "peer", t.Name, "err", err)
+		}
+	}
+}
+
+// introduce sends every local record to a newcomer.
+func (g *gossiper) introduce(to *memberlist.Node) {
+	recs := g.reg.localRecords()
+	for i := range recs {
+		b, err := wire.Encode(&recs[i])
+		if err != nil {
+			continue
+		}
+		if err := g.ml.SendBestEffort(to, wire.Direct(b)); err != nil {
+			g.log.Debug("introduce failed", "peer", to.Name, "err", err)
+			return
+		}
+	}
+}

@@ -1,0 +1,153 @@
+// This file holds the call server: the part of a Node that answers calls to
+// its local instances (lookup, dedup, running handlers, draining).
+
+package aegis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/aegisipc/aegis/internal/rpc"
+)
+
+// callServer answers calls to a Node's local instances. The set of served
+// instances is an immutable map swapped on every Register and Deregister,
+// so a call finds its instance with one atomic load. Safe for concurrent
+// use.
+type callServer struct {
+	rpc     *rpc.Server
+	name    string
+	log     *slog.Logger
+	stats   *nodeStats
+	met     *nodeMetrics
+	tracer  trace.Tracer // nil: tracing off
+	running func() bool  // the node neither leaves nor has stopped
+
+	served atomic.Pointer[map[instKey]*Registration]
+}
+
+func newCallServer(n *Node) *callServer {
+	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer,
+		running: func() bool { return n.state.Load() == stateRunning }}
+	s.rpc = rpc.NewServer(s.serveCall, rpc.ServerOptions{MaxFrameSize: n.cfg.MaxFrameSize, Logger: n.log})
+	return s
+}
+
+// lookup returns the registration serving (service, id) here, or nil.
+func (s *callServer) lookup(service, id string) *Registration {
+	m := s.served.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[instKey{service, id}]
+}
+
+// publish replaces the served instances with a copy of local. The caller
+// holds Node.mu, which serializes publishers.
+func (s *callServer) publish(local map[instKey]*Registration) {
+	m := make(map[instKey]*Registration, len(local))
+	for k, r := range local {
+		m[k] = r
+	}
+	s.served.Store(&m)
+}
+
+func unavailable(format string, args ...any) rpc.Response {
+	return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeUnavailable, Message: fmt.Sprintf(format, args...), Retryable: true}}
+}
+
+// serveCall runs one incoming call on the addressed local instance.
+func (s *callServer) serveCall(ctx context.Context, req *rpc.Request) rpc.Response {
+	r := s.lookup(req.Service, req.InstanceID)
+	if r == nil || r.done.Load() {
+		return unavailable("instance %s/%s is not registered on node %s", req.Service, req.InstanceID, s.name)
+	}
+	if st := Status(r.status.Load()); st == StatusDraining || !s.running() {
+		return unavailable("instance %s/%s is draining", req.Service, req.InstanceID)
+	}
+	r.callStarted()
+	defer r.callFinished()
+	if r.dedup == nil || req.MessageID == "" {
+		return s.runHandler(ctx, r, req)
+	}
+	e, first := r.dedup.Begin(req.MessageID)
+	if !first {
+		// A retry of a call this instance has seen: answer from the first
+		// execution, waiting for it if it is still running.
+		s.stats.duplicates.Add(1)
+		s.met.duplicates.Add(bg, 1)
+		select {
+		case <-e.Done():
+			return *e.Result()
+		case <-ctx.Done():
+			// Not "unavailable": that would let a non-idempotent call move
+			// to another instance while this one runs it.
+			return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeInProgress,
+				Message: fmt.Sprintf("message %s is still running on %s/%s", req.MessageID, req.Service, req.InstanceID)}}
+		}
+	}
+	// The entry keeps the response for later duplicates; they share its
+	// payload, which nothing downstream modifies.
+	out := s.runHandler(ctx, r, req)
+	r.dedup.Finish(e, out, cacheable(&out))
+	return out
+}
+
+// responseSize is what a response kept by the dedup cache holds.
+func responseSize(r rpc.Response) int {
+	n := len(r.Payload)
+	if r.Err != nil {
+		n += len(r.Err.Code) + len(r.Err.Message)
+	}
+	return n
+}
+
+// cacheable says which outcomes the dedup cache keeps: successes and
+// non-retryable handler errors (including panics) — the handler ran and must
+// not run again. Retryable errors, "unavailable" and deadline errors are not
+// kept: the next try runs the handler.
+func cacheable(resp *rpc.Response) bool {
+	return resp.Err == nil || !resp.Err.Retryable && resp.Err.Code != CodeUnavailable && resp.Err.Code != CodeDeadline
+}
+
+// runHandler runs r's handler for req, turning errors and panics into error
+// responses.
+func (s *callServer) runHandler(ctx context.Context, r *Registration, req *rpc.Request) (resp rpc.Response) {
+	areq := &Request{Service: req.Service, Method: req.Method, InstanceID: req.InstanceID,
+		MessageID: req.MessageID, Payload: req.Payload, Header: req.Header}
+	if s.tracer != nil {
+		var span trace.Span
+		ctx, span = startServerSpan(ctx, s.tracer, areq)
+		defer func() { endServerSpan(span, resp.Err) }()
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("handler panicked", "service", req.Service, "method", req.Method, "instance", req.InstanceID,
+				"panic", p, "stack", string(debug.Stack()))
+			resp = rpc.Response{Err: &rpc.ErrorInfo{Code: CodePanic, Message: fmt.Sprintf("handler for %s.%s panicked: %v", req.Service, req.Method, p)}}
+		}
+	}()
+	out, err := r.svc.Handler(ctx, areq)
+	if err != nil {
+		return errorResponse(ctx, err)
+	}
+	return rpc.Response{Payload: out}
+}
+
+// errorResponse carries a handler's error back to the caller.
+func errorResponse(ctx context.Context, err error) rpc.Response {
+	if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+		return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeDeadline, Message: err.Error()}}
+	}
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return rpc.Response{Err: &rpc.ErrorInfo{Code: re.Code, Message: re.Message, Retryable: re.Retryable}}
+	}
+	return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeHandler, Message: err.Error()}}
+}

@@ -1,0 +1,74 @@
+// This file holds the call spans: a client span per Call or
+// CallWithFailover and a server span per handled call, linked across nodes
+// by the trace context carried in the request headers.
+
+package aegis
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/aegisipc/aegis/internal/rpc"
+)
+
+// tracerFor returns the tracer calls use, or nil when tp hands out spans
+// that record nothing (the otel global provider before SetTracerProvider,
+// or a no-op provider): then calls skip tracing and pay nothing for it. The
+// probe span is never ended, so no exporter sees it.
+func tracerFor(tp trace.TracerProvider) trace.Tracer {
+	t := tp.Tracer("github.com/aegisipc/aegis")
+	_, probe := t.Start(context.Background(), "aegis.probe")
+	if !probe.IsRecording() {
+		return nil
+	}
+	return t
+}
+
+// startCallSpan starts the client span of one call and puts its trace
+// context into the call's headers.
+func (n *Node) startCallSpan(ctx context.Context, api, service, method string, o *callOptions) (context.Context, trace.Span) {
+	ctx, span := n.tracer.Start(ctx, service+"/"+method, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("rpc.system", "aegis"), attribute.String("rpc.service", service),
+			attribute.String("rpc.method", method), attribute.String("aegis.api", api)))
+	h := make(map[string]string, len(o.header)+2)
+	for k, v := range o.header {
+		h[k] = v
+	}
+	otel.GetTextMapPropagator().Inject(ctx, propagation.MapCarrier(h))
+	o.header = h
+	return ctx, span
+}
+
+// endSpan ends a client span with the call's error.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+// startServerSpan starts the server span of one handled call, as a child
+// of the caller's span when the request carries its trace context.
+func startServerSpan(ctx context.Context, tracer trace.Tracer, req *Request) (context.Context, trace.Span) {
+	if len(req.Header) > 0 {
+		ctx = otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(req.Header))
+	}
+	return tracer.Start(ctx, req.Service+"/"+req.Method, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("rpc.system", "aegis"), attribute.String("rpc.service", req.Service),
+			attribute.String("rpc.method", req.Method), attribute.String("aegis.instance", req.InstanceID)))
+}
+
+// endServerSpan ends a server span with the handler's outcome.
+func endServerSpan(span trace.Span, e *rpc.ErrorInfo) {
+	if e != nil {
+		span.SetAttributes(attribute.String("aegis.error_code", e.Code))
+		span.SetStatus(codes.Error, e.Message)
+	}
+	span.End()
+}
