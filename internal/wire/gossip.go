@@ -114,6 +114,11 @@ var handle = func() *codec.MsgpackHandle {
 	h := &codec.MsgpackHandle{}
 	h.WriteExt = true
 	h.RawToString = true
+	// The scanner has already bounded every length in a body; these bound
+	// the codec on its own as well. A declared length allocates at most
+	// MaxInitLen elements up front, the rest only as elements are read.
+	h.MaxInitLen = 16
+	h.MaxDepth = 2 * maxDepth
 	return h
 }()
 
@@ -150,42 +155,77 @@ type Message struct {
 	State      *State
 }
 
-// Decode parses a framed message. It never panics on bad input and returns
-// an error wrapping ErrTruncated, ErrUnknownVersion, ErrUnknownType or
-// ErrMalformed.
-func Decode(b []byte) (msg Message, err error) {
-	if len(b) < 2 {
+// Decode is DecodeLimited with DefaultLimits.
+func Decode(b []byte) (Message, error) {
+	return DecodeLimited(b, DefaultLimits())
+}
+
+// DecodeLimited parses a framed message. It never panics, and it
+// allocates in proportion to b and within l, whatever lengths b declares:
+// a record message longer than l.MaxRecordSize or a heartbeat batch longer
+// than l.MaxBatchSize is refused outright, and before the codec decodes
+// the body, a pass over it that allocates nothing refuses bytes after the
+// message, nesting deeper than 8, declared lengths longer than the bytes
+// left, and more metadata entries, non-idempotent methods, heartbeats or
+// state records than l allows. Errors wrap ErrTruncated,
+// ErrUnknownVersion, ErrUnknownType, ErrMalformed, or ErrInvalid for a
+// limit exceeded. A message that decodes must still pass Message.Validate
+// before it is stored.
+func DecodeLimited(b []byte, l Limits) (Message, error) {
+	if len(b) < frameSize {
 		return Message{}, fmt.Errorf("%w: %d bytes", ErrTruncated, len(b))
 	}
 	if b[0] != Version {
 		return Message{}, fmt.Errorf("%w: %d (this node speaks %d)", ErrUnknownVersion, b[0], Version)
 	}
+	l = l.orDefault()
+	var msg Message
 	msg.Type = MsgType(b[1] &^ FlagDirect)
 	msg.Direct = b[1]&FlagDirect != 0
 	var target any
+	limit := len(b) // a state's size is bounded by memberlist (20 MB)
 	switch msg.Type {
 	case MsgRecord:
 		msg.Record = new(Record)
-		target = msg.Record
+		target, limit = msg.Record, l.MaxRecordSize
 	case MsgHeartbeats:
 		msg.Heartbeats = new(HeartbeatBatch)
-		target = msg.Heartbeats
+		target, limit = msg.Heartbeats, l.MaxBatchSize
 	case MsgState:
 		msg.State = new(State)
 		target = msg.State
 	default:
 		return Message{}, fmt.Errorf("%w: %d", ErrUnknownType, b[1])
 	}
-	defer func() {
-		// The codec may panic on pathological input; a gossip message must
-		// never take a node down.
-		if r := recover(); r != nil {
-			msg, err = Message{}, fmt.Errorf("%w: %v", ErrMalformed, r)
-		}
-	}()
-	dec := codec.NewDecoderBytes(b[2:], handle)
-	if err := dec.Decode(target); err != nil {
-		return Message{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	if len(b) > limit {
+		return Message{}, fmt.Errorf("%w: %d-byte message of type %d, more than %d", ErrInvalid, len(b), msg.Type, limit)
+	}
+	sc := scanner{b: b[frameSize:], l: &l}
+	if err := sc.message(msg.Type); err != nil {
+		return Message{}, err
+	}
+	if err := decodeBody(b[frameSize:], target); err != nil {
+		return Message{}, err
 	}
 	return msg, nil
 }
+
+// decodeBody decodes a msgpack body into target with the codec.
+func decodeBody(body []byte, target any) (err error) {
+	defer func() {
+		// The codec turns its own panics into errors; this catches any
+		// other, since a gossip message must never take a node down.
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %w: %v", ErrMalformed, errPanic, r)
+		}
+	}()
+	dec := codec.NewDecoderBytes(body, handle)
+	if err := dec.Decode(target); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
+}
+
+// errPanic marks a decoding error that came from a recovered panic, so
+// that the fuzz tests can tell one apart.
+var errPanic = errors.New("decoder panicked")

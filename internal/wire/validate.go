@@ -187,8 +187,8 @@ func checkMethods(methods []string, l *Limits) error {
 	return nil
 }
 
-func tooMany(field string, n, max int) error {
-	return fmt.Errorf("%s: %d entries, more than %d", field, n, max)
+func tooMany(field string, n, limit int) error {
+	return fmt.Errorf("%s: %d entries, more than %d", field, n, limit)
 }
 
 // validService reports whether s is a valid service name: a ValidName
@@ -262,9 +262,9 @@ func validHostname(h string) bool {
 // clip quotes s for an error message, cut to 40 bytes: the strings come
 // from the network and end up in logs.
 func clip(s string) string {
-	const max = 40
-	if len(s) <= max {
+	const keep = 40
+	if len(s) <= keep {
 		return fmt.Sprintf("%q", s)
 	}
-	return fmt.Sprintf("%q...(%d bytes)", s[:max], len(s))
+	return fmt.Sprintf("%q...(%d bytes)", s[:keep], len(s))
 }
