@@ -170,7 +170,7 @@ func connect(t testing.TB, srv, cli *Creds, peerNode, network string) outcome {
 		assert.NoError(t, err)
 		_ = conn.SetDeadline(time.Now().Add(testWait))
 		_, _ = conn.Write([]byte("hello"))
-		_ = conn.Close()
+		closeRaw(conn.(*tls.Conn))
 		accepted <- peer
 	}()
 	defer func() {
@@ -200,7 +200,7 @@ func dialAndRead(t testing.TB, cli *Creds, dial func() (net.Conn, error), peerNo
 	if err != nil {
 		return "", 0, err
 	}
-	defer tc.Close()
+	defer closeRaw(tc)
 	_ = tc.SetDeadline(time.Now().Add(testWait))
 	buf := make([]byte, 5)
 	if _, err := io.ReadFull(tc, buf); err != nil {
@@ -212,6 +212,10 @@ func dialAndRead(t testing.TB, cli *Creds, dial func() (net.Conn, error), peerNo
 	require.NoError(t, err)
 	return peer, cs.Version, nil
 }
+
+// closeRaw closes c's underlying connection without a close_notify alert,
+// whose write on net.Pipe would wait for a reader that never comes.
+func closeRaw(c *tls.Conn) { _ = c.NetConn().Close() }
 
 // requireOK checks that o is a successful connection from cli to srv.
 func requireOK(t testing.TB, o outcome, cli, srv string) {
