@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/aegisipc/aegis/internal/rpc"
 	"github.com/aegisipc/aegis/internal/testutil"
 )
 
@@ -195,6 +196,47 @@ func TestDuplicateWaitsForRunningExecution(t *testing.T) {
 	require.Equal(t, "run 1", string(out))
 	require.Equal(t, 1, log.total())
 	require.EqualValues(t, 2, c.nodes[1].Stats().DuplicatesAnswered)
+}
+
+// TestDuplicateGivesUpWithInProgress: a retry whose deadline passes while
+// the first execution of its message ID still runs is answered "in
+// progress" (not "unavailable", which would let the call move elsewhere),
+// and the handler still runs once.
+func TestDuplicateGivesUpWithInProgress(t *testing.T) {
+	c := newCluster(t, 1, false)
+	started := make(chan struct{}, 2)
+	release := make(chan struct{})
+	c.register(c.nodes[0], Service{Name: "slow", InstanceID: "s-1",
+		Handler: func(ctx context.Context, req *Request) ([]byte, error) {
+			started <- struct{}{}
+			<-release
+			return []byte("done"), nil
+		}}, 1)
+	srv := c.nodes[0].server
+	req := func() *rpc.Request {
+		return &rpc.Request{Service: "slow", Method: "do", InstanceID: "s-1", MessageID: "m-1"}
+	}
+	first := make(chan rpc.Response, 1)
+	go func() { first <- srv.serveCall(context.Background(), req()) }()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	resp := srv.serveCall(ctx, req())
+	require.NotNil(t, resp.Err)
+	require.Equal(t, CodeInProgress, resp.Err.Code)
+	require.False(t, resp.Err.Retryable)
+	o, err := classifyRemote(&Instance{ID: "s-1"}, resp.Err, false, time.Second)
+	require.Equal(t, outcomeInProgress, o)
+	require.False(t, o.failover(true), "never moved to another instance")
+	var re *RemoteError
+	require.ErrorAs(t, err, &re)
+	close(release)
+	require.Nil(t, (<-first).Err)
+	select {
+	case <-started:
+		t.Fatal("the handler ran twice")
+	default:
+	}
 }
 
 // TestFailedExecutionsAreNotCachedAsSuccess: a retryable failure is not

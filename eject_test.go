@@ -15,7 +15,7 @@ func TestPassiveEjection(t *testing.T) {
 	c := newCluster(t, 3, false, func(cfg *Config) {
 		cfg.HeartbeatInterval = 100 * time.Millisecond
 		cfg.HeartbeatTimeout = time.Second
-		cfg.EjectBaseTime = 300 * time.Millisecond
+		cfg.EjectBaseTime = time.Second
 	})
 	var broken atomic.Bool
 	broken.Store(true)
@@ -34,6 +34,10 @@ func TestPassiveEjection(t *testing.T) {
 		return log0.has(EventEjected, "c-1", StatusHealthy, "consecutive-failures")
 	}, "c-1 ejected")
 	require.LessOrEqual(t, counts[1].Load(), int64(4), "ejected after 3 failures")
+	// HealthyInstances says exactly what routing may pick: not c-1 while
+	// it is ejected (though it is still healthy and listed by Instances).
+	require.Equal(t, []string{"c-0", "c-2"}, ids(c.nodes[0].HealthyInstances("count")))
+	require.Len(t, c.nodes[0].Instances("count"), 3)
 	broken.Store(false)
 	testutil.Eventually(t, 5*time.Second, func() bool {
 		return log0.has(EventReinstated, "c-1", StatusHealthy, "ejection-expired")
@@ -46,3 +50,10 @@ func TestPassiveEjection(t *testing.T) {
 	require.Greater(t, counts[1].Load(), before, "c-1 back in rotation")
 }
 
+func ids(insts []Instance) []string {
+	out := make([]string, 0, len(insts))
+	for _, in := range insts {
+		out = append(out, in.ID)
+	}
+	return out
+}

@@ -45,9 +45,7 @@ func ExampleNew() {
 	if err != nil {
 		panic(err)
 	}
-	for len(b.HealthyInstances("greeter")) == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(func() bool { return len(b.HealthyInstances("greeter")) > 0 })
 	for _, in := range b.HealthyInstances("greeter") {
 		fmt.Println(in.ID, "on", in.Node, "is", in.Status)
 	}
@@ -133,9 +131,7 @@ func ExampleNode_CallWithFailover() {
 			panic(err)
 		}
 	}
-	for len(nodes[0].HealthyInstances("pricing")) < 2 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(func() bool { return len(nodes[0].HealthyInstances("pricing")) == 2 })
 
 	_ = nodes[1].Shutdown() // a crash: node-0 still lists pricing-1 for now
 
@@ -168,9 +164,7 @@ func ExampleInvoke() {
 	if _, err := nodes[1].Register(ctx, aegis.Service{Name: "calc", Handler: mux.Handler()}); err != nil {
 		panic(err)
 	}
-	for len(nodes[0].HealthyInstances("calc")) == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(func() bool { return len(nodes[0].HealthyInstances("calc")) > 0 })
 
 	resp, err := aegis.Invoke[AddReq, AddResp](ctx, nodes[0], "calc", "add", AddReq{A: 2, B: 3})
 	if err != nil {
@@ -184,4 +178,16 @@ func ExampleInvoke() {
 	// Output:
 	// 5
 	// true unknown-method
+}
+
+// waitUntil polls cond until it holds, and panics (failing the example)
+// after ten seconds.
+func waitUntil(cond func() bool) {
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			panic("example: condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

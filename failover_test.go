@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -330,3 +331,29 @@ func TestCallAllocations(t *testing.T) {
 	}
 }
 
+// TestHeadersAndKeysThroughANode: WithHeader reaches the handler, and
+// WithKey with ConsistentHash sends a key to one instance every time while
+// different keys spread over the instances.
+func TestHeadersAndKeysThroughANode(t *testing.T) {
+	c := newCluster(t, 3, false, func(cfg *Config) { cfg.Balancer = ConsistentHash() })
+	c.counting(func(ctx context.Context, req *Request) ([]byte, error) {
+		return []byte(req.InstanceID + " " + req.Header["tenant"]), nil
+	})
+	ctx := context.Background()
+	out, err := c.nodes[0].CallWithFailover(ctx, "count", "x", nil, WithHeader("tenant", "acme"), WithKey("k"))
+	require.NoError(t, err)
+	first := strings.Fields(string(out))
+	require.Equal(t, "acme", first[1], "the header reached the handler")
+	for i := 0; i < 20; i++ {
+		out, err := c.nodes[i%3].Call(ctx, "count", "x", nil, WithKey("k"))
+		require.NoError(t, err)
+		require.Equal(t, first[0], strings.Fields(string(out))[0], "key k always reaches the same instance, from every node")
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 60; i++ {
+		out, err := c.nodes[0].Call(ctx, "count", "x", nil, WithKey(fmt.Sprintf("key-%d", i)))
+		require.NoError(t, err)
+		seen[strings.Fields(string(out))[0]] = true
+	}
+	require.Len(t, seen, 3, "keys spread over every instance")
+}

@@ -71,3 +71,86 @@ func TestDeregister(t *testing.T) {
 	}
 }
 
+// TestDeregisterDrains: with a call running, Deregister marks the instance
+// draining, waits for the call within ctx, and removes the instance either
+// way.
+func TestDeregisterDrains(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	entered := make(chan struct{}, 4)
+	release := make(chan struct{})
+	ctx := context.Background()
+	reg := func(id string) *Registration {
+		r, err := c.nodes[1].Register(ctx, Service{Name: "slow", InstanceID: id, Handler: func(ctx context.Context, req *Request) ([]byte, error) {
+			entered <- struct{}{}
+			<-release
+			return nil, nil
+		}})
+		require.NoError(t, err)
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			for _, in := range c.nodes[0].HealthyInstances("slow") {
+				if in.ID == id {
+					return true
+				}
+			}
+			return false
+		}, "%s visible", id)
+		return r
+	}
+	call := func(id string) chan error {
+		res := make(chan error, 1)
+		go func() {
+			_, err := c.nodes[0].Call(ctx, "slow", "x", nil, WithExclude(allBut(c.nodes[0].Instances("slow"), id)...))
+			res <- err
+		}()
+		<-entered
+		return res
+	}
+
+	// Cut short by ctx: the instance is removed anyway.
+	r1 := reg("s-1")
+	res1 := call("s-1")
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	err := r1.Deregister(short)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Equal(t, Status(-1), status1(c.nodes[1], "slow", "s-1"), "removed although a call ran")
+
+	// Waited for: Deregister returns once the call is done.
+	r2 := reg("s-2")
+	res2 := call("s-2")
+	done := make(chan error, 1)
+	go func() { done <- r2.Deregister(ctx) }()
+	testutil.Eventually(t, 5*time.Second, func() bool { return status1(c.nodes[0], "slow", "s-2") == StatusDraining }, "s-2 draining seen by peers")
+	select {
+	case <-done:
+		t.Fatal("Deregister returned while a call ran")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(release)
+	require.NoError(t, <-done)
+	require.NoError(t, <-res2)
+	<-res1 // its instance was removed under it; either outcome is fine
+	require.Equal(t, Status(-1), status1(c.nodes[1], "slow", "s-2"))
+}
+
+// allBut returns the IDs of insts other than id.
+func allBut(insts []Instance, id string) []string {
+	var out []string
+	for _, in := range insts {
+		if in.ID != id {
+			out = append(out, in.ID)
+		}
+	}
+	return out
+}
+
+// status1 returns nd's view of one instance's status, or -1 if unknown.
+func status1(nd *Node, service, id string) Status {
+	for _, in := range nd.Instances(service) {
+		if in.ID == id {
+			return in.Status
+		}
+	}
+	return -1
+}

@@ -41,14 +41,24 @@ func TestBalancersHonourExclusion(t *testing.T) {
 func TestRoundRobinOrder(t *testing.T) {
 	insts := fakeInstances(3)
 	b := RoundRobin()
-	counts := map[string]int{}
-	for i := 0; i < 300; i++ {
-		in, _ := b.Pick(RouteRequest{}, insts)
-		counts[in.ID]++
+	var got []string
+	for i := 0; i < 7; i++ {
+		in, err := b.Pick(RouteRequest{}, insts)
+		require.NoError(t, err)
+		got = append(got, in.ID)
 	}
-	for _, c := range counts {
-		require.Equal(t, 100, c)
+	want := []string{insts[0].ID, insts[1].ID, insts[2].ID, insts[0].ID, insts[1].ID, insts[2].ID, insts[0].ID}
+	require.Equal(t, want, got, "cycles in ID order")
+
+	// An excluded instance is skipped and the cycle goes on after it.
+	ex := RouteRequest{Exclude: map[string]struct{}{insts[1].ID: {}}}
+	got = got[:0]
+	for i := 0; i < 4; i++ {
+		in, err := b.Pick(ex, insts)
+		require.NoError(t, err)
+		got = append(got, in.ID)
 	}
+	require.Equal(t, []string{insts[2].ID, insts[2].ID, insts[0].ID, insts[2].ID}, got)
 }
 
 func TestLeastLoadedPrefersIdle(t *testing.T) {
