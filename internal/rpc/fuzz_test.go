@@ -1,6 +1,6 @@
-// This file holds the fuzz targets for the body decoders: any input must
-// decode or fail without panicking, and whatever decodes must survive an
-// encode/decode round trip unchanged.
+// This file holds the fuzz targets: the body decoders (any input decodes or
+// fails without panicking, and whatever decodes survives an encode/decode
+// round trip) and the frame reader over a byte stream cut into random reads.
 
 package rpc
 
@@ -65,6 +65,49 @@ func FuzzDecodeResponse(f *testing.F) {
 		if again.CallID != resp.CallID || !bytes.Equal(again.Payload, resp.Payload) ||
 			(again.Err == nil) != (resp.Err == nil) || (again.Err != nil && *again.Err != *resp.Err) {
 			t.Fatalf("round trip changed the response:\n%+v\n%+v", resp, again)
+		}
+	})
+}
+
+// FuzzFrameReader reads a stream of frames through the frame reader, with
+// reads cut by cuts (each byte b gives a read of up to b*b bytes, 0 a read
+// that times out), compares the frames with a reference parser, and decodes
+// each one as a request or response.
+func FuzzFrameReader(f *testing.F) {
+	var reqs, resps []byte
+	for i, req := range sampleRequests()[:2] {
+		reqs = appendRequestFrame(reqs, &req, uint64(i+1), int64(req.Timeout))
+	}
+	for i, resp := range []Response{{Payload: []byte("x")}, {Err: &ErrorInfo{Code: "c", Message: "m"}}} {
+		resps = appendResponseFrame(resps, &resp, uint64(i+1))
+	}
+	big := appendRequestFrame(nil, &Request{Payload: make([]byte, 600)}, 9, 0)
+	f.Add([]byte{0, 3, 1, 40}, reqs, byte(0))
+	f.Add([]byte{2, 0, 255}, reqs[:len(reqs)-5], byte(8))
+	f.Add([]byte{1}, resps, byte(0x10))
+	f.Add([]byte{7, 0}, append(big, reqs...), byte(0))
+	f.Add([]byte{}, []byte{0, 0, 0, 1, Version}, byte(0))
+	f.Add([]byte{5}, []byte{0, 0, 0x10, 0, Version, KindRequest, 0xdd, 0xff}, byte(0))
+	f.Fuzz(func(t *testing.T, cuts, stream []byte, flags byte) {
+		sizes := make([]int, len(cuts), len(cuts)+1)
+		for i, c := range cuts {
+			sizes[i] = int(c) * int(c)
+		}
+		sizes = append(sizes, 1) // so that reads progress
+		kind := KindRequest
+		if flags&0x10 != 0 {
+			kind = KindResponse
+		}
+		limit := MinMaxFrameSize << (flags & 15)
+		for _, fr := range checkFrameReader(t, stream, sizes, limit, kind) {
+			if fr.big {
+				continue
+			}
+			if kind == KindRequest {
+				_ = decodeRequest(fr.body, new(Request))
+			} else {
+				_ = decodeResponse(fr.body, new(Response))
+			}
 		}
 	})
 }

@@ -7,7 +7,7 @@ import "net"
 // peerClosed asks conn through PeerClosed if it has it; sockets cannot be
 // probed here and are assumed open.
 func peerClosed(conn net.Conn, fr *frameReader) bool {
-	if fr.br.Buffered() > 0 {
+	if fr.midFrame() {
 		return false
 	}
 	if c, ok := conn.(interface{ PeerClosed() bool }); ok {

@@ -13,7 +13,7 @@ import (
 // Connections that are not sockets are asked through PeerClosed if they
 // have it, and are otherwise assumed open.
 func peerClosed(conn net.Conn, fr *frameReader) bool {
-	if fr.br.Buffered() > 0 {
+	if fr.midFrame() {
 		return false
 	}
 	switch c := conn.(type) {

@@ -305,7 +305,7 @@ func (sc *serverConn) readOne() bool {
 		}
 		sc.handlers.Add(1)
 		sc.inflight.Add(1)
-		if sc.fr.br.Buffered() > 0 && !(sc.fastHandlers() && sc.fr.frameBuffered()) {
+		if sc.fr.buffered() > 0 && !(sc.fastHandlers() && sc.fr.frameBuffered()) {
 			// More requests are already here and handlers may take a
 			// while: let another goroutine read them while this one runs
 			// the handler.
