@@ -65,12 +65,12 @@ func (s *State) Validate(l Limits) error {
 		return fmt.Errorf("%w: state: Node %s: %s", ErrInvalid, clip(s.Node), nameRule)
 	}
 	if len(s.Records) > l.MaxStateRecords {
-		return fmt.Errorf("%w: state from %s: %s", ErrInvalid, s.Node, tooMany("Records", len(s.Records), l.MaxStateRecords))
+		return fmt.Errorf("%w: state from %s: %s", ErrInvalid, clip(s.Node), tooMany("Records", len(s.Records), l.MaxStateRecords))
 	}
 	for i := range s.Records {
 		r := &s.Records[i]
 		if err := r.check(&l); err != nil {
-			return fmt.Errorf("%w: state from %s: Records[%d] %s/%s: %s", ErrInvalid, s.Node, i, clip(r.Service), clip(r.ID), err)
+			return fmt.Errorf("%w: state from %s: Records[%d] %s/%s: %s", ErrInvalid, clip(s.Node), i, clip(r.Service), clip(r.ID), err)
 		}
 	}
 	return nil
