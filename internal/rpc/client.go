@@ -37,15 +37,27 @@ type ClientOptions struct {
 	// Dial opens a connection to a peer's call listener. nil dials TCP with
 	// DefaultDialTimeout. The ctx passed ends when the Client is closed.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// IdleTimeout is how long a connection may go without calls before the
+	// next call closes it and dials anew instead of using it. Keep it below
+	// the peers' ServerOptions.IdleTimeout: a call sent just as the server
+	// closes the connection for idleness would fail with ErrConnLost. 0
+	// means DefaultClientIdleTimeout (1 minute, half the server's default);
+	// negative means connections are used however long they idled.
+	IdleTimeout time.Duration
 }
+
+// DefaultClientIdleTimeout is the IdleTimeout used when ClientOptions
+// leaves it zero.
+const DefaultClientIdleTimeout = time.Minute
 
 // Client calls peers. It keeps one connection per peer address, shared by
 // all concurrent calls to that peer. It is safe for concurrent use.
 type Client struct {
-	maxFrame int
-	dial     func(ctx context.Context, addr string) (net.Conn, error)
-	ctx      context.Context // ends on Close; bounds dials
-	cancel   context.CancelFunc
+	maxFrame    int
+	idleTimeout time.Duration // 0 = none
+	dial        func(ctx context.Context, addr string) (net.Conn, error)
+	ctx         context.Context // ends on Close; bounds dials
+	cancel      context.CancelFunc
 
 	mu     sync.RWMutex
 	conns  map[string]*clientConn
@@ -58,11 +70,12 @@ type Client struct {
 func NewClient(opts ClientOptions) *Client {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
-		maxFrame: normMaxFrame(opts.MaxFrameSize),
-		dial:     opts.Dial,
-		ctx:      ctx,
-		cancel:   cancel,
-		conns:    make(map[string]*clientConn),
+		maxFrame:    normMaxFrame(opts.MaxFrameSize),
+		idleTimeout: orDefault(opts.IdleTimeout, DefaultClientIdleTimeout),
+		dial:        opts.Dial,
+		ctx:         ctx,
+		cancel:      cancel,
+		conns:       make(map[string]*clientConn),
 	}
 	if c.dial == nil {
 		c.dial = defaultDial
@@ -141,21 +154,9 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (Response,
 	if req == nil {
 		return Response{}, errNilRequest
 	}
-	var timeout int64
-	if req.Timeout > 0 {
-		timeout = int64(req.Timeout)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
-		if left <= 0 {
-			return Response{}, ctxError(req, addr, context.DeadlineExceeded)
-		}
-		if timeout == 0 || int64(left) < timeout {
-			timeout = int64(left)
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return Response{}, ctxError(req, addr, err)
+	timeout, err := callTimeout(ctx, addr, req)
+	if err != nil {
+		return Response{}, err
 	}
 	// req.Timeout bounds the call with a pooled timer, when it is what
 	// expires first.
@@ -170,65 +171,94 @@ func (c *Client) Call(ctx context.Context, addr string, req *Request) (Response,
 	if sizeNoID+1 > c.maxFrame {
 		return Response{}, frameTooLarge(sizeNoID+1, c.maxFrame)
 	}
-
 	cl := callPool.Get().(*call)
-	var (
-		cc   *clientConn
-		id   uint64
-		busy bool // other calls are in flight on cc
-		err  error
-	)
-	for tries := 0; ; tries++ {
-		cc, err = c.conn(ctx, expired, addr, req)
-		if err != nil {
-			callPool.Put(cl)
-			return Response{}, err
+	r, reusable := c.roundTrip(ctx, expired, addr, req, cl, timeout, sizeNoID)
+	if reusable {
+		callPool.Put(cl)
+	} // else a reader may still hand a late result to cl: leave it to the GC
+	return r.resp, r.err
+}
+
+// callTimeout returns the time limit to send with req, in nanoseconds (0
+// for none): the smaller of req.Timeout and what is left of ctx. It fails
+// if ctx has ended.
+func callTimeout(ctx context.Context, addr string, req *Request) (int64, error) {
+	var timeout int64
+	if req.Timeout > 0 {
+		timeout = int64(req.Timeout)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return 0, ctxError(req, addr, context.DeadlineExceeded)
 		}
-		if id, busy, err = cc.register(cl); err == nil {
-			break
-		}
-		// The connection died before anything of this call was written to
-		// it: forget it and dial again.
-		c.forget(cc)
-		if tries == maxRedials {
-			callPool.Put(cl)
-			if errors.Is(err, ErrClosed) {
-				return Response{}, err
-			}
-			return Response{}, fmt.Errorf("%w: %s: connection failed before the request was sent: %v", ErrDial, addr, err)
+		if timeout == 0 || int64(left) < timeout {
+			timeout = int64(left)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return 0, ctxError(req, addr, err)
+	}
+	return timeout, nil
+}
+
+// roundTrip sends req to addr and waits for its outcome, which arrives on
+// cl. sizeNoID is the request frame's size but for the call ID. It reports
+// whether cl may be reused: not if a reader may still send to it.
+func (c *Client) roundTrip(ctx context.Context, expired <-chan time.Time, addr string, req *Request,
+	cl *call, timeout int64, sizeNoID int) (result, bool) {
+	cc, id, busy, err := c.registerCall(ctx, expired, addr, req, cl)
+	if err != nil {
+		return result{err: err}, true
+	}
 	if n := sizeNoID + uintSize(id); n > c.maxFrame {
-		cc.unregister(id)
-		callPool.Put(cl)
-		return Response{}, frameTooLarge(n, c.maxFrame)
+		if !cc.unregister(id) {
+			<-cl.ch // the connection failed meanwhile and hands cl its error
+		}
+		return result{err: frameTooLarge(n, c.maxFrame)}, true
 	}
 	if cc.w.lock() == nil {
 		cc.w.buf = appendRequestFrame(cc.w.buf, req, id, timeout)
 		_ = cc.w.commit(busy)
 	}
 	if cc.takeRole(id) {
-		r := cc.lead(ctx, cl, id, req, timeout)
-		callPool.Put(cl)
-		return r.resp, r.err
+		return cc.lead(ctx, cl, id, req, timeout), true
 	}
 	// Whoever's write fails (this goroutine's or a batch writer's) fails the
 	// connection, which hands ErrConnLost to every registered call; so the
 	// outcome always arrives on cl.ch.
 	select {
 	case r := <-cl.ch:
-		callPool.Put(cl)
-		return r.resp, r.err
+		return r, true
 	case <-ctx.Done():
-		if cc.abandon(id) {
-			callPool.Put(cl)
-		} // else the reader holds cl and will send to it: leave it to the GC
-		return Response{}, ctxError(req, addr, ctx.Err())
+		return result{err: ctxError(req, addr, ctx.Err())}, cc.abandon(id)
 	case <-expired:
-		if cc.abandon(id) {
-			callPool.Put(cl)
+		return result{err: timeoutError(req, addr)}, cc.abandon(id)
+	}
+}
+
+// registerCall registers cl on the live connection to addr, dialing it if
+// needed, and returns the connection, the call ID and whether other calls
+// are in flight on it. A connection that died before anything of this call
+// was written to it is forgotten and dialed again, up to maxRedials times.
+func (c *Client) registerCall(ctx context.Context, expired <-chan time.Time, addr string, req *Request,
+	cl *call) (*clientConn, uint64, bool, error) {
+	for tries := 0; ; tries++ {
+		cc, err := c.conn(ctx, expired, addr, req)
+		if err != nil {
+			return nil, 0, false, err
 		}
-		return Response{}, timeoutError(req, addr)
+		id, busy, err := cc.register(cl)
+		if err == nil {
+			return cc, id, busy, nil
+		}
+		c.forget(cc)
+		if tries == maxRedials {
+			if errors.Is(err, ErrClosed) {
+				return nil, 0, false, err
+			}
+			return nil, 0, false, fmt.Errorf("%w: %s: connection failed before the request was sent: %v", ErrDial, addr, err)
+		}
 	}
 }
 
@@ -303,7 +333,7 @@ func (c *Client) conn(ctx context.Context, expired <-chan time.Time, addr string
 	if cc.dialErr != nil {
 		return nil, cc.dialErr
 	}
-	if cc.peerClosedWhileIdle() {
+	if cc.staleWhileIdle() {
 		c.forget(cc)
 		cc.fail(fmt.Errorf("%w: %s: closed by the peer while idle", ErrConnLost, addr))
 		return c.conn(ctx, expired, addr, req)
@@ -311,12 +341,24 @@ func (c *Client) conn(ctx context.Context, expired <-chan time.Time, addr string
 	return cc, nil
 }
 
-// peerClosedWhileIdle reports whether nobody has read cc for idleProbeAfter
-// and a probe finds that the peer closed it.
-func (cc *clientConn) peerClosedWhileIdle() bool {
+// staleWhileIdle reports whether cc, unread for idleProbeAfter with no call
+// waiting, must not be used: it idled for the Client's IdleTimeout (it is
+// then closed here, before any call can register on it) or a probe finds
+// that the peer closed it.
+func (cc *clientConn) staleWhileIdle() bool {
 	cc.mu.Lock()
-	idle := !cc.reading && len(cc.pending) == 0 && cc.err == nil &&
-		!cc.idleSince.IsZero() && time.Since(cc.idleSince) > idleProbeAfter
+	var idleFor time.Duration
+	if !cc.reading && len(cc.pending) == 0 && cc.err == nil && !cc.idleSince.IsZero() {
+		idleFor = time.Since(cc.idleSince)
+	}
+	if limit := cc.client.idleTimeout; limit > 0 && idleFor >= limit {
+		err := fmt.Errorf("%w: %s: closed after idling for %v", ErrConnLost, cc.addr, limit)
+		cc.err, cc.pending = err, nil // nothing was pending
+		cc.mu.Unlock()
+		cc.teardown(err, nil)
+		return true
+	}
+	idle := idleFor > idleProbeAfter
 	if idle {
 		// Nobody can take the role while it is probed.
 		cc.reading = true
@@ -486,7 +528,12 @@ func (cc *clientConn) fail(err error) {
 	pending := cc.pending
 	cc.pending = nil
 	cc.mu.Unlock()
+	cc.teardown(err, pending)
+}
 
+// teardown closes the connection, which failed with err, hands err to the
+// calls that were pending on it and forgets it.
+func (cc *clientConn) teardown(err error, pending map[uint64]*call) {
 	cc.w.shutdown(err)
 	_ = cc.conn.Close()
 	for _, cl := range pending {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // maxRetainedWriteBuf caps the capacity of a write buffer kept for reuse
@@ -32,10 +33,13 @@ type frameWriter struct {
 	onError func(error)
 
 	mu      sync.Mutex
-	buf     []byte // frames waiting to be written
-	spare   []byte // the other buffer, reused once the current batch is written
-	writing bool   // a goroutine is writing a batch
-	err     error  // sticky: once set, nothing more is written
+	buf     []byte         // frames waiting to be written
+	spare   []byte         // the other buffer, reused once the current batch is written
+	writing bool           // a goroutine is writing a batch
+	err     error          // sticky: once set, nothing more is written
+	waiters int            // goroutines waiting in lockBounded
+	stalls  *atomic.Uint64 // if set, counts the waits in lockBounded
+	room    *sync.Cond     // on mu: signalled when a batch is taken out, on failure or shutdown
 }
 
 // lock takes the writer's lock so a frame can be appended to w.buf. On error
@@ -48,6 +52,39 @@ func (w *frameWriter) lock() error {
 		return err
 	}
 	return nil
+}
+
+// lockBounded is lock for a writer whose queue is bounded: while a write is
+// under way and limit bytes already wait behind it, it waits until that
+// write finishes. It reports whether it waited.
+func (w *frameWriter) lockBounded(limit int) (waited bool, err error) {
+	w.mu.Lock()
+	for w.writing && len(w.buf) >= limit && w.err == nil {
+		if w.room == nil {
+			w.room = sync.NewCond(&w.mu)
+		}
+		if !waited && w.stalls != nil {
+			w.stalls.Add(1)
+		}
+		waited = true
+		w.waiters++
+		w.room.Wait()
+		w.waiters--
+	}
+	if w.err != nil {
+		err := w.err
+		w.mu.Unlock()
+		return waited, err
+	}
+	return waited, nil
+}
+
+// wakeLocked wakes the goroutines waiting in lockBounded. The caller holds
+// w.mu.
+func (w *frameWriter) wakeLocked() {
+	if w.waiters > 0 {
+		w.room.Broadcast()
+	}
 }
 
 // unlock releases the lock taken by lock, leaving the appended frame queued
@@ -74,6 +111,7 @@ func (w *frameWriter) commit(busy bool) error {
 	for len(w.buf) > 0 && w.err == nil {
 		out := w.buf
 		w.buf = w.spare[:0]
+		w.wakeLocked()
 		w.mu.Unlock()
 		_, err = w.conn.Write(out)
 		if cap(out) > maxRetainedWriteBuf {
@@ -87,6 +125,7 @@ func (w *frameWriter) commit(busy bool) error {
 	}
 	if w.err != nil { // failed or shut down: drop whatever was queued
 		w.buf, w.spare = nil, nil
+		w.wakeLocked()
 	}
 	w.writing = false
 	w.mu.Unlock()
@@ -106,5 +145,6 @@ func (w *frameWriter) shutdown(err error) {
 	if !w.writing {
 		w.buf, w.spare = nil, nil
 	}
+	w.wakeLocked()
 	w.mu.Unlock()
 }
