@@ -143,7 +143,9 @@ type outcome struct {
 	version uint16 // negotiated on the client
 }
 
-const testWait = 5 * time.Second
+// testWait bounds every wait of a test; generous, as other test runs may
+// share the machine's CPUs.
+const testWait = 10 * time.Second
 
 // connect runs one connection from cli to srv over network, the client
 // expecting the server to be peerNode; the server writes a greeting that

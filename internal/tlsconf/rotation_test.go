@@ -128,6 +128,8 @@ func TestRotationUnderLoad(t *testing.T) {
 	done := make([]atomic.Int64, workers) // the latest gen a completed connection began in
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	defer wg.Wait() // runs before the listeners close, even when a step fails
+	defer close(stop)
 	for w := range workers {
 		wg.Add(1)
 		go func() {
@@ -164,6 +166,4 @@ func TestRotationUnderLoad(t *testing.T) {
 	step(func(r *testRing) { r.install(k2) })
 	step(func(r *testRing) { r.use(k2) })
 	step(func(r *testRing) { r.remove(k1) })
-	close(stop)
-	wg.Wait()
 }
