@@ -171,11 +171,24 @@ func (n *Node) start() {
 	// clock cannot move before they exist.
 	if n.cfg.HeartbeatEnabled {
 		hbTicker := n.clk.NewTicker(n.cfg.HeartbeatInterval)
-		n.spawn(func() { n.heartbeatLoop(hbTicker) })
+		n.spawn(func() { everyTick(n.stopCh, hbTicker, func() { n.heartbeatRound(gossipOnly) }) })
 	}
 	healthTicker := n.clk.NewTicker(n.cfg.HealthCheckInterval)
-	n.spawn(func() { n.healthLoop(healthTicker) })
+	n.spawn(func() { everyTick(n.stopCh, healthTicker, n.reg.check) })
 	n.log.Info("aegis node started", "addr", n.Addr(), "calls", n.tr.CallAddr())
+}
+
+// everyTick runs f on each tick of t until stop is closed, then stops t.
+func everyTick(stop <-chan struct{}, t clock.Ticker, f func()) {
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C():
+			f()
+		}
+	}
 }
 
 // spawn runs f in a goroutine counted by the Node's WaitGroup, unless the

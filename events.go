@@ -1,3 +1,6 @@
+// This file holds events: Event, Subscribe and the bus that fans events out
+// to subscribers without blocking gossip.
+
 package aegis
 
 import (
@@ -21,7 +24,9 @@ const (
 	// EventStatusChanged: the instance's status changed. Reasons:
 	// "heartbeat-timeout", "node-failed", "recovered", "self-reported".
 	EventStatusChanged
-	// EventRoleChanged: the instance's role changed.
+	// EventRoleChanged: the instance's role changed. Reserved for
+	// active/standby promotion; no release emits it yet (an instance's role
+	// is fixed at registration).
 	EventRoleChanged
 	// EventEjected: passive failure tracking took the instance out of this
 	// node's routing pool for a while (reason "consecutive-failures"). Only

@@ -7,8 +7,6 @@ import (
 	"context"
 	"math/rand/v2"
 	"time"
-
-	"go.opentelemetry.io/otel/trace"
 )
 
 // CallOption adjusts one Call or CallWithFailover.
@@ -87,11 +85,7 @@ func applyOptions(o callOptions, opts []CallOption) callOptions {
 func (n *Node) Call(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{}, opts)
 	if n.tracer != nil {
-		var span trace.Span
-		ctx, span = n.startCallSpan(ctx, "Call", service, method, &o)
-		out, err := n.caller.call(ctx, service, method, payload, &o)
-		endSpan(span, err)
-		return out, err
+		return n.traced(ctx, "Call", service, method, payload, &o, n.caller.call)
 	}
 	return n.caller.call(ctx, service, method, payload, &o)
 }
@@ -128,11 +122,7 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{maxAttempts: n.cfg.MaxAttempts}, opts)
 	if n.tracer != nil {
-		var span trace.Span
-		ctx, span = n.startCallSpan(ctx, "CallWithFailover", service, method, &o)
-		out, err := n.caller.callWithFailover(ctx, service, method, payload, &o)
-		endSpan(span, err)
-		return out, err
+		return n.traced(ctx, "CallWithFailover", service, method, payload, &o, n.caller.callWithFailover)
 	}
 	return n.caller.callWithFailover(ctx, service, method, payload, &o)
 }

@@ -99,7 +99,7 @@ func (g *gossiper) start() {
 	timer.Stop()
 	g.spawn(func() { g.outboxLoop(timer) })
 	reconnect := g.clk.NewTicker(g.cfg.ReconnectInterval)
-	g.spawn(func() { g.reconnectLoop(reconnect) })
+	g.spawn(func() { everyTick(g.stopCh, reconnect, g.reconnect) })
 }
 
 func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) *memberlist.Config {

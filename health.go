@@ -4,23 +4,6 @@
 
 package aegis
 
-import (
-	"github.com/aegisipc/aegis/internal/clock"
-)
-
-// healthLoop runs the health checker on each tick of t.
-func (n *Node) healthLoop(t clock.Ticker) {
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stopCh:
-			return
-		case <-t.C():
-			n.reg.check()
-		}
-	}
-}
-
 // check applies the absolute heartbeat timeout, ends ejections whose time
 // is up, reaps long-dead instances and forgets old tombstones.
 func (r *registry) check() {

@@ -5,22 +5,8 @@
 package aegis
 
 import (
-	"github.com/aegisipc/aegis/internal/clock"
 	"github.com/aegisipc/aegis/internal/wire"
 )
-
-// heartbeatLoop sends a heartbeat round on each tick of t.
-func (n *Node) heartbeatLoop(t clock.Ticker) {
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stopCh:
-			return
-		case <-t.C():
-		}
-		n.heartbeatRound(gossipOnly)
-	}
-}
 
 // delivery says how a heartbeat round reaches the cluster.
 type delivery bool

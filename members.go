@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
-
-	"github.com/aegisipc/aegis/internal/clock"
 )
 
 // setPeer records a copy of node, called from a membership callback (under
@@ -79,26 +77,19 @@ func (f *failedNodes) due(now time.Time, timeout time.Duration) []string {
 	return addrs
 }
 
-// reconnectLoop rejoins one node memberlist declared dead on each tick of
-// t, as serf does: after a partition heals, the two sides would otherwise
-// never gossip again once the dead-node gossip window has passed. Nodes
-// are tried for Gossip.ReconnectTimeout after they failed.
-func (g *gossiper) reconnectLoop(t clock.Ticker) {
-	defer t.Stop()
-	for {
-		select {
-		case <-g.stopCh:
-			return
-		case <-t.C():
-		}
-		addrs := g.failed.due(g.clk.Now(), g.cfg.ReconnectTimeout)
-		if len(addrs) == 0 {
-			continue
-		}
-		addr := addrs[rand.IntN(len(addrs))]
-		g.stats.reconnects.Add(1)
-		if _, err := g.ml.Join([]string{addr}); err != nil {
-			g.log.Debug("reconnect failed", "addr", addr, "err", err)
-		}
+// reconnect rejoins one node memberlist declared dead; the gossiper calls
+// it every Gossip.ReconnectInterval, as serf does: after a partition heals,
+// the two sides would otherwise never gossip again once the dead-node
+// gossip window has passed. Nodes are tried for Gossip.ReconnectTimeout
+// after they failed.
+func (g *gossiper) reconnect() {
+	addrs := g.failed.due(g.clk.Now(), g.cfg.ReconnectTimeout)
+	if len(addrs) == 0 {
+		return
+	}
+	addr := addrs[rand.IntN(len(addrs))]
+	g.stats.reconnects.Add(1)
+	if _, err := g.ml.Join([]string{addr}); err != nil {
+		g.log.Debug("reconnect failed", "addr", addr, "err", err)
 	}
 }

@@ -29,6 +29,17 @@ func tracerFor(tp trace.TracerProvider) trace.Tracer {
 	return t
 }
 
+// callFunc is the caller's Call or CallWithFailover after options.
+type callFunc func(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error)
+
+// traced runs call inside a client span named after api.
+func (n *Node) traced(ctx context.Context, api, service, method string, payload []byte, o *callOptions, call callFunc) ([]byte, error) {
+	ctx, span := n.startCallSpan(ctx, api, service, method, o)
+	out, err := call(ctx, service, method, payload, o)
+	endSpan(span, err)
+	return out, err
+}
+
 // startCallSpan starts the client span of one call and puts its trace
 // context into the call's headers.
 func (n *Node) startCallSpan(ctx context.Context, api, service, method string, o *callOptions) (context.Context, trace.Span) {
