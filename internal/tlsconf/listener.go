@@ -14,7 +14,8 @@ import (
 )
 
 // DialTLS runs the client handshake on conn with node peerNode, giving up
-// when ctx ends, and returns the TLS connection. On failure it closes conn
+// when ctx ends (give it a deadline: a stalled server is waited for
+// otherwise), and returns the TLS connection. On failure it closes conn
 // and returns an error naming the peer's address; trust failures match
 // ErrUntrustedPeer, and a handshake cut short by ctx matches ctx.Err().
 //
@@ -56,7 +57,9 @@ type ListenerOptions struct {
 	// by Accept; while that many are pending, no more are accepted (they
 	// wait in the kernel's backlog). 0 means 64.
 	MaxHandshakes int
-	// OnError, if set, receives the error of every failed handshake. It is
+	// OnError, if set, receives the error of every failed handshake, which
+	// names the peer's address ("aegis: TLS handshake with 10.0.0.5:41234
+	// failed: ..."; trust failures match ErrUntrustedPeer). It is
 	// called from the handshake's goroutine, perhaps concurrently, and must
 	// not block. A remote peer can cause these at will: rate-limit logs.
 	OnError func(err error)
@@ -74,6 +77,11 @@ const (
 // blocks Accept, and at most MaxHandshakes connections are held pending.
 // Close closes the inner listener and every pending connection, and
 // waits for every goroutine of the Listener.
+//
+// Connections must buffer writes, as TCP and the in-memory transport do:
+// on net.Pipe, a refused handshake stalls until HandshakeTimeout, as both
+// ends write (one its alert, the other the rest of its flight) and neither
+// reads.
 type Listener struct {
 	inner   net.Listener
 	creds   *Creds

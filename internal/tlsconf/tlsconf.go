@@ -11,6 +11,10 @@
 // any installed key, so keys can be rotated without downtime: install the
 // new key everywhere, make it primary everywhere, then remove the old one.
 //
+// Derived credentials prove that a peer holds a cluster key, not which node
+// it is: any holder of a key can mint a certificate naming any node. Per-node
+// identity takes the user's own certificates (NewFromUser).
+//
 // Both ends verify each other fully; a client also checks that the server's
 // certificate names the node it meant to call.
 package tlsconf

@@ -26,8 +26,9 @@ import (
 // Whatever base says, connections use TLS 1.3, callers must present a
 // certificate, and verification is done here (chain, usage, and on the
 // client the server's node name) before base.VerifyConnection, if set,
-// runs. base.GetConfigForClient is refused: the config it returns would
-// replace these settings.
+// runs; base.VerifyPeerCertificate, if set, runs earlier and is given no
+// verified chains. base.GetConfigForClient is refused: the config it
+// returns would replace these settings.
 func NewFromUser(base *tls.Config, nodeName string) (*Creds, error) {
 	if !validNode(nodeName) {
 		return nil, fmt.Errorf("aegis: node name %q: use 1-128 letters, digits, '.', '_', '-' or ':'", nodeName)
