@@ -1,11 +1,4 @@
-// This file implements the calling side: a Client keeps one multiplexed
-// connection per peer address and sends requests through the batching
-// writer. Reading responses is a role: a caller that finds nobody reading
-// reads itself (so a lone caller is woken straight by the network poller, as
-// with a plain socket, instead of by another goroutine) and passes responses
-// that are not its own to their callers. When it has its own response and
-// others still wait, a reader goroutine takes the role over until none
-// waits.
+// This file holds the calling side: the Client and its one multiplexed connection per peer address.
 
 package rpc
 
@@ -101,7 +94,13 @@ type result struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
-// clientConn is the connection to one peer address.
+// clientConn is the connection to one peer address. Requests go out through
+// the batching writer. Reading responses is a role: a caller that finds
+// nobody reading reads itself (so a lone caller is woken straight by the
+// network poller, as with a plain socket, instead of by another goroutine)
+// and passes responses that are not its own to their callers. When it has
+// its own response and others still wait, a reader goroutine takes the role
+// over until none waits.
 type clientConn struct {
 	client *Client
 	addr   string

@@ -1,5 +1,4 @@
-// This file encodes and decodes request and response frames: the 4-byte
-// length prefix, the version and kind bytes, and the msgpack array body.
+// This file encodes and decodes request and response frames: prefix, version, kind and msgpack body.
 
 package rpc
 
@@ -124,6 +123,53 @@ func appendResponseFrame(b []byte, resp *Response, id uint64) []byte {
 // into req. Payload aliases body; the strings share one allocation. It never
 // panics and allocates at most len(body) bytes plus the header map.
 func decodeRequest(body []byte, req *Request) error {
+	var l requestLayout
+	if err := l.scan(body); err != nil {
+		return err
+	}
+	// One string holds every text field; the fields are substrings of it.
+	lo := l.text[0][0]
+	var text string
+	if l.textLen > 0 || l.headers > 0 {
+		text = string(body[lo:l.hdrEnd])
+	}
+	*req = Request{
+		CallID:     l.id,
+		Service:    substr(text, lo, l.text[0]),
+		Method:     substr(text, lo, l.text[1]),
+		InstanceID: substr(text, lo, l.text[2]),
+		MessageID:  substr(text, lo, l.text[3]),
+		Timeout:    time.Duration(l.timeout),
+		Attempt:    uint32(l.attempt),
+	}
+	if l.payload[1] > l.payload[0] {
+		req.Payload = body[l.payload[0]:l.payload[1]:l.payload[1]]
+	}
+	if l.headers > 0 {
+		h, err := l.headerMap(body, text, lo)
+		if err != nil {
+			return err
+		}
+		req.Header = h
+	}
+	return nil
+}
+
+// requestLayout is where a request body holds its fields: values, and
+// [start, end) ranges of the body for strings and bytes.
+type requestLayout struct {
+	id               uint64
+	text             [4][2]int // service, method, instanceID, messageID
+	textLen          int
+	timeout          int64
+	hdrStart, hdrEnd int // the header map, from its map header
+	headers          int // entries in it
+	payload          [2]int
+	attempt          uint64
+}
+
+// scan checks that body is a whole request and fills l from it.
+func (l *requestLayout) scan(body []byte) error {
 	d := decoder{b: body}
 	n, err := d.readArrayLen()
 	if err != nil {
@@ -132,93 +178,62 @@ func decodeRequest(body []byte, req *Request) error {
 	if n < requestFields {
 		return errShape
 	}
-	id, err := d.readUint()
-	if err != nil {
+	if l.id, err = d.readUint(); err != nil {
 		return err
 	}
-	var rng [4][2]int // service, method, instanceID, messageID
-	textLen := 0
-	for i := range rng {
+	for i := range l.text {
 		s, e, err := d.readRaw()
 		if err != nil {
 			return err
 		}
-		rng[i] = [2]int{s, e}
-		textLen += e - s
+		l.text[i] = [2]int{s, e}
+		l.textLen += e - s
 	}
-	timeout, err := d.readInt()
-	if err != nil {
+	if l.timeout, err = d.readInt(); err != nil {
 		return err
 	}
-	hdrStart := d.off
-	hn, err := d.readMapLen()
-	if err != nil {
+	l.hdrStart = d.off
+	if l.headers, err = d.readMapLen(); err != nil {
 		return err
 	}
-	for i := 0; i < 2*hn; i++ {
+	for i := 0; i < 2*l.headers; i++ {
 		if _, _, err := d.readRaw(); err != nil {
 			return err
 		}
 	}
-	hdrEnd := d.off
-	ps, pe, err := d.readRaw()
-	if err != nil {
+	l.hdrEnd = d.off
+	if l.payload[0], l.payload[1], err = d.readRaw(); err != nil {
 		return err
 	}
-	attempt, err := d.readUint()
-	if err != nil {
+	if l.attempt, err = d.readUint(); err != nil {
 		return err
 	}
-	if attempt > math.MaxUint32 {
+	if l.attempt > math.MaxUint32 {
 		return errRange
 	}
-	for i := requestFields; i < n; i++ {
-		if err := d.skip(0); err != nil {
-			return err
-		}
-	}
-	if d.off != len(body) {
-		return errTrailing
-	}
+	return d.skipRest(n - requestFields)
+}
 
-	// One string holds every text field; the fields are substrings of it.
-	lo := rng[0][0]
-	var text string
-	if textLen > 0 || hn > 0 {
-		text = string(body[lo:hdrEnd])
+// headerMap builds the header map scan found, with keys and values
+// substrings of text, which holds body[lo:].
+func (l *requestLayout) headerMap(body []byte, text string, lo int) (map[string]string, error) {
+	h := make(map[string]string, l.headers)
+	hd := decoder{b: body, off: l.hdrStart}
+	if _, err := hd.readMapLen(); err != nil {
+		return nil, err
 	}
-	*req = Request{
-		CallID:     id,
-		Service:    substr(text, lo, rng[0]),
-		Method:     substr(text, lo, rng[1]),
-		InstanceID: substr(text, lo, rng[2]),
-		MessageID:  substr(text, lo, rng[3]),
-		Timeout:    time.Duration(timeout),
-		Attempt:    uint32(attempt),
-	}
-	if pe > ps {
-		req.Payload = body[ps:pe:pe]
-	}
-	if hn > 0 {
-		h := make(map[string]string, hn)
-		hd := decoder{b: body, off: hdrStart}
-		if _, err := hd.readMapLen(); err != nil {
-			return err
+	for i := 0; i < l.headers; i++ {
+		ks, ke, err := hd.readRaw()
+		if err != nil {
+			return nil, err
 		}
-		for i := 0; i < hn; i++ {
-			ks, ke, err := hd.readRaw()
-			if err != nil {
-				return err
-			}
-			vs, ve, err := hd.readRaw()
-			if err != nil {
-				return err
-			}
-			h[substr(text, lo, [2]int{ks, ke})] = substr(text, lo, [2]int{vs, ve})
+		vs, ve, err := hd.readRaw()
+		if err != nil {
+			return nil, err
 		}
-		req.Header = h
+		h[substr(text, lo, [2]int{ks, ke})] = substr(text, lo, [2]int{vs, ve})
 	}
-	return nil
+	return h, nil
 }
 
 // decodeResponse decodes a response body (the bytes after version and kind)
@@ -257,13 +272,8 @@ func decodeResponse(body []byte, resp *Response) error {
 	if err != nil {
 		return err
 	}
-	for i := responseFields; i < n; i++ {
-		if err := d.skip(0); err != nil {
-			return err
-		}
-	}
-	if d.off != len(body) {
-		return errTrailing
+	if err := d.skipRest(n - responseFields); err != nil {
+		return err
 	}
 	*resp = Response{CallID: id}
 	if pe > ps {

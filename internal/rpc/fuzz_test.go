@@ -1,6 +1,4 @@
-// This file holds the fuzz targets: the body decoders (any input decodes or
-// fails without panicking, and whatever decodes survives an encode/decode
-// round trip) and the frame reader over a byte stream cut into random reads.
+// This file holds the fuzz targets: the request and response decoders and the frame reader.
 
 package rpc
 
@@ -9,6 +7,9 @@ import (
 	"testing"
 )
 
+// FuzzDecodeRequest decodes any body as a request: it must fail or decode
+// without panicking, and what decodes must survive an encode/decode round
+// trip unchanged.
 func FuzzDecodeRequest(f *testing.F) {
 	for _, req := range sampleRequests()[:2] {
 		body := appendRequestFrame(nil, &req, 7, int64(req.Timeout))[frameOverhead:]
@@ -39,6 +40,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	})
 }
 
+// FuzzDecodeResponse is FuzzDecodeRequest for response bodies.
 func FuzzDecodeResponse(f *testing.F) {
 	for _, resp := range []Response{{Payload: []byte("x")}, {Err: &ErrorInfo{Code: "c", Message: "m", Retryable: true}}} {
 		body := appendResponseFrame(nil, &resp, 9)[frameOverhead:]

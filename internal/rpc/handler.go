@@ -1,6 +1,4 @@
-// This file runs handlers: the request and context allocated together, the
-// handler's lazily built deadline context, panics turned into errors, and
-// the moving average of handler time that decides how requests are run.
+// This file runs handlers: their context, panics, and the handler-time average that picks how they run.
 
 package rpc
 

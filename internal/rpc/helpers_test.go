@@ -1,6 +1,4 @@
-// This file holds the test harness: goleak in TestMain, an in-memory network
-// built on net.Pipe, and helpers that start servers and clients over either
-// real TCP on loopback or that in-memory network.
+// This file holds the test harness: goleak, an in-memory network, and server and client helpers.
 
 package rpc
 

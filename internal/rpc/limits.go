@@ -1,6 +1,4 @@
-// This file holds the Server's limits on what peers may make it hold: the
-// options made effective, the connection table with its per-IP counts, the
-// in-flight gate of each connection, and the counters behind Server.Stats.
+// This file holds the Server's limits: effective options, connection caps, in-flight gate, counters.
 
 package rpc
 

@@ -1,7 +1,4 @@
-// This file tests the Server's limits one at a time: idle and frame
-// timeouts, the connection caps, the in-flight cap's backpressure, the
-// bounded write queue, and the Client living with a server that closes idle
-// connections.
+// This file tests the Server's limits one at a time, over TCP and the in-memory network.
 
 package rpc
 

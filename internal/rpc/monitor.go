@@ -1,5 +1,4 @@
-// This file holds the Server's monitor goroutine, which passes on reader
-// roles held by handlers that turn out slow.
+// This file holds the Server's monitor goroutine, which passes on reader roles held by slow handlers.
 
 package rpc
 

@@ -1,6 +1,4 @@
-// This file holds the minimal msgpack encoder and decoder the envelope codec
-// is built on: append-style writers for the few types the protocol uses, and
-// a bounds-checked reader that never panics and never allocates.
+// This file holds the minimal msgpack writers and the bounds-checked reader the frame codec uses.
 
 package rpc
 
@@ -471,70 +469,9 @@ func (d *decoder) skip(depth int) error {
 	if err != nil {
 		return err
 	}
-	var n uint64 // bytes to skip, or elements for containers
-	elems := 0   // 1 for arrays, 2 for maps
-	switch {
-	case c < 0x80 || c >= mpNegFix || c == mpNil || c == mpFalse || c == mpTrue:
-		return nil
-	case c&0xf0 == mpFixMap:
-		n, elems = uint64(c&0x0f), 2
-	case c&0xf0 == mpFixArray:
-		n, elems = uint64(c&0x0f), 1
-	case c&0xe0 == mpFixStr:
-		n = uint64(c & 0x1f)
-	default:
-		switch c {
-		case mpUint8, mpInt8:
-			n = 1
-		case mpUint16, mpInt16:
-			n = 2
-		case mpUint32, mpInt32, mpFloat32:
-			n = 4
-		case mpUint64, mpInt64, mpFloat64:
-			n = 8
-		case mpFixExt1:
-			n = 2
-		case mpFixExt2:
-			n = 3
-		case mpFixExt4:
-			n = 5
-		case mpFixExt8:
-			n = 9
-		case mpFixExt16:
-			n = 17
-		case mpStr8, mpBin8:
-			n, err = d.readN(1)
-		case mpStr16, mpBin16:
-			n, err = d.readN(2)
-		case mpStr32, mpBin32:
-			n, err = d.readN(4)
-		case mpExt8:
-			n, err = d.readN(1)
-			n++
-		case mpExt16:
-			n, err = d.readN(2)
-			n++
-		case mpExt32:
-			n, err = d.readN(4)
-			n++
-		case mpArray16:
-			n, err = d.readN(2)
-			elems = 1
-		case mpArray32:
-			n, err = d.readN(4)
-			elems = 1
-		case mpMap16:
-			n, err = d.readN(2)
-			elems = 2
-		case mpMap32:
-			n, err = d.readN(4)
-			elems = 2
-		default: // 0xc1, never used
-			return errType
-		}
-		if err != nil {
-			return err
-		}
+	n, elems, err := d.skipSize(c)
+	if err != nil {
+		return err
 	}
 	if elems == 0 {
 		if n > uint64(d.remaining()) {
@@ -553,4 +490,95 @@ func (d *decoder) skip(depth int) error {
 		}
 	}
 	return nil
+}
+
+// skipRest skips n more values and checks that nothing follows them: the
+// end of a body, after the fields this version knows.
+func (d *decoder) skipRest(n int) error {
+	for range n {
+		if err := d.skip(0); err != nil {
+			return err
+		}
+	}
+	if d.off != len(d.b) {
+		return errTrailing
+	}
+	return nil
+}
+
+// skipSize tells what follows type byte c: n bytes, or for a container
+// (elems 1 for arrays, 2 for maps) n entries of elems values each. It reads
+// the length that follows c, if any.
+func (d *decoder) skipSize(c byte) (n uint64, elems int, err error) {
+	switch {
+	case c < 0x80 || c >= mpNegFix || c == mpNil || c == mpFalse || c == mpTrue:
+		return 0, 0, nil
+	case c&0xf0 == mpFixMap:
+		return uint64(c & 0x0f), 2, nil
+	case c&0xf0 == mpFixArray:
+		return uint64(c & 0x0f), 1, nil
+	case c&0xe0 == mpFixStr:
+		return uint64(c & 0x1f), 0, nil
+	}
+	if n, ok := fixedSize(c); ok {
+		return n, 0, nil
+	}
+	switch c {
+	case mpStr8, mpBin8:
+		n, err = d.readN(1)
+	case mpStr16, mpBin16:
+		n, err = d.readN(2)
+	case mpStr32, mpBin32:
+		n, err = d.readN(4)
+	case mpExt8:
+		n, err = d.readN(1)
+		n++ // the type byte
+	case mpExt16:
+		n, err = d.readN(2)
+		n++
+	case mpExt32:
+		n, err = d.readN(4)
+		n++
+	case mpArray16:
+		n, err = d.readN(2)
+		elems = 1
+	case mpArray32:
+		n, err = d.readN(4)
+		elems = 1
+	case mpMap16:
+		n, err = d.readN(2)
+		elems = 2
+	case mpMap32:
+		n, err = d.readN(4)
+		elems = 2
+	default: // 0xc1, never used
+		return 0, 0, errType
+	}
+	return n, elems, err
+}
+
+// fixedSize returns the bytes that follow type byte c for the types of a
+// fixed size (numbers and fixext), counting an ext's type byte.
+func fixedSize(c byte) (uint64, bool) {
+	switch c {
+	case mpUint8, mpInt8:
+		return 1, true
+	case mpUint16, mpInt16:
+		return 2, true
+	case mpUint32, mpInt32, mpFloat32:
+		return 4, true
+	case mpUint64, mpInt64, mpFloat64:
+		return 8, true
+	case mpFixExt1:
+		return 2, true
+	case mpFixExt2:
+		return 3, true
+	case mpFixExt4:
+		return 5, true
+	case mpFixExt8:
+		return 9, true
+	case mpFixExt16:
+		return 17, true
+	}
+	return 0, false
 }

@@ -1,6 +1,4 @@
-// This file checks that the hand-rolled codec speaks real msgpack: values
-// and whole bodies written here decode with go-msgpack and vice versa, sizes
-// match encodings, and malformed input is rejected without panics.
+// This file checks that the hand-rolled codec speaks real msgpack both ways and rejects bad input.
 
 package rpc
 

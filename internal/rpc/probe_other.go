@@ -1,5 +1,7 @@
 //go:build !unix
 
+// This file probes an idle connection for a close by its peer where sockets cannot be peeked.
+
 package rpc
 
 import "net"

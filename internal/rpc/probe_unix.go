@@ -1,5 +1,7 @@
 //go:build unix
 
+// This file probes an idle connection for a close by its peer: sockets by a non-blocking peek.
+
 package rpc
 
 import (

@@ -1,6 +1,4 @@
-// This file reads frames off a connection for both client and server; a
-// frame's memory grows with the bytes that arrive, never with its length
-// prefix, and oversized frames are read past without being stored.
+// This file reads frames for client and server, with memory that grows only as bytes arrive.
 
 package rpc
 

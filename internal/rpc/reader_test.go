@@ -1,6 +1,4 @@
-// This file tests the frame reader against a reference parser over byte
-// streams cut into chunks and interrupted by timeouts, and checks that its
-// memory follows the bytes that arrive, not the length prefixes.
+// This file tests the frame reader against a reference parser over streams cut into reads.
 
 package rpc
 

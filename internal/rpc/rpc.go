@@ -1,3 +1,5 @@
+// This file holds the package documentation, protocol constants, errors and the Request and Response.
+
 // Package rpc implements the direct-call protocol between Aegis nodes: a
 // caller sends a Request to a peer's call listener over a stream connection
 // (TCP in production, an in-memory conn in tests), the peer runs a Handler and
@@ -22,9 +24,31 @@
 // # Connections
 //
 // A Client keeps one connection per peer address and multiplexes all
-// concurrent calls on it by call ID. Writers on both sides batch frames: the
-// goroutine that finds the connection idle writes everything queued so far in
-// one syscall, others only append their frame and go on waiting.
+// concurrent calls on it by call ID. A caller that finds nobody reading the
+// connection reads its own response, handing others theirs on the way.
+//
+// A Server reads each connection in a reader role that passes between
+// goroutines. The reader runs the handler of the request it decoded itself,
+// so a fast handler costs no goroutine switch, and reads on once it returns;
+// whole requests that arrived together are run one after another and
+// answered in one write while handlers are fast. The role passes to another
+// goroutine (a parked spare or a new one) when more requests are waiting and
+// handlers have been slow, or when a handler has run for a millisecond: slow
+// handlers then run side by side while the connection is read on.
+//
+// Writers on both sides batch frames: the goroutine that finds the
+// connection idle writes everything queued so far in one syscall, others only
+// append their frame and go on waiting.
+//
+// # Limits
+//
+// A Server bounds what a peer can make it hold (see ServerOptions): frames
+// are buffered as their bytes arrive, never by their announced length, up to
+// MaxFrameSize; a frame must arrive whole within FrameTimeout and an idle
+// connection is closed after IdleTimeout; connections are capped in total and
+// per remote IP; a connection with MaxInflightPerConn requests in flight is
+// not read until one is answered, and answers its peer does not read hold up
+// its handlers. Server.Stats counts every limit reached.
 package rpc
 
 import (

@@ -1,6 +1,4 @@
-// This file tests Client and Server end to end over loopback TCP and the
-// in-memory pipe network: round trips, multiplexing, frame limits, panics,
-// deadlines, connection loss, dialing and broken peers.
+// This file tests Client and Server end to end over loopback TCP and the in-memory network.
 
 package rpc
 

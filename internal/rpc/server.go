@@ -1,5 +1,4 @@
-// This file holds the Server: its options and their defaults, accepting
-// connections within the connection caps, Close, and Stats.
+// This file holds the Server: options and defaults, accepting within the caps, Close and Stats.
 
 package rpc
 

@@ -1,6 +1,4 @@
-// This file holds one served connection: reading requests in the reader
-// role passed between goroutines, the limits applied while reading, and
-// writing the answers.
+// This file holds one served connection: the reader role, limits applied while reading, replies.
 
 package rpc
 

@@ -1,5 +1,4 @@
-// This file holds a server connection's read timeouts: how long a started
-// frame may take to arrive whole, and how long a connection may sit idle.
+// This file holds a server connection's read timeouts: FrameTimeout and IdleTimeout.
 
 package rpc
 

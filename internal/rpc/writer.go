@@ -1,6 +1,4 @@
-// This file holds the batching frame writer shared by client and server
-// connections: goroutines append encoded frames to a buffer, and the one that
-// finds the connection idle writes all queued frames with one syscall.
+// This file holds the batching frame writer shared by client and server connections.
 
 package rpc
 

@@ -1,6 +1,4 @@
-// This file tests the batching frame writer: frames appended while a write is
-// in progress go out together in the next single write, and a failed write
-// makes the writer refuse further frames.
+// This file tests the batching frame writer: batches in one write, refusal after a failure.
 
 package rpc
 
