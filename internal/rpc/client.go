@@ -206,19 +206,9 @@ func callTimeout(ctx context.Context, addr string, req *Request) (int64, error) 
 // whether cl may be reused: not if a reader may still send to it.
 func (c *Client) roundTrip(ctx context.Context, expired <-chan time.Time, addr string, req *Request,
 	cl *call, timeout int64, sizeNoID int) (result, bool) {
-	cc, id, busy, err := c.registerCall(ctx, expired, addr, req, cl)
+	cc, id, err := c.send(ctx, expired, addr, req, cl, timeout, sizeNoID)
 	if err != nil {
 		return result{err: err}, true
-	}
-	if n := sizeNoID + uintSize(id); n > c.maxFrame {
-		if !cc.unregister(id) {
-			<-cl.ch // the connection failed meanwhile and hands cl its error
-		}
-		return result{err: frameTooLarge(n, c.maxFrame)}, true
-	}
-	if cc.w.lock() == nil {
-		cc.w.buf = appendRequestFrame(cc.w.buf, req, id, timeout)
-		_ = cc.w.commit(busy)
 	}
 	if cc.takeRole(id) {
 		return cc.lead(ctx, cl, id, req, timeout), true
@@ -236,27 +226,37 @@ func (c *Client) roundTrip(ctx context.Context, expired <-chan time.Time, addr s
 	}
 }
 
-// registerCall registers cl on the live connection to addr, dialing it if
-// needed, and returns the connection, the call ID and whether other calls
-// are in flight on it. A connection that died before anything of this call
-// was written to it is forgotten and dialed again, up to maxRedials times.
-func (c *Client) registerCall(ctx context.Context, expired <-chan time.Time, addr string, req *Request,
-	cl *call) (*clientConn, uint64, bool, error) {
+// send registers cl on the live connection to addr, dialing it if needed,
+// and queues req's frame on it; it returns the connection and the call ID.
+// A connection that died before the frame was queued (so nothing of this
+// call was written to it) is forgotten and dialed again, up to maxRedials
+// times.
+func (c *Client) send(ctx context.Context, expired <-chan time.Time, addr string, req *Request,
+	cl *call, timeout int64, sizeNoID int) (*clientConn, uint64, error) {
 	for tries := 0; ; tries++ {
 		cc, err := c.conn(ctx, expired, addr, req)
 		if err != nil {
-			return nil, 0, false, err
+			return nil, 0, err
 		}
 		id, busy, err := cc.register(cl)
 		if err == nil {
-			return cc, id, busy, nil
+			if n := sizeNoID + uintSize(id); n > c.maxFrame {
+				cc.withdraw(id, cl)
+				return nil, 0, frameTooLarge(n, c.maxFrame)
+			}
+			if err = cc.w.lock(); err == nil {
+				cc.w.buf = appendRequestFrame(cc.w.buf, req, id, timeout)
+				_ = cc.w.commit(busy)
+				return cc, id, nil
+			}
+			cc.withdraw(id, cl)
 		}
 		c.forget(cc)
+		if errors.Is(err, ErrClosed) {
+			return nil, 0, err
+		}
 		if tries == maxRedials {
-			if errors.Is(err, ErrClosed) {
-				return nil, 0, false, err
-			}
-			return nil, 0, false, fmt.Errorf("%w: %s: connection failed before the request was sent: %v", ErrDial, addr, err)
+			return nil, 0, fmt.Errorf("%w: %s: connection failed before the request was sent: %v", ErrDial, addr, err)
 		}
 	}
 }
@@ -475,16 +475,19 @@ func (cc *clientConn) register(cl *call) (id uint64, busy bool, err error) {
 	return id, busy, nil
 }
 
-// unregister removes call id from the pending calls. It reports false if the
-// call was no longer there (its result is being delivered).
-func (cc *clientConn) unregister(id uint64) bool {
+// withdraw takes call id, whose frame was not queued, off the pending
+// calls. If the connection failed meanwhile and is handing cl its error, it
+// takes that error, so that cl can be reused.
+func (cc *clientConn) withdraw(id uint64, cl *call) {
 	cc.mu.Lock()
 	_, ok := cc.pending[id]
 	if ok {
 		delete(cc.pending, id)
 	}
 	cc.mu.Unlock()
-	return ok
+	if !ok {
+		<-cl.ch
+	}
 }
 
 // abandon gives up waiting for call id, whose request was sent. The call
