@@ -26,11 +26,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aegisipc/aegis/internal/budget"
 	"github.com/aegisipc/aegis/internal/clock"
 	"github.com/aegisipc/aegis/internal/rpc"
+	"github.com/aegisipc/aegis/internal/tlsconf"
 	"github.com/aegisipc/aegis/transport"
 )
 
@@ -64,9 +66,11 @@ type Node struct {
 	stats  nodeStats
 	tracer trace.Tracer // nil: tracing off
 
-	gossip *gossiper
-	caller *caller
-	server *callServer
+	gossip  *gossiper
+	caller  *caller
+	server  *callServer
+	keyring *memberlist.Keyring // gossip keys; nil without SecretKey
+	creds   *tlsconf.Creds      // call TLS; nil without SecretKey and TLS
 
 	hbMu  sync.Mutex // serializes heartbeat rounds
 	mu    sync.Mutex // guards local; serializes Register/Deregister with Leave/Shutdown
@@ -110,7 +114,7 @@ func newNode(c Config) (*Node, error) {
 		bus:    newEventBus(),
 		tracer: tracerFor(c.TracerProvider),
 	}
-	n.reg = newRegistry(n.name, n.clk, c.HeartbeatTimeout, c.ReapTimeout, c.EjectAfterFailures, n.bus.publish)
+	n.reg = newRegistry(n.name, n.clk, &n.cfg, n.bus.publish)
 	tr := c.Transport
 	if tr == nil {
 		nt, err := transport.NewNet(transport.NetConfig{
@@ -125,6 +129,11 @@ func newNode(c Config) (*Node, error) {
 		tr = nt
 	}
 	n.tr = tr
+	if err := n.setupSecurity(); err != nil {
+		_ = tr.Shutdown()
+		n.bus.close()
+		return nil, err
+	}
 	n.server = newCallServer(n)
 	n.caller = newCaller(n)
 	g, err := newGossiper(n)
@@ -145,10 +154,18 @@ func newCaller(n *Node) *caller {
 	// black-holed address) must not hold every later call to that peer.
 	dialTimeout := c.AttemptTimeout
 	client := rpc.NewClient(rpc.ClientOptions{MaxFrameSize: c.MaxFrameSize,
+		// Idle connections are dropped well before the peers' call servers
+		// would close them (CallLimits.IdleTimeout), so a call never races
+		// that close.
+		IdleTimeout: c.CallLimits.IdleTimeout / 2,
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 			defer cancel()
-			return n.tr.DialCall(ctx, addr)
+			conn, err := n.tr.DialCall(ctx, addr)
+			if err != nil || n.creds == nil {
+				return conn, err
+			}
+			return n.secureDial(ctx, conn, addr)
 		}})
 	return &caller{
 		cfg: &n.cfg, reg: n.reg, client: client, stats: &n.stats, met: n.met, tracer: n.tracer,
@@ -162,7 +179,7 @@ func newCaller(n *Node) *caller {
 // loops, heartbeats and the health checker.
 func (n *Node) start() {
 	n.spawn(func() {
-		if err := n.server.rpc.Serve(n.tr.CallListener()); err != nil && n.state.Load() == stateRunning {
+		if err := n.server.rpc.Serve(n.callListener()); err != nil && n.state.Load() == stateRunning {
 			n.log.Error("call listener stopped", "err", err)
 		}
 	})

@@ -3,6 +3,8 @@
 package aegis
 
 import (
+	crand "crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -110,11 +112,45 @@ type Config struct {
 	// DedupMaxEntries is. Default 64 MiB.
 	DedupMaxBytes int64
 
+	// MaxInstancesPerNode bounds the instances one node may host: Register
+	// refuses more (ErrTooManyInstances), and records received for a node
+	// that already has this many are dropped (counted in
+	// Stats.RecordsRefused). Default 10,000.
+	MaxInstancesPerNode int
+	// MaxInstances bounds the instances (and, separately, the tombstones of
+	// deregistered ones) this node keeps about the whole cluster; records
+	// beyond it are dropped and counted. Default 100,000.
+	MaxInstances int
+
 	// Gossip tunes memberlist. Default LANGossip().
 	Gossip GossipConfig
-	// SecretKey, if set, encrypts gossip with AES (16, 24 or 32 bytes). All
-	// nodes of a cluster need the same key.
+	// SecretKey, if set, encrypts and authenticates gossip with AES-GCM
+	// (16, 24 or 32 bytes) and protects calls with mutual TLS 1.3 whose
+	// certificates every node derives from the key (no files needed): a
+	// process without the key can neither gossip nor call. All nodes of a
+	// cluster need the same key; rotate it with Node.Keys. NewSecretKey
+	// makes one. A node bound to a non-loopback address refuses to start
+	// without it unless AllowInsecure is set.
 	SecretKey []byte
+	// TLS, if set, protects calls with your own certificates instead of the
+	// ones derived from SecretKey: per-node identity under your CA. Its
+	// Certificates[0] must name this node (a URI SAN aegis://node/NAME, or
+	// a DNS SAN equal to NodeName); RootCAs (or ClientCAs) verifies peers.
+	// A callee's certificate must name the node that owns the instance
+	// called. TLS 1.3 and client certificates are enforced.
+	TLS *tls.Config
+	// ClusterName labels every gossip message and stream (memberlist's
+	// label): nodes of clusters with different names never merge, even
+	// when they share a network and a key. At most 255 bytes. Default ""
+	// (no label).
+	ClusterName string
+	// AllowInsecure lets a node bind a non-loopback address without
+	// SecretKey or TLS: anyone who reaches its ports can then join, forge
+	// gossip and call its instances. Default false.
+	AllowInsecure bool
+	// Call connection limits; zero values take the documented defaults of
+	// CallLimits.
+	CallLimits CallLimits
 
 	// Logger receives Aegis' and memberlist's logs. Default: discard.
 	Logger *slog.Logger
@@ -171,6 +207,39 @@ type GossipConfig struct {
 	ReconnectInterval time.Duration
 	// ReconnectTimeout is how long a dead node keeps being retried.
 	ReconnectTimeout time.Duration
+}
+
+// CallLimits bound what a node's call listener accepts from the network.
+// Every limit is counted when it acts (Stats) and logged at most a few
+// times a minute.
+type CallLimits struct {
+	// FrameTimeout bounds how long a request frame may take to arrive whole
+	// once it has started; the connection is then closed. Default 10s.
+	FrameTimeout time.Duration
+	// IdleTimeout closes a connection with no call in flight and no bytes
+	// arriving for that long. Callers close their idle connections sooner,
+	// so a call never races the close. Default 2m.
+	IdleTimeout time.Duration
+	// HandshakeTimeout bounds a TLS handshake (with SecretKey or TLS).
+	// Default 10s.
+	HandshakeTimeout time.Duration
+	// MaxConns bounds the call connections served at once; more are
+	// closed on arrival. Default 4096.
+	MaxConns int
+	// MaxConnsPerIP bounds the connections served at once from one remote
+	// IP address. Default 512.
+	MaxConnsPerIP int
+	// MaxInflightPerConn bounds the calls of one connection running at
+	// once; at the cap the connection stops reading until one finishes, so
+	// the caller is slowed down by TCP flow control (nothing is refused).
+	// Default 1024.
+	MaxInflightPerConn int
+}
+
+// defaultCallLimits are the CallLimits of DefaultConfig.
+func defaultCallLimits() CallLimits {
+	return CallLimits{FrameTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, HandshakeTimeout: 10 * time.Second,
+		MaxConns: 4096, MaxConnsPerIP: 512, MaxInflightPerConn: 1024}
 }
 
 // LANGossip returns memberlist's LAN timings: probe 1s / 500ms, gossip every
@@ -236,6 +305,9 @@ func DefaultConfig() *Config {
 		DedupWindow:             300 * time.Second,
 		DedupMaxEntries:         10000,
 		DedupMaxBytes:           64 << 20,
+		MaxInstancesPerNode:     10_000,
+		MaxInstances:            100_000,
+		CallLimits:              defaultCallLimits(),
 		Gossip:                  LANGossip(),
 	}
 }
@@ -243,7 +315,7 @@ func DefaultConfig() *Config {
 // Validate checks the Config and returns an error wrapping ErrInvalidConfig
 // that names the first offending field.
 func (c *Config) Validate() error {
-	for _, check := range []func() error{c.validateAddrs, c.validateDurations, c.validateTimingRules, c.validateCounts, c.validateKey} {
+	for _, check := range []func() error{c.validateAddrs, c.validateDurations, c.validateTimingRules, c.validateCounts, c.validateSecurity} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -299,6 +371,9 @@ func (c *Config) validateDurations() error {
 		{"Gossip.TCPTimeout", c.Gossip.TCPTimeout},
 		{"Gossip.ReconnectInterval", c.Gossip.ReconnectInterval},
 		{"Gossip.ReconnectTimeout", c.Gossip.ReconnectTimeout},
+		{"CallLimits.FrameTimeout", c.CallLimits.FrameTimeout},
+		{"CallLimits.IdleTimeout", c.CallLimits.IdleTimeout},
+		{"CallLimits.HandshakeTimeout", c.CallLimits.HandshakeTimeout},
 	}
 	for _, d := range durations {
 		if d.d <= 0 {
@@ -339,6 +414,11 @@ func (c *Config) validateCounts() error {
 		{"EjectAfterFailures", c.EjectAfterFailures, 0},
 		{"SameInstanceRetries", c.SameInstanceRetries, 0},
 		{"DedupMaxEntries", c.DedupMaxEntries, 0},
+		{"MaxInstancesPerNode", c.MaxInstancesPerNode, 1},
+		{"MaxInstances", c.MaxInstances, 1},
+		{"CallLimits.MaxConns", c.CallLimits.MaxConns, 1},
+		{"CallLimits.MaxConnsPerIP", c.CallLimits.MaxConnsPerIP, 1},
+		{"CallLimits.MaxInflightPerConn", c.CallLimits.MaxInflightPerConn, 1},
 	}
 	for _, v := range atLeast {
 		if v.n < v.min {
@@ -354,12 +434,45 @@ func (c *Config) validateCounts() error {
 	return nil
 }
 
-func (c *Config) validateKey() error {
+// validateSecurity checks the key, the label, and that a node reachable
+// from other hosts is protected.
+func (c *Config) validateSecurity() error {
 	switch len(c.SecretKey) {
 	case 0, 16, 24, 32:
-		return nil
+	default:
+		return invalid("SecretKey", "must be 16, 24 or 32 bytes, got %d", len(c.SecretKey))
 	}
-	return invalid("SecretKey", "must be 16, 24 or 32 bytes, got %d", len(c.SecretKey))
+	if len(c.ClusterName) > 255 {
+		return invalid("ClusterName", "must be at most 255 bytes, got %d", len(c.ClusterName))
+	}
+	if c.Transport == nil && len(c.SecretKey) == 0 && c.TLS == nil && !c.AllowInsecure && !loopbackBind(c.BindAddr) {
+		return invalid("SecretKey", "is required to bind %s, which other hosts can reach: set SecretKey to the same 32 random bytes on every node "+
+			"(aegis.NewSecretKey() makes one; from a shell: head -c 32 /dev/urandom | base64), "+
+			"or set AllowInsecure to run without protection", c.BindAddr)
+	}
+	return nil
+}
+
+// loopbackBind reports whether addr binds a loopback address only.
+func loopbackBind(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// NewSecretKey returns 32 random bytes for Config.SecretKey.
+func NewSecretKey() []byte {
+	k := make([]byte, 32)
+	if _, err := crand.Read(k); err != nil {
+		panic("aegis: crypto/rand failed: " + err.Error())
+	}
+	return k
 }
 
 func checkHostPort(addr string) error {
@@ -387,6 +500,9 @@ func withDefaults(cfg *Config) (Config, error) {
 	}
 	c := *cfg
 	c.SecretKey = slices.Clone(cfg.SecretKey)
+	if cfg.TLS != nil {
+		c.TLS = cfg.TLS.Clone()
+	}
 	if err := c.Validate(); err != nil {
 		return Config{}, err
 	}

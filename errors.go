@@ -40,6 +40,9 @@ var (
 	// ErrRecordTooLarge: an instance's record (names, address, metadata)
 	// encodes to more than MaxRecordSize bytes.
 	ErrRecordTooLarge = errors.New("aegis: instance record too large")
+	// ErrTooManyInstances: Register would exceed Config.MaxInstancesPerNode
+	// or Config.MaxInstances.
+	ErrTooManyInstances = errors.New("aegis: too many instances")
 	// ErrMessageTooLarge: a request or response exceeded
 	// Config.MaxFrameSize.
 	ErrMessageTooLarge = errors.New("aegis: message too large")

@@ -6,6 +6,7 @@ package aegis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/aegisipc/aegis/internal/bqueue"
 	"github.com/aegisipc/aegis/internal/clock"
+	"github.com/aegisipc/aegis/internal/ratelog"
 	"github.com/aegisipc/aegis/internal/wire"
 )
 
@@ -31,16 +33,20 @@ var bg = context.Background()
 // learns into the registry. Its goroutines are counted by the Node (spawn)
 // and stop with stopCh.
 type gossiper struct {
-	name   string
-	log    *slog.Logger
-	clk    clock.Clock
-	cfg    GossipConfig
-	reg    *registry
-	stats  *nodeStats
-	met    *nodeMetrics
-	stopCh <-chan struct{}
-	spawn  func(func()) bool
-	hosts  func(instKey) bool // whether this node hosts the instance now
+	name     string
+	log      *slog.Logger
+	clk      clock.Clock
+	cfg      GossipConfig
+	reg      *registry
+	stats    *nodeStats
+	met      *nodeMetrics
+	stopCh   <-chan struct{}
+	spawn    func(func()) bool
+	hosts    func(instKey) bool  // whether this node hosts the instance now
+	limits   wire.Limits         // what a received message may hold
+	warn     *ratelog.Limiter    // log lines peers can cause at will
+	keyring  *memberlist.Keyring // nil: gossip unencrypted
+	callAddr string              // this node's call address, told to peers in its node metadata
 
 	ml      *memberlist.Memberlist
 	mlp     atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
@@ -66,12 +72,10 @@ func newGossiper(n *Node) (*gossiper, error) {
 	g := &gossiper{
 		name: n.name, log: n.log, clk: n.clk, cfg: n.cfg.Gossip, reg: n.reg, stats: &n.stats, met: n.met,
 		stopCh: n.stopCh, spawn: n.spawn,
-		hosts: func(k instKey) bool {
-			n.mu.Lock()
-			defer n.mu.Unlock()
-			_, ok := n.local[k]
-			return ok
-		},
+		hosts:   func(k instKey) bool { return n.server.lookup(k.service, k.id) != nil },
+		limits:  wire.DefaultLimits(),
+		warn:    ratelog.New(n.log, time.Minute, 5),
+		keyring: n.keyring, callAddr: n.tr.CallAddr(),
 		peers:  make(map[string]*memberlist.Node),
 		failed: failedNodes{m: make(map[string]failedNode)},
 		outbox: make(chan outMsg, outboxSize),
@@ -84,6 +88,10 @@ func newGossiper(n *Node) (*gossiper, error) {
 	}
 	g.queue = bqueue.New(g.cfg.RetransmitMult, numNodes)
 	g.hbQueue = bqueue.New(g.cfg.HeartbeatRetransmitMult, numNodes)
+	// A message that cannot fit a packet would never leave a queue, and
+	// received messages are re-broadcast, so both queues are bounded.
+	g.queue.Bound(g.limits.MaxRecordSize, maxQueued)
+	g.hbQueue.Bound(g.limits.MaxBatchSize, maxQueued)
 	ml, err := memberlist.Create(g.memberlistConfig(n.cfg, n.tr))
 	if err != nil {
 		return nil, err
@@ -119,9 +127,8 @@ func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) 
 	// round sends packets; memberlist's LZW compression of each one costs
 	// far more CPU than the bytes it saves.
 	mc.EnableCompression = false
-	if len(c.SecretKey) > 0 {
-		mc.SecretKey = c.SecretKey
-	}
+	mc.Keyring = g.keyring
+	mc.Label = c.ClusterName
 	advertise := c.AdvertiseAddr
 	if ga, ok := tr.(interface{ GossipAddr() string }); ok && advertise == "" {
 		advertise = ga.GossipAddr()
@@ -148,9 +155,16 @@ var (
 	_ memberlist.EventDelegate = (*delegate)(nil)
 )
 
-// NodeMeta is unused: records travel as broadcasts, never in node metadata
-// (which memberlist caps at 512 bytes).
-func (d *delegate) NodeMeta(limit int) []byte { return nil }
+// NodeMeta tells peers this node's call address (key management calls
+// every member there, and a TLS dial checks that the certificate it meets
+// belongs to the member at that address). Records travel as broadcasts,
+// never in node metadata (which memberlist caps at 512 bytes).
+func (d *delegate) NodeMeta(limit int) []byte {
+	if len(d.g.callAddr) > limit {
+		return nil
+	}
+	return []byte(d.g.callAddr)
+}
 
 func (d *delegate) NotifyMsg(b []byte) { d.g.handleGossip(b) }
 
@@ -175,15 +189,14 @@ func (d *delegate) LocalState(join bool) []byte {
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	g := d.g
-	msg, err := wire.Decode(buf)
-	if err == nil && msg.Type != wire.MsgState {
-		err = errors.New("push/pull carried a non-state message")
-	}
-	if err != nil {
-		g.dropGossip("push-pull", err)
+	msg, ok := g.receive(buf, "push-pull")
+	if !ok {
 		return
 	}
-	g.stats.gossipReceived.Add(1)
+	if msg.Type != wire.MsgState {
+		g.dropGossip("push-pull", errors.New("push/pull carried a non-state message"))
+		return
+	}
 	for i := range msg.State.Records {
 		g.applyRecord(&msg.State.Records[i])
 	}
@@ -231,12 +244,10 @@ func (d *delegate) NotifyUpdate(node *memberlist.Node) {
 // re-broadcast (epidemic gossip), unless it came straight from its origin,
 // which reaches every member directly and gossips it itself.
 func (g *gossiper) handleGossip(b []byte) {
-	msg, err := wire.Decode(b)
-	if err != nil {
-		g.dropGossip("message", err)
+	msg, ok := g.receive(b, "message")
+	if !ok {
 		return
 	}
-	g.stats.gossipReceived.Add(1)
 	switch msg.Type {
 	case wire.MsgRecord:
 		if g.applyRecord(msg.Record) && !msg.Direct {
@@ -249,12 +260,67 @@ func (g *gossiper) handleGossip(b []byte) {
 	}
 }
 
+// receive decodes a message from the network and checks it against the
+// limits and rules of what may be stored (wire.Message.Validate) and
+// against this node's clock (incarnations no further ahead than
+// maxIncarnationLead). Anything else is dropped and counted.
+func (g *gossiper) receive(b []byte, where string) (wire.Message, bool) {
+	msg, err := wire.DecodeLimited(b, g.limits)
+	if err == nil {
+		err = msg.Validate(g.limits)
+	}
+	if err == nil {
+		err = g.checkIncarnations(&msg)
+	}
+	if err != nil {
+		g.dropGossip(where, err)
+		return msg, false
+	}
+	g.stats.gossipReceived.Add(1)
+	return msg, true
+}
+
+// checkIncarnations refuses incarnations further ahead of this node's clock
+// than maxIncarnationLead.
+func (g *gossiper) checkIncarnations(msg *wire.Message) error {
+	limit := g.clk.Now().Add(maxIncarnationLead).UnixNano()
+	check := func(inc int64) error {
+		if inc > limit {
+			return fmt.Errorf("%w: incarnation %d is more than %v ahead of this node's clock", wire.ErrInvalid, inc, maxIncarnationLead)
+		}
+		return nil
+	}
+	switch {
+	case msg.Record != nil:
+		return check(msg.Record.Incarnation)
+	case msg.Heartbeats != nil:
+		for i := range msg.Heartbeats.Beats {
+			if err := check(msg.Heartbeats.Beats[i].Incarnation); err != nil {
+				return err
+			}
+		}
+	case msg.State != nil:
+		for i := range msg.State.Records {
+			if err := check(msg.State.Records[i].Incarnation); err != nil {
+				return fmt.Errorf("Records[%d]: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
 // applyHeartbeats applies a received batch (encoded as b) and passes it on
-// when anything in it was new here.
+// when anything in it was new here. Heartbeats about this node's own
+// instances are never adopted; a newer one is refuted.
 func (g *gossiper) applyHeartbeats(batch *wire.HeartbeatBatch, b []byte, direct bool) {
 	anyFresh := false
 	for i := range batch.Beats {
-		fresh, unknown := g.reg.heartbeat(&batch.Beats[i], batch.Time)
+		hb := &batch.Beats[i]
+		if k := (instKey{hb.Service, hb.ID}); g.hosts(k) {
+			g.defend(k, hb.Incarnation, hb.Seq, nil)
+			continue
+		}
+		fresh, unknown := g.reg.heartbeat(hb, batch.Node, batch.Time)
 		g.stats.heartbeatsReceived.Add(1)
 		if unknown {
 			g.stats.heartbeatsUnknown.Add(1)
@@ -272,8 +338,15 @@ func (g *gossiper) queueHeartbeats(batch *wire.HeartbeatBatch, msg []byte) {
 	g.hbQueue.Queue(batchName(batch), msg)
 }
 
-// applyRecord merges a record and reports whether it was new here.
+// applyRecord merges a record and reports whether it was new here. A node
+// is the authority on the instances it hosts: it never adopts a foreign
+// record or tombstone about one of them, and refutes a newer one.
 func (g *gossiper) applyRecord(rec *wire.Record) bool {
+	k := instKey{rec.Service, rec.ID}
+	if g.hosts(k) {
+		g.defend(k, rec.Incarnation, rec.Seq, rec)
+		return false
+	}
 	if rec.Node == g.name && !rec.Deleted {
 		g.refute(rec)
 		return false
@@ -283,6 +356,25 @@ func (g *gossiper) applyRecord(rec *wire.Record) bool {
 		reason = "deregistered"
 	}
 	return g.reg.apply(rec, reason)
+}
+
+// defend answers foreign state about an instance this node hosts (a whole
+// record, or a heartbeat when rec is nil): when it is newer than this
+// node's own version, or the same version saying something else, the own
+// record is announced again at a version every peer prefers (see
+// registry.reassert), so peers that took the forgery correct themselves
+// within one direct send, or a few gossip rounds where that is lost.
+func (g *gossiper) defend(k instKey, inc int64, seq uint64, rec *wire.Record) {
+	own, ok := g.reg.reassert(k, inc, seq, rec)
+	if !ok {
+		return
+	}
+	g.stats.refutations.Add(1)
+	g.warn.Warn("refute", "refuted foreign state about a local instance", "service", k.service, "instance", k.id,
+		"incarnation", inc, "seq", seq)
+	if msg, err := wire.Encode(&own); err == nil {
+		g.announce(recordName(k), msg)
+	}
 }
 
 // refute handles a live record that claims to be ours. If we do not host
@@ -300,11 +392,17 @@ func (g *gossiper) refute(rec *wire.Record) {
 	}
 }
 
+// dropGossip counts a message dropped as malformed, invalid or
+// unacceptable, and logs it at most a few times a minute.
 func (g *gossiper) dropGossip(where string, err error) {
 	g.stats.gossipDropped.Add(1)
 	g.met.gossipDropped.Add(bg, 1, metric.WithAttributes(attribute.String("where", where)))
-	g.log.Warn("dropped bad gossip", "where", where, "err", err)
+	g.warn.Warn("gossip-"+where, "dropped bad gossip", "where", where, "err", err)
 }
+
+// maxQueued bounds each broadcast queue; a message past it is not gossiped
+// (direct sends and push/pull still carry state).
+const maxQueued = 4096
 
 // announce queues msg for gossip and sends it straight to every live member
 // over UDP. Registrations, deregistrations and self-reported status changes

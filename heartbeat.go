@@ -105,6 +105,13 @@ func (r *registry) localHeartbeats(keys []instKey, statuses []Status) []wire.Hea
 		if !ok || e.rec.Node != r.self {
 			continue
 		}
+		if e.rec.Seq >= wire.MaxSeq {
+			// Out of sequence numbers (a refuted forgery took them): a
+			// new incarnation, announced as a record by the next round's
+			// pull or the owner's refutation; until then peers see its
+			// heartbeats as for an unknown record and pull it.
+			e.rec.Incarnation, e.rec.Seq = successor(e.rec.Incarnation, e.rec.Seq)
+		}
 		e.rec.Seq++
 		e.rec.Status = uint8(statuses[i])
 		e.rec.Time = now.UnixNano()
@@ -115,9 +122,11 @@ func (r *registry) localHeartbeats(keys []instKey, statuses []Status) []wire.Hea
 	return out
 }
 
-// heartbeat applies a received heartbeat. It reports whether it was new
-// (worth re-broadcasting) and whether the instance was unknown.
-func (r *registry) heartbeat(hb *wire.Heartbeat, sent int64) (fresh, unknown bool) {
+// heartbeat applies a heartbeat received in a batch from node. It reports
+// whether it was new (worth re-broadcasting) and whether the instance was
+// unknown. A heartbeat for an instance another node hosts is ignored: only
+// an instance's own node beats for it.
+func (r *registry) heartbeat(hb *wire.Heartbeat, node string, sent int64) (fresh, unknown bool) {
 	k := instKey{hb.Service, hb.ID}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -128,7 +137,7 @@ func (r *registry) heartbeat(hb *wire.Heartbeat, sent int64) (fresh, unknown boo
 		t, tombed := r.tombs[k]
 		return !tombed || wire.Newer(hb.Incarnation, hb.Seq, t.rec.Incarnation, t.rec.Seq), true
 	}
-	if hb.Incarnation < e.rec.Incarnation || hb.Seq <= e.rec.Seq {
+	if hb.Incarnation < e.rec.Incarnation || hb.Seq <= e.rec.Seq || e.rec.Node != node {
 		return false, false
 	}
 	e.rec.Seq = hb.Seq

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,39 @@ func (g *gossiper) peerList() []*memberlist.Node {
 	for _, p := range g.peers {
 		out = append(out, p)
 	}
+	return out
+}
+
+// nodeAt returns the name of the member (this node included) whose call
+// address is addr, or "".
+func (g *gossiper) nodeAt(addr string) string {
+	if addr == g.callAddr {
+		return g.name
+	}
+	g.peersMu.RLock()
+	defer g.peersMu.RUnlock()
+	for name, p := range g.peers {
+		if string(p.Meta) == addr {
+			return name
+		}
+	}
+	return ""
+}
+
+// member is a node and its call address.
+type member struct{ name, callAddr string }
+
+// members returns this node and every live peer with their call
+// addresses, sorted by name.
+func (g *gossiper) members() []member {
+	g.peersMu.RLock()
+	out := make([]member, 0, len(g.peers)+1)
+	for name, p := range g.peers {
+		out = append(out, member{name, string(p.Meta)})
+	}
+	g.peersMu.RUnlock()
+	out = append(out, member{g.name, g.callAddr})
+	slices.SortFunc(out, func(a, b member) int { return strings.Compare(a.name, b.name) })
 	return out
 }
 

@@ -6,6 +6,8 @@ package aegis
 import (
 	"sync/atomic"
 
+	"github.com/aegisipc/aegis/internal/rpc"
+
 	"go.opentelemetry.io/otel/metric"
 )
 
@@ -35,6 +37,52 @@ type Stats struct {
 	// Reconnects counts attempts to rejoin a node memberlist declared dead
 	// (one per Gossip.ReconnectInterval while any is known).
 	Reconnects uint64
+	// Refutations counts foreign records, tombstones or heartbeats about
+	// this node's own instances that it refuted with a newer version.
+	Refutations uint64
+	// RecordsRefused counts received records and tombstones dropped by
+	// MaxInstancesPerNode or MaxInstances.
+	RecordsRefused uint64
+	// TLSRefused counts call connections refused in the TLS handshake
+	// (no certificate, another key or CA, a timeout).
+	TLSRefused uint64
+	// Calls are the call listener's counters.
+	Calls CallStats
+}
+
+// CallStats are the call listener's counters: connections served and
+// refused by CallLimits, closed for idleness or a stalled frame,
+// malformed and oversized frames, handler panics.
+type CallStats struct {
+	// Conns is the number of connections being served.
+	Conns int
+	// Accepted counts connections taken into service.
+	Accepted uint64
+	// RefusedMaxConns and RefusedMaxConnsPerIP count connections closed on
+	// arrival because they would have exceeded MaxConns or MaxConnsPerIP.
+	RefusedMaxConns      uint64
+	RefusedMaxConnsPerIP uint64
+	// ClosedIdle counts connections closed after IdleTimeout without
+	// requests.
+	ClosedIdle uint64
+	// ClosedFrameTimeout counts connections closed because a frame did not
+	// arrive whole within FrameTimeout.
+	ClosedFrameTimeout uint64
+	// MalformedFrames counts connections closed because the peer broke the
+	// protocol: a bad length, version or kind, or a request that did not
+	// decode.
+	MalformedFrames uint64
+	// OversizedFrames counts requests over MaxFrameSize, read past and
+	// answered with CodeFrameTooLarge.
+	OversizedFrames uint64
+	// InflightPauses counts the times a connection stopped reading because
+	// MaxInflightPerConn of its requests were in flight.
+	InflightPauses uint64
+	// WriteStalls counts answers that waited because the peer read earlier
+	// ones too slowly (too many answer bytes were waiting to be written).
+	WriteStalls uint64
+	// HandlerPanics counts handler panics (answered with CodePanic).
+	HandlerPanics uint64
 }
 
 // Stats returns the node's counters.
@@ -49,6 +97,10 @@ func (n *Node) Stats() Stats {
 		SameInstanceRetries: n.stats.sameRetries.Load(),
 		DedupEvictions:      n.stats.dedupEvictions.Load(),
 		Reconnects:          n.stats.reconnects.Load(),
+		Refutations:         n.stats.refutations.Load(),
+		RecordsRefused:      n.reg.refusedRecords(),
+		TLSRefused:          n.stats.tlsRefused.Load(),
+		Calls:               callStats(n.server.rpc.Stats()),
 	}
 }
 
@@ -62,7 +114,7 @@ type nodeStats struct {
 	gossipReceived, gossipDropped                         atomic.Uint64
 	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown atomic.Uint64
 	duplicates, sameRetries, dedupEvictions               atomic.Uint64
-	reconnects                                            atomic.Uint64
+	reconnects, refutations, tlsRefused                   atomic.Uint64
 }
 
 // nodeMetrics are the OpenTelemetry instruments of a Node.
@@ -83,4 +135,20 @@ func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
 	sr, _ := m.Int64Counter("aegis.call.same_instance_retries", metric.WithDescription("retries on the same instance with the same message ID"))
 	de, _ := m.Int64Counter("aegis.call.dedup_evictions", metric.WithDescription("dedup entries evicted by the window or the bound"))
 	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr, dedupEvictions: de}
+}
+
+func callStats(st rpc.ServerStats) CallStats {
+	return CallStats{
+		Conns:                st.Conns,
+		Accepted:             st.Accepted,
+		RefusedMaxConns:      st.RefusedMaxConns,
+		RefusedMaxConnsPerIP: st.RefusedMaxConnsPerIP,
+		ClosedIdle:           st.ClosedIdle,
+		ClosedFrameTimeout:   st.ClosedFrameTimeout,
+		MalformedFrames:      st.MalformedFrames,
+		OversizedFrames:      st.OversizedFrames,
+		InflightPauses:       st.InflightPauses,
+		WriteStalls:          st.WriteStalls,
+		HandlerPanics:        st.HandlerPanics,
+	}
 }

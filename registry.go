@@ -138,25 +138,13 @@ type instKey struct{ service, id string }
 
 func (k instKey) String() string { return k.service + "/" + k.id }
 
-// validName reports whether s is 1..maxLen characters of [A-Za-z0-9._-:].
-func validName(s string, maxLen int) bool {
-	if s == "" || len(s) > maxLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-', c == ':':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // maxNameLen is the longest service name, instance ID, node name or
 // metadata key.
-const maxNameLen = 128
+const maxNameLen = wire.MaxNameLen
+
+// validName reports whether s is 1..maxLen characters of [A-Za-z0-9._-:],
+// the rule every node applies to names it receives.
+func validName(s string, maxLen int) bool { return wire.ValidName(s, maxLen) }
 
 func validateService(svc *Service) error {
 	if !validName(svc.Name, maxNameLen) || strings.Contains(svc.Name, ":") {
@@ -270,8 +258,16 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		return nil, err
 	}
 	msg, err := wire.Encode(&rec)
-	if err == nil && len(msg) > MaxRecordSize {
+	switch {
+	case err != nil:
+	case len(msg) > MaxRecordSize:
 		err = fmt.Errorf("%w: instance %s encodes to %d bytes, more than MaxRecordSize (%d); shorten its metadata", ErrRecordTooLarge, key, len(msg), MaxRecordSize)
+	default:
+		// What peers would refuse to store (too many metadata entries,
+		// a value over 512 bytes, too many non-idempotent methods).
+		if verr := rec.Validate(wire.DefaultLimits()); verr != nil {
+			err = fmt.Errorf("%w: instance %s: %w", ErrInvalidService, key, verr)
+		}
 	}
 	if err != nil {
 		n.reg.releaseLocal(key)
@@ -464,13 +460,32 @@ const (
 // tombstoneOf returns the tombstone that deletes rec's instance, stamped
 // with now (informational, like Record.Time).
 func tombstoneOf(rec *wire.Record, rule tombstoneRule, now time.Time) wire.Record {
-	seq := rec.Seq
+	inc, seq := rec.Incarnation, rec.Seq
 	if rule == supersede {
-		seq++
+		inc, seq = successor(inc, seq)
 	}
-	return wire.Record{Service: rec.Service, ID: rec.ID, Node: rec.Node, Incarnation: rec.Incarnation,
+	return wire.Record{Service: rec.Service, ID: rec.ID, Node: rec.Node, Incarnation: inc,
 		Seq: seq, Time: now.UnixNano(), Deleted: true}
 }
+
+// successor returns the least version newer than (inc, seq) that every
+// node accepts: the next Seq, or, at wire.MaxSeq, the next incarnation.
+// Incarnations are bounded by the receivers' clocks (see
+// maxIncarnationLead), not by a fixed ceiling, so the next incarnation is
+// always accepted a moment later.
+func successor(inc int64, seq uint64) (int64, uint64) {
+	if seq < wire.MaxSeq {
+		return inc, seq + 1
+	}
+	return inc + 1, 0
+}
+
+// maxIncarnationLead is how far ahead of a receiver's clock an incarnation
+// may be. Incarnations are the registering node's clock, so this allows
+// that much clock skew between nodes; an incarnation further ahead is
+// forged or broken and is refused, which keeps forged versions from
+// climbing to a ceiling an owner could not refute.
+const maxIncarnationLead = 24 * time.Hour
 
 // registry is the replicated view of all instances, merged from gossip.
 // Its methods are safe for concurrent use; emit is called with mu held, in
@@ -483,18 +498,25 @@ type registry struct {
 	ejectAfter int           // Config.EjectAfterFailures
 	emit       func(Event)
 
+	maxPerNode int // Config.MaxInstancesPerNode
+	maxTotal   int // Config.MaxInstances
+
 	mu      sync.RWMutex // guards everything below
 	entries map[instKey]*entry
+	perNode map[string]int // live entries per node
+	refused uint64         // records refused by maxPerNode or maxTotal
 	tombs   map[instKey]tombstone
 	dead    map[string]time.Time // nodes memberlist declared dead
 	pending map[instKey]bool     // local registrations in progress
 	snaps   *snapshots
 }
 
-func newRegistry(self string, clk clock.Clock, timeout, reap time.Duration, ejectAfter int, emit func(Event)) *registry {
+func newRegistry(self string, clk clock.Clock, c *Config, emit func(Event)) *registry {
 	r := &registry{
-		self: self, clk: clk, timeout: timeout, reap: reap, ejectAfter: ejectAfter, emit: emit,
+		self: self, clk: clk, timeout: c.HeartbeatTimeout, reap: c.ReapTimeout, ejectAfter: c.EjectAfterFailures,
+		maxPerNode: c.MaxInstancesPerNode, maxTotal: c.MaxInstances, emit: emit,
 		entries: make(map[instKey]*entry),
+		perNode: make(map[string]int),
 		tombs:   make(map[instKey]tombstone),
 		dead:    make(map[string]time.Time),
 		pending: make(map[instKey]bool),
@@ -515,6 +537,12 @@ func (r *registry) reserveLocal(rec *wire.Record) error {
 	}
 	if r.pending[k] {
 		return fmt.Errorf("%w: %s is being registered", ErrDuplicateInstance, k)
+	}
+	if n := r.perNode[r.self] + len(r.pending); n >= r.maxPerNode {
+		return fmt.Errorf("%w: node %s already hosts %d instances (Config.MaxInstancesPerNode)", ErrTooManyInstances, r.self, n)
+	}
+	if n := len(r.entries) + len(r.pending); n >= r.maxTotal {
+		return fmt.Errorf("%w: this node already knows %d instances (Config.MaxInstances)", ErrTooManyInstances, n)
 	}
 	if t, ok := r.tombs[k]; ok && rec.Incarnation <= t.rec.Incarnation {
 		rec.Incarnation = t.rec.Incarnation + 1
@@ -572,6 +600,12 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 	}
 	switch {
 	case rec.Deleted:
+		if !ok && len(r.tombs) >= r.maxTotal {
+			// The tombstone of an instance never seen here guards
+			// nothing; refuse it rather than grow without bound.
+			r.refused++
+			return false
+		}
 		r.tombs[k] = tombstone{rec: *rec, at: now}
 		if ok {
 			r.removeLocked(k, e, reason, now)
@@ -580,6 +614,10 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 		delete(r.tombs, k)
 		r.updateLocked(e, rec, now)
 	default:
+		if !ok && (r.perNode[rec.Node] >= r.maxPerNode || len(r.entries) >= r.maxTotal) {
+			r.refused++
+			return false
+		}
 		delete(r.tombs, k)
 		if ok {
 			// A re-registration replaces the old incarnation.
@@ -613,6 +651,7 @@ func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now 
 	}
 	e.status = e.effective()
 	r.entries[k] = e
+	r.perNode[rec.Node]++
 	r.snaps.markStale(k.service)
 	r.emit(Event{Type: EventRegistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
 }
@@ -621,6 +660,9 @@ func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now 
 // business).
 func (r *registry) removeLocked(k instKey, e *entry, reason string, now time.Time) {
 	delete(r.entries, k)
+	if r.perNode[e.rec.Node]--; r.perNode[e.rec.Node] <= 0 {
+		delete(r.perNode, e.rec.Node)
+	}
 	r.snaps.markStale(k.service)
 	r.emit(Event{Type: EventDeregistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
 }
@@ -652,6 +694,49 @@ func (r *registry) setStatusLocked(e *entry, reason string, now time.Time) {
 	}
 	r.snaps.markStale(e.rec.Service)
 	r.emit(Event{Type: EventStatusChanged, Instance: e.instance(), OldStatus: old, NewStatus: ns, Reason: reason, Time: now})
+}
+
+// reassert answers a foreign version (inc, seq) of a record this node owns
+// (rec, when a whole record came; nil for a heartbeat). If it is newer
+// than this node's own version, or the same version with other contents, the
+// own record moves to the successor of the newer of the two, which every
+// peer accepts over the foreign one, and is returned to be announced.
+// Older versions (this node's own, still echoing through gossip) are
+// ignored.
+func (r *registry) reassert(k instKey, inc int64, seq uint64, rec *wire.Record) (wire.Record, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[k]
+	if !ok || e.rec.Node != r.self {
+		return wire.Record{}, false
+	}
+	own := &e.rec
+	newer := wire.Newer(inc, seq, own.Incarnation, own.Seq)
+	same := inc == own.Incarnation && seq == own.Seq
+	if !newer && !(same && rec != nil && !sameContents(rec, own)) {
+		return wire.Record{}, false
+	}
+	if newer {
+		own.Incarnation, own.Seq = inc, seq
+	}
+	own.Incarnation, own.Seq = successor(own.Incarnation, own.Seq)
+	own.Time = r.clk.Now().UnixNano()
+	return *own, true
+}
+
+// sameContents reports whether two records of one instance say the same
+// (versions and times aside).
+func sameContents(a, b *wire.Record) bool {
+	return a.Node == b.Node && a.Addr == b.Addr && a.Role == b.Role && a.Status == b.Status &&
+		a.Deleted == b.Deleted && a.Heartbeats == b.Heartbeats && maps.Equal(a.Meta, b.Meta) &&
+		slices.Equal(a.NonIdempotent, b.NonIdempotent)
+}
+
+// refusedRecords returns how many records and tombstones the caps refused.
+func (r *registry) refusedRecords() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.refused
 }
 
 func (r *registry) get(k instKey) (Instance, bool) {

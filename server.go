@@ -26,16 +26,20 @@ type callServer struct {
 	log     *slog.Logger
 	stats   *nodeStats
 	met     *nodeMetrics
-	tracer  trace.Tracer // nil: tracing off
-	running func() bool  // the node neither leaves nor has stopped
+	tracer  trace.Tracer                        // nil: tracing off
+	running func() bool                         // the node neither leaves nor has stopped
+	system  func(req *rpc.Request) rpc.Response // answers keysService
 
 	served atomic.Pointer[map[instKey]*Registration]
 }
 
 func newCallServer(n *Node) *callServer {
 	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer,
-		running: func() bool { return n.state.Load() == stateRunning }}
-	s.rpc = rpc.NewServer(s.serveCall, rpc.ServerOptions{MaxFrameSize: n.cfg.MaxFrameSize, Logger: n.log})
+		running: func() bool { return n.state.Load() == stateRunning }, system: n.serveKeys}
+	l := n.cfg.CallLimits
+	s.rpc = rpc.NewServer(s.serveCall, rpc.ServerOptions{MaxFrameSize: n.cfg.MaxFrameSize, Logger: n.log,
+		FrameTimeout: l.FrameTimeout, IdleTimeout: l.IdleTimeout, MaxConns: l.MaxConns,
+		MaxConnsPerIP: l.MaxConnsPerIP, MaxInflightPerConn: l.MaxInflightPerConn})
 	return s
 }
 
@@ -65,6 +69,9 @@ func unavailable(format string, args ...any) rpc.Response {
 // serveCall runs one incoming call on the addressed local instance.
 func (s *callServer) serveCall(ctx context.Context, req *rpc.Request) rpc.Response {
 	r := s.lookup(req.Service, req.InstanceID)
+	if r == nil && req.Service == keysService {
+		return s.system(req)
+	}
 	if r == nil || r.done.Load() {
 		return unavailable("instance %s/%s is not registered on node %s", req.Service, req.InstanceID, s.name)
 	}

@@ -24,6 +24,8 @@ import (
 type Queue struct {
 	mult     int
 	numNodes func() int
+	maxMsg   int // largest message queued; 0: no bound
+	maxItems int // most messages queued; 0: no bound
 
 	mu    sync.Mutex
 	items map[string]*item
@@ -44,18 +46,33 @@ func New(mult int, numNodes func() int) *Queue {
 	return &Queue{mult: mult, numNodes: numNodes, items: make(map[string]*item)}
 }
 
+// Bound makes Queue refuse messages over maxMsg bytes (a message that never
+// fits a packet would never leave the queue) and new names once maxItems
+// messages are queued. Zero leaves a bound off. Call it before use.
+func (q *Queue) Bound(maxMsg, maxItems int) {
+	q.maxMsg, q.maxItems = maxMsg, maxItems
+}
+
 // Limit is the number of times a message is sent in a cluster of n nodes.
 func Limit(mult, n int) int {
 	return mult * int(math.Ceil(math.Log10(float64(n+1))))
 }
 
 // Queue adds msg under name, replacing a message of the same name that is
-// still queued. The queue keeps msg; the caller must not modify it.
-func (q *Queue) Queue(name string, msg []byte) {
+// still queued. The queue keeps msg; the caller must not modify it. It
+// reports false, queueing nothing, when msg breaks a bound set by Bound.
+func (q *Queue) Queue(name string, msg []byte) bool {
+	if q.maxMsg > 0 && len(msg) > q.maxMsg {
+		return false
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if _, replace := q.items[name]; !replace && q.maxItems > 0 && len(q.items) >= q.maxItems {
+		return false
+	}
 	q.seq++
 	q.items[name] = &item{name: name, msg: msg, seq: q.seq}
+	return true
 }
 
 // Len returns the number of queued messages.

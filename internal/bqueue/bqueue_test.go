@@ -71,3 +71,23 @@ func BenchmarkGetBroadcasts(b *testing.B) {
 		q.GetBroadcasts(3, 1400)
 	}
 }
+
+func TestBounds(t *testing.T) {
+	q := New(1, func() int { return 10 })
+	q.Bound(8, 2)
+	if q.Queue("big", make([]byte, 9)) {
+		t.Fatal("a message over maxMsg was queued")
+	}
+	if !q.Queue("a", []byte("a")) || !q.Queue("b", []byte("b")) {
+		t.Fatal("messages within the bounds refused")
+	}
+	if q.Queue("c", []byte("c")) {
+		t.Fatal("a third name was queued past maxItems")
+	}
+	if !q.Queue("a", []byte("a2")) {
+		t.Fatal("replacing a queued name must not count against maxItems")
+	}
+	if q.Len() != 2 {
+		t.Fatalf("len %d", q.Len())
+	}
+}
