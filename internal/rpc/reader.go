@@ -53,9 +53,10 @@ type frameReader struct {
 	kind byte          // the frame kind expected
 	dl   *readDeadline // arms the server's read timeouts; nil on the client
 
-	buf  []byte // read buffer: buf[r:w] arrived and is not consumed yet
-	r, w int
-	err  error // a read error that came with data, for the next read
+	buf    []byte // read buffer: buf[r:w] arrived and is not consumed yet
+	r, w   int
+	filled bool  // the last read into buf filled it
+	err    error // a read error that came with data, for the next read
 
 	part   []byte // a frame too large for buf (from its version byte), as far as it arrived
 	want   int    // that frame's length
@@ -228,19 +229,21 @@ func (r *frameReader) skipBuffered() bool {
 }
 
 // more reads from the connection into the read buffer, first moving what is
-// left unread to its start and growing it if it is full.
+// left unread to its start, and doubling the buffer if the last read filled
+// it (more was waiting, likely) or it is full.
 func (r *frameReader) more() error {
 	if r.r > 0 {
 		r.w = copy(r.buf, r.buf[r.r:r.w])
 		r.r = 0
 	}
-	if r.w == len(r.buf) {
+	if r.w == len(r.buf) || (r.filled && len(r.buf) < maxReadBuf) {
 		grown := make([]byte, min(max(2*len(r.buf), minReadBuf), maxReadBuf))
 		copy(grown, r.buf[:r.w])
 		r.buf = grown
 	}
 	n, err := r.read(r.buf[r.w:])
 	r.w += n
+	r.filled = n > 0 && r.w == len(r.buf)
 	return err
 }
 
