@@ -90,14 +90,14 @@ func TestIdleTimeoutClosesIdleConnection(t *testing.T) {
 		// Answering a request restarts the idle time.
 		conn = rawConn(t, nk, srv.addr)
 		require.NoError(t, conn.SetDeadline(time.Now().Add(promptly)))
+		sent := time.Now() // the answer, and so the idle time, starts later
 		_, err := conn.Write(appendRequestFrame(nil, &Request{Payload: []byte("x")}, 1, 0))
 		require.NoError(t, err)
 		fr := newFrameReader(conn, DefaultMaxFrameSize, KindResponse)
 		_, _, _, err = fr.next()
 		require.NoError(t, err)
-		answered := time.Now()
 		waitClosed(t, conn, promptly)
-		require.GreaterOrEqual(t, time.Since(answered), idle-idle/10)
+		require.GreaterOrEqual(t, time.Since(sent), idle)
 		testutil.Eventually(t, promptly, func() bool { return srv.Stats().ClosedIdle == 2 }, "second idle close counted")
 	})
 }
@@ -132,10 +132,11 @@ func TestFrameTimeoutClosesHalfSentFrame(t *testing.T) {
 		// A 4 MiB frame announced, a few bytes sent, then nothing.
 		conn := rawConn(t, nk, srv.addr)
 		head := append(binary.BigEndian.AppendUint32(nil, DefaultMaxFrameSize), Version, KindRequest, 0x99)
+		sent := time.Now()
 		_, err := conn.Write(head)
 		require.NoError(t, err)
-		took := waitClosed(t, conn, promptly)
-		require.GreaterOrEqual(t, took, frameTimeout-frameTimeout/10)
+		waitClosed(t, conn, promptly)
+		require.GreaterOrEqual(t, time.Since(sent), frameTimeout)
 
 		// Dripping a byte at a time does not extend the frame's time.
 		conn = rawConn(t, nk, srv.addr)
