@@ -74,7 +74,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each latency and each throughput measurement")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "warmup before each measurement (not measured)")
 	flag.IntVar(&o.callers, "callers", 64, "concurrent caller goroutines in the throughput measurement")
-	flag.StringVar(&o.systems, "systems", "tcp,netrpc,grpc,call,nodedup,failover", "comma-separated systems to run: tcp, netrpc, grpc, call, nodedup, failover")
+	flag.StringVar(&o.systems, "systems", "tcp,netrpc,grpc,call,nodedup,failover", "comma-separated systems to run: tcp, netrpc, grpc, grpctls, call, nodedup, failover, calltls")
 	measure := flag.String("measure", "latency,throughput", "comma-separated measurements to run: latency, throughput (targets needing a skipped one show n/a)")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&o.memprofile, "memprofile", "", "write an allocation profile (every allocation sampled) to this file at the end")

@@ -257,6 +257,7 @@ func targets(s map[string]summary, pr pairedSummary) []target {
 	ratio("Throughput ≥ 2.5× grpc-go", "grpc", false, call.tput, s["grpc"].tput, rate, func(r float64) bool { return r >= 2.5 })
 	ratio("Throughput ≥ 1.2× net/rpc", "netrpc", false, call.tput, s["netrpc"].tput, rate, func(r float64) bool { return r >= 1.2 })
 	ratio("Throughput p99 < grpc-go's", "grpc", false, float64(call.tputP99), float64(s["grpc"].tputP99), dur, func(r float64) bool { return r < 1 })
+	ts = append(ts, tlsTargets(s)...)
 
 	// CallWithFailover against Call: "within 5%" means no more than 5%
 	// slower (a faster CallWithFailover passes). The interleaved figures
@@ -319,4 +320,23 @@ func measures(o *options) string {
 		m = append(m, "throughput")
 	}
 	return strings.Join(m, ",")
+}
+
+// tlsTargets compare aegis Call over TLS (SecretKey) with grpc-go over TLS.
+func tlsTargets(s map[string]summary) []target {
+	ct, haveCT := s["calltls"]
+	gt, haveGT := s["grpctls"]
+	lat := target{goal: "TLS: latency p50 ≤ 0.6× grpc-go with TLS", known: haveCT && haveGT && measured(ct, true) && measured(gt, true)}
+	if lat.known && gt.latP50 > 0 {
+		r := float64(ct.latP50) / float64(gt.latP50)
+		lat.measured = fmt.Sprintf("%.2f× (%s vs %s)", r, fmtDur(ct.latP50), fmtDur(gt.latP50))
+		lat.met = r <= 0.6
+	}
+	tput := target{goal: "TLS: throughput ≥ 2.5× grpc-go with TLS", known: haveCT && haveGT && measured(ct, false) && measured(gt, false)}
+	if tput.known && gt.tput > 0 {
+		r := ct.tput / gt.tput
+		tput.measured = fmt.Sprintf("%.2f× (%s/s vs %s/s)", r, fmtRate(ct.tput), fmtRate(gt.tput))
+		tput.met = r >= 2.5
+	}
+	return []target{lat, tput}
 }

@@ -89,6 +89,13 @@ var systems = []system{
 		connect: connectGRPC,
 	},
 	{
+		key:     "grpctls",
+		name:    "grpc-go, TLS",
+		desc:    "same as grpc-go with TLS 1.3 transport credentials (an ed25519 certificate made at start, verified against its own pool; no client certificate)",
+		serve:   serveGRPCTLS,
+		connect: connectGRPCTLS,
+	},
+	{
 		key:     "call",
 		name:    "aegis Call",
 		desc:    "two aegis nodes (DefaultConfig, BindAddr 127.0.0.1:0, LocalGossip) on the real network; node B registers service \"echo\" whose Handler returns req.Payload; node A joins B and calls A.Call(ctx, \"echo\", \"echo\", payload)",
@@ -108,6 +115,13 @@ var systems = []system{
 		desc:    "same setup as aegis Call, calls A.CallWithFailover(ctx, \"echo\", \"echo\", payload), no failures",
 		serve:   func() (string, func(), error) { return serveAegis(true) },
 		connect: func(addr string) (*running, error) { return connectAegis(addr, true) },
+	},
+	{
+		key:     "calltls",
+		name:    "aegis Call, TLS",
+		desc:    "same setup as aegis Call with Config.SecretKey set on both nodes: gossip encrypted, calls over mutual TLS 1.3 with certificates derived from the key",
+		serve:   func() (string, func(), error) { return serveAegisKeyed(benchKey) },
+		connect: func(addr string) (*running, error) { return connectAegisKeyed(addr, benchKey) },
 	},
 }
 
@@ -369,8 +383,15 @@ func connectGRPC(addr string) (*running, error) {
 // ---------------------------------------------------------------------------
 // aegis
 
-func newAegisNode(name string, dedup bool) (*aegis.Node, error) {
+// benchKey is the SecretKey of the TLS variant: fixed, so that a server in
+// a child process (-split) has it too.
+var benchKey = []byte("aegis-compare-benchmark-key-0001")
+
+func newAegisNode(name string, dedup bool, key ...[]byte) (*aegis.Node, error) {
 	cfg := aegis.DefaultConfig()
+	if len(key) > 0 {
+		cfg.SecretKey = key[0]
+	}
 	if !dedup {
 		cfg.DedupMaxEntries = 0
 	}
@@ -384,9 +405,9 @@ var aegisSeq int
 
 // startEchoNode starts an aegis node (named after role) with an echo
 // instance of service.
-func startEchoNode(role, service string, dedup bool) (*aegis.Node, error) {
+func startEchoNode(role, service string, dedup bool, key ...[]byte) (*aegis.Node, error) {
 	aegisSeq++
-	nd, err := newAegisNode(fmt.Sprintf("bench-%s-%d-%d", role, os.Getpid(), aegisSeq), dedup)
+	nd, err := newAegisNode(fmt.Sprintf("bench-%s-%d-%d", role, os.Getpid(), aegisSeq), dedup, key...)
 	if err != nil {
 		return nil, err
 	}
@@ -408,8 +429,17 @@ func startEchoNode(role, service string, dedup bool) (*aegis.Node, error) {
 // startCaller starts the calling node A, joins the nodes at addrs and waits
 // until A sees one healthy instance of each service.
 func startCaller(addrs []string, services ...string) (*aegis.Node, error) {
+	return startKeyedCaller(nil, addrs, services...)
+}
+
+// startKeyedCaller is startCaller with a SecretKey (nil: none).
+func startKeyedCaller(key []byte, addrs []string, services ...string) (*aegis.Node, error) {
 	aegisSeq++
-	a, err := newAegisNode(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true)
+	var keys [][]byte
+	if key != nil {
+		keys = append(keys, key)
+	}
+	a, err := newAegisNode(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true, keys...)
 	if err != nil {
 		return nil, err
 	}
@@ -461,5 +491,29 @@ func connectAegis(addr string, failover bool) (*running, error) {
 	return &running{
 		newCaller: func() (callFn, func(), error) { return call, noop, nil },
 		close:     stop,
+	}, nil
+}
+
+// serveAegisKeyed is serveAegis with a SecretKey.
+func serveAegisKeyed(key []byte) (string, func(), error) {
+	b, err := startEchoNode("b", "echo", true, key)
+	if err != nil {
+		return "", nil, err
+	}
+	return b.Addr(), func() { _ = b.Shutdown() }, nil
+}
+
+// connectAegisKeyed is connectAegis (Call) with a SecretKey.
+func connectAegisKeyed(addr string, key []byte) (*running, error) {
+	a, err := startKeyedCaller(key, []string{addr}, "echo")
+	if err != nil {
+		return nil, err
+	}
+	call := func(ctx context.Context, payload []byte) ([]byte, error) {
+		return a.Call(ctx, "echo", "echo", payload)
+	}
+	return &running{
+		newCaller: func() (callFn, func(), error) { return call, noop, nil },
+		close:     func() { _ = a.Shutdown() },
 	}, nil
 }
