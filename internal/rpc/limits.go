@@ -184,7 +184,7 @@ type ServerStats struct {
 	// MaxInflightPerConn of its requests were in flight.
 	InflightPauses uint64
 	// WriteStalls counts answers that waited because the peer read earlier
-	// ones too slowly (maxQueuedWrite bytes were waiting to be written).
+	// ones too slowly (1 MiB of answers was waiting to be written).
 	WriteStalls uint64
 	// HandlerPanics counts handler panics (answered with CodePanic).
 	HandlerPanics uint64

@@ -93,7 +93,9 @@ type Server struct {
 	cancel context.CancelFunc
 	stats  serverCounters
 
-	mu        sync.Mutex // guards closed, listeners and conns
+	// mu guards closed, listeners and conns. Lock order: mu before a
+	// connection's frameWriter.mu (Close shuts the writers down holding it).
+	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
 	conns     connTable
