@@ -251,7 +251,7 @@ func (g *gossiper) handleGossip(b []byte) {
 	switch msg.Type {
 	case wire.MsgRecord:
 		if g.applyRecord(msg.Record) && !msg.Direct {
-			g.queue.Queue(recordName(instKey{msg.Record.Service, msg.Record.ID}), append([]byte(nil), b...))
+			g.enqueue(g.queue, recordName(instKey{msg.Record.Service, msg.Record.ID}), append([]byte(nil), b...))
 		}
 	case wire.MsgHeartbeats:
 		g.applyHeartbeats(msg.Heartbeats, b, msg.Direct)
@@ -329,13 +329,13 @@ func (g *gossiper) applyHeartbeats(batch *wire.HeartbeatBatch, b []byte, direct 
 		anyFresh = anyFresh || fresh
 	}
 	if anyFresh && !direct && batch.Node != g.name {
-		g.hbQueue.Queue(batchName(batch), append([]byte(nil), b...))
+		g.enqueue(g.hbQueue, batchName(batch), append([]byte(nil), b...))
 	}
 }
 
 // queueHeartbeats queues a batch this node originated (encoded as msg).
 func (g *gossiper) queueHeartbeats(batch *wire.HeartbeatBatch, msg []byte) {
-	g.hbQueue.Queue(batchName(batch), msg)
+	g.enqueue(g.hbQueue, batchName(batch), msg)
 }
 
 // applyRecord merges a record and reports whether it was new here. A node
@@ -400,6 +400,15 @@ func (g *gossiper) dropGossip(where string, err error) {
 	g.warn.Warn("gossip-"+where, "dropped bad gossip", "where", where, "err", err)
 }
 
+// enqueue queues msg for gossip on q, counting what q refuses (a message
+// too big for a packet, or a full queue).
+func (g *gossiper) enqueue(q *bqueue.Queue, name string, msg []byte) {
+	if !q.Queue(name, msg) {
+		g.stats.broadcastsRefused.Add(1)
+		g.warn.Warn("queue-refused", "broadcast not queued: too big for a packet, or the queue is full", "name", name, "bytes", len(msg))
+	}
+}
+
 // maxQueued bounds each broadcast queue; a message past it is not gossiped
 // (direct sends and push/pull still carry state).
 const maxQueued = 4096
@@ -410,7 +419,7 @@ const maxQueued = 4096
 // within one network round trip, while gossip from the origin and push/pull
 // repair whatever a lost packet missed.
 func (g *gossiper) announce(name string, msg []byte) {
-	g.queue.Queue(name, msg)
+	g.enqueue(g.queue, name, msg)
 	g.sendDirectTwice(wire.Direct(msg))
 }
 

@@ -46,6 +46,10 @@ type Stats struct {
 	// TLSRefused counts call connections refused in the TLS handshake
 	// (no certificate, another key or CA, a timeout).
 	TLSRefused uint64
+	// BroadcastsRefused counts messages the broadcast queues refused: too
+	// big for a gossip packet, or the queue full (direct sends and
+	// push/pull still carry the state).
+	BroadcastsRefused uint64
 	// Calls are the call listener's counters.
 	Calls CallStats
 }
@@ -100,6 +104,7 @@ func (n *Node) Stats() Stats {
 		Refutations:         n.stats.refutations.Load(),
 		RecordsRefused:      n.reg.refusedRecords(),
 		TLSRefused:          n.stats.tlsRefused.Load(),
+		BroadcastsRefused:   n.stats.broadcastsRefused.Load(),
 		Calls:               callStats(n.server.rpc.Stats()),
 	}
 }
@@ -111,10 +116,10 @@ func (n *Node) dedupEvicted() {
 }
 
 type nodeStats struct {
-	gossipReceived, gossipDropped                         atomic.Uint64
-	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown atomic.Uint64
-	duplicates, sameRetries, dedupEvictions               atomic.Uint64
-	reconnects, refutations, tlsRefused                   atomic.Uint64
+	gossipReceived, gossipDropped                          atomic.Uint64
+	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown  atomic.Uint64
+	duplicates, sameRetries, dedupEvictions                atomic.Uint64
+	reconnects, refutations, tlsRefused, broadcastsRefused atomic.Uint64
 }
 
 // nodeMetrics are the OpenTelemetry instruments of a Node.

@@ -154,3 +154,30 @@ func status1(nd *Node, service, id string) Status {
 	}
 	return -1
 }
+
+// TestRoutingFollowsAddressChange: a newer version of the same incarnation
+// that moves an instance to another address is routed to at once.
+func TestRoutingFollowsAddressChange(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	nd := c.nodes[0]
+	k := instKey{"svc", "inst-1"}
+	rec := ownRecord(nd, k)
+	require.Len(t, nd.HealthyInstances("svc"), 2, "a snapshot exists before the change")
+	moved := rec
+	moved.Addr, moved.Seq = "10.9.9.9:7000", rec.Seq+1
+	require.True(t, nd.reg.apply(&moved, "registered"))
+	var got string
+	for _, in := range nd.HealthyInstances("svc") {
+		if in.ID == "inst-1" {
+			got = in.Addr
+		}
+	}
+	require.Equal(t, "10.9.9.9:7000", got)
+	snap := nd.reg.snaps.get("svc")
+	for _, in := range snap.routable {
+		if in.ID == "inst-1" {
+			require.Equal(t, "10.9.9.9:7000", in.Addr, "the routing snapshot follows")
+		}
+	}
+}
