@@ -115,12 +115,15 @@ func newNode(c Config) (*Node, error) {
 		tracer: tracerFor(c.TracerProvider),
 	}
 	n.reg = newRegistry(n.name, n.clk, &n.cfg, n.bus.publish)
+	n.reg.beating = n.beatingNow
 	tr := c.Transport
 	if tr == nil {
 		nt, err := transport.NewNet(transport.NetConfig{
-			BindAddr:      c.BindAddr,
-			AdvertiseAddr: c.AdvertiseAddr,
-			Logger:        slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+			BindAddr:          c.BindAddr,
+			AdvertiseAddr:     c.AdvertiseAddr,
+			CallBindAddr:      c.CallAddr,
+			AdvertiseCallAddr: c.AdvertiseCallAddr,
+			Logger:            memberlistLogger(n.log.With("component", "transport")),
 		})
 		if err != nil {
 			n.bus.close()
@@ -195,6 +198,14 @@ func (n *Node) start() {
 	n.log.Info("aegis node started", "addr", n.Addr(), "calls", n.tr.CallAddr())
 }
 
+// beatingNow reports whether the local instance k sends heartbeats now.
+// It reads the served map, so it takes no lock (the registry calls it with
+// its own held).
+func (n *Node) beatingNow(k instKey) bool {
+	r := n.server.lookup(k.service, k.id)
+	return r != nil && !r.paused.Load() && !r.done.Load()
+}
+
 // everyTick runs f on each tick of t until stop is closed, then stops t.
 func everyTick(stop <-chan struct{}, t clock.Ticker, f func()) {
 	defer t.Stop()
@@ -266,10 +277,11 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 }
 
 // Leave leaves the cluster gracefully: it stops accepting registrations,
-// drains and deregisters every local instance (peers see EventDeregistered
-// with reason "left"), tells peers it is leaving, and shuts the node down.
-// ctx bounds how long it waits for in-flight calls and for the departure
-// to spread (5 s when ctx has no deadline). Calling it again, or after
+// drains and deregisters every local instance, tells peers it is leaving,
+// and shuts the node down. ctx bounds the whole of it: in-flight calls, and
+// the departure spreading (5 s when ctx has no deadline); whatever time the
+// drain leaves is given to the departure. When no other member is left to
+// tell, the departure is not an error. Calling it again, or after
 // Shutdown, returns nil.
 func (n *Node) Leave(ctx context.Context) error {
 	n.lifeMu.Lock()
@@ -289,14 +301,16 @@ func (n *Node) Leave(ctx context.Context) error {
 		for _, r := range regs {
 			n.deregister(r, "left")
 		}
-		timeout := 5 * time.Second
+		deadline := time.Now().Add(5 * time.Second)
 		if dl, ok := ctx.Deadline(); ok {
-			timeout = time.Until(dl)
+			deadline = dl
 		}
 		// Give the tombstones a chance to ride gossip before the leave
-		// message: wait until each was sent at least once.
-		n.gossip.waitQueueDrained(ctx, timeout/2)
-		if err := n.gossip.ml.Leave(max(timeout/2, time.Millisecond)); err != nil {
+		// message: wait until each was sent (a few gossip rounds), for at
+		// most half the time left.
+		n.gossip.waitQueueDrained(ctx, time.Until(deadline)/2)
+		err := n.gossip.ml.Leave(max(time.Until(deadline), time.Millisecond))
+		if err != nil && len(n.gossip.peerList()) > 0 {
 			n.leaveErr = fmt.Errorf("aegis: leave: %w", err)
 		}
 		if err := n.shutdown(); err != nil && n.leaveErr == nil {

@@ -32,9 +32,19 @@ type Config struct {
 	// 0 picks free ports for gossip and for calls. Ignored when Transport is
 	// set. Default "127.0.0.1:0".
 	BindAddr string
-	// AdvertiseAddr, if set, is the gossip "host:port" told to peers instead
-	// of the bound address (for NAT or a 0.0.0.0 bind).
+	// AdvertiseAddr, if set, is the gossip "ip:port" told to peers instead
+	// of the bound address (for NAT or port mapping). With a bind-all
+	// BindAddr ("0.0.0.0:7946") and no AdvertiseAddr, a private IP of this
+	// machine is advertised (and New fails if it has none).
 	AdvertiseAddr string
+	// CallAddr is the "ip:port" the call listener binds. Default "": the
+	// IP of BindAddr and a free port. Ignored when Transport is set.
+	CallAddr string
+	// AdvertiseCallAddr, if set, is the call "ip:port" peers dial, when it
+	// differs from CallAddr (NAT, port mapping). Default "": CallAddr as
+	// bound, with a bind-all IP replaced as for AdvertiseAddr. Ignored
+	// when Transport is set.
+	AdvertiseCallAddr string
 	// Transport carries gossip and calls. Nil: the real network on BindAddr.
 	// Tests pass one from transport.NewNetwork. The Node owns it from New on
 	// and shuts it down with the Node.
@@ -337,12 +347,20 @@ func (c *Config) validateAddrs() error {
 			return invalid("BindAddr", "%q: %v", c.BindAddr, err)
 		}
 	}
-	if c.AdvertiseAddr != "" {
-		if err := checkHostPort(c.AdvertiseAddr); err != nil {
-			return invalid("AdvertiseAddr", "%q: %v", c.AdvertiseAddr, err)
+	if c.CallAddr != "" {
+		if err := checkHostPort(c.CallAddr); err != nil {
+			return invalid("CallAddr", "%q: %v", c.CallAddr, err)
 		}
-		if host, port, _ := net.SplitHostPort(c.AdvertiseAddr); net.ParseIP(host) == nil || port == "0" {
-			return invalid("AdvertiseAddr", "%q: must be an IP address with a non-zero port", c.AdvertiseAddr)
+	}
+	for _, a := range []struct{ name, addr string }{{"AdvertiseAddr", c.AdvertiseAddr}, {"AdvertiseCallAddr", c.AdvertiseCallAddr}} {
+		if a.addr == "" {
+			continue
+		}
+		if err := checkHostPort(a.addr); err != nil {
+			return invalid(a.name, "%q: %v", a.addr, err)
+		}
+		if host, port, _ := net.SplitHostPort(a.addr); net.ParseIP(host) == nil || port == "0" {
+			return invalid(a.name, "%q: must be an IP address with a non-zero port", a.addr)
 		}
 	}
 	return nil

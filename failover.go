@@ -85,7 +85,7 @@ func applyOptions(o callOptions, opts []CallOption) callOptions {
 func (n *Node) Call(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{}, opts)
 	if n.tracer != nil {
-		return n.traced(ctx, "Call", service, method, payload, &o, n.caller.call)
+		return n.traced(ctx, "Call", service, method, payload, o, n.caller.call)
 	}
 	return n.caller.call(ctx, service, method, payload, &o)
 }
@@ -122,7 +122,7 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{maxAttempts: n.cfg.MaxAttempts}, opts)
 	if n.tracer != nil {
-		return n.traced(ctx, "CallWithFailover", service, method, payload, &o, n.caller.callWithFailover)
+		return n.traced(ctx, "CallWithFailover", service, method, payload, o, n.caller.callWithFailover)
 	}
 	return n.caller.callWithFailover(ctx, service, method, payload, &o)
 }

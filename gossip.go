@@ -123,6 +123,10 @@ func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) 
 	mc.PushPullInterval = c.Gossip.PushPullInterval
 	mc.GossipToTheDeadTime = c.Gossip.GossipToTheDeadTime
 	mc.TCPTimeout = c.Gossip.TCPTimeout
+	// A node restarted under its name on a new address takes the name
+	// back as soon as the old address has been declared dead, instead of
+	// being refused until memberlist forgets the dead node.
+	mc.DeadNodeReclaimTime = time.Nanosecond
 	// Heartbeats keep the broadcast queue busy, so nearly every gossip
 	// round sends packets; memberlist's LZW compression of each one costs
 	// far more CPU than the bytes it saves.
@@ -131,7 +135,11 @@ func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) 
 	mc.Label = c.ClusterName
 	advertise := c.AdvertiseAddr
 	if ga, ok := tr.(interface{ GossipAddr() string }); ok && advertise == "" {
-		advertise = ga.GossipAddr()
+		// A bind-all address is not one to advertise: memberlist then asks
+		// the transport, which picks a private IP of this machine.
+		if host, _, err := net.SplitHostPort(ga.GossipAddr()); err == nil && !net.ParseIP(host).IsUnspecified() {
+			advertise = ga.GossipAddr()
+		}
 	}
 	if host, port, err := net.SplitHostPort(advertise); err == nil {
 		mc.AdvertiseAddr = host
@@ -140,7 +148,7 @@ func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) 
 	d := &delegate{g: g}
 	mc.Delegate = d
 	mc.Events = d
-	mc.Logger = slog.NewLogLogger(g.log.With("component", "memberlist").Handler(), slog.LevelDebug)
+	mc.Logger = memberlistLogger(g.log.With("component", "memberlist"))
 	return mc
 }
 

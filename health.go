@@ -12,7 +12,7 @@ func (r *registry) check() {
 	now := r.clk.Now()
 	for k, e := range r.entries {
 		r.reinstateLocked(e, now)
-		if e.rec.Heartbeats && !e.timedOut && now.Sub(e.lastHeartbeat) > r.timeout {
+		if e.rec.Heartbeats && !e.timedOut && now.Sub(e.lastHeartbeat) > r.timeout && !r.ownBeating(k, e) {
 			e.timedOut = true
 			r.setStatusLocked(e, "heartbeat-timeout", now)
 		}
@@ -26,6 +26,14 @@ func (r *registry) check() {
 			delete(r.tombs, k)
 		}
 	}
+}
+
+// ownBeating reports whether e is an instance of this node whose
+// heartbeats are not paused. Such an instance is alive as long as this node
+// runs; it never times out here, even when the whole process was stopped
+// for longer than the timeout (its next heartbeat round is due at once).
+func (r *registry) ownBeating(k instKey, e *entry) bool {
+	return e.rec.Node == r.self && r.beating != nil && r.beating(k)
 }
 
 // nodeFailed marks every instance of a dead node unhealthy at once.

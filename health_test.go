@@ -266,3 +266,24 @@ func (c *cluster) describe() string {
 	}
 	return out
 }
+
+// TestOwnInstancesNeverTimeOutHere: a node that was stopped (SIGSTOP, a long
+// pause) for longer than the timeout does not declare its own instances
+// timed out when it resumes; one whose heartbeats are paused does.
+func TestOwnInstancesNeverTimeOutHere(t *testing.T) {
+	c := newCluster(t, 1, true)
+	nd := c.nodes[0]
+	k := c.regs[0].key
+	stale := func() {
+		nd.reg.mu.Lock()
+		nd.reg.entries[k].lastHeartbeat = c.clk.Now().Add(-time.Hour)
+		nd.reg.mu.Unlock()
+	}
+	stale()
+	nd.reg.check()
+	require.Equal(t, StatusHealthy, status(nd, "inst-0"), "own beating instance after a long pause")
+	c.regs[0].PauseHeartbeats()
+	stale()
+	nd.reg.check()
+	require.Equal(t, StatusUnhealthy, status(nd, "inst-0"), "own instance with paused heartbeats")
+}

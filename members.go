@@ -4,6 +4,7 @@
 package aegis
 
 import (
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -52,6 +53,59 @@ func (g *gossiper) nodeAt(addr string) string {
 		}
 	}
 	return ""
+}
+
+// MemberState is a node's state as this node's failure detector sees it.
+type MemberState int
+
+// Member states.
+const (
+	// MemberAlive: the node answers memberlist's probes.
+	MemberAlive MemberState = iota
+	// MemberFailed: memberlist declared the node dead; this node keeps
+	// trying to rejoin it for Gossip.ReconnectTimeout.
+	MemberFailed
+)
+
+// String returns "alive" or "failed".
+func (s MemberState) String() string {
+	switch s {
+	case MemberAlive:
+		return "alive"
+	case MemberFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("member-state(%d)", int(s))
+}
+
+// Member is one node of the cluster as this node knows it.
+type Member struct {
+	// Name is the node's name (Config.NodeName).
+	Name string
+	// Addr is its gossip address, what Join takes.
+	Addr string
+	// CallAddr is the address its call listener is reached at ("" when not
+	// known, for a failed node).
+	CallAddr string
+	// State is alive or failed.
+	State MemberState
+}
+
+// Members returns this node and every other node it knows, alive or
+// failed (a node that left gracefully is dropped), sorted by name.
+func (n *Node) Members() []Member {
+	g := n.gossip
+	out := []Member{{Name: n.name, Addr: n.Addr(), CallAddr: g.callAddr, State: MemberAlive}}
+	for _, p := range g.peerList() {
+		out = append(out, Member{Name: p.Name, Addr: p.Address(), CallAddr: string(p.Meta), State: MemberAlive})
+	}
+	g.failed.mu.Lock()
+	for name, f := range g.failed.m {
+		out = append(out, Member{Name: name, Addr: f.addr, State: MemberFailed})
+	}
+	g.failed.mu.Unlock()
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // member is a node and its call address.

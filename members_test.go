@@ -1,6 +1,7 @@
 package aegis
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -54,4 +55,60 @@ func TestReconnectRunsOnTheNodeClock(t *testing.T) {
 	c.clk.Advance(interval)
 	require.Never(t, func() bool { return watcher.Stats().Reconnects != 3 }, 300*time.Millisecond, 10*time.Millisecond,
 		"no attempts after the timeout")
+}
+
+func TestMembers(t *testing.T) {
+	c := newCluster(t, 3, false)
+	c.waitConverged(10 * time.Second)
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(c.nodes[0].Members()) == 3 }, "three members")
+	ms := c.nodes[0].Members()
+	for i, m := range ms {
+		require.Equal(t, c.nodes[i].Name(), m.Name)
+		require.Equal(t, c.nodes[i].Addr(), m.Addr)
+		require.Equal(t, c.nodes[i].tr.CallAddr(), m.CallAddr)
+		require.Equal(t, MemberAlive, m.State)
+	}
+	require.NoError(t, c.nodes[2].Shutdown())
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		ms := c.nodes[0].Members()
+		return len(ms) == 3 && ms[2].State == MemberFailed
+	}, "node-02 failed in Members")
+	require.Equal(t, "failed", MemberFailed.String())
+}
+
+// TestRestartOnNewAddressTakesOver: a node restarted under its name on a
+// new address, after its crash was detected, is healthy and routed to
+// everywhere within seconds (memberlist lets it reclaim the dead name).
+func TestRestartOnNewAddressTakesOver(t *testing.T) {
+	c := newCluster(t, 3, false)
+	c.waitConverged(10 * time.Second)
+	require.NoError(t, c.nodes[2].Shutdown())
+	for _, nd := range c.nodes[:2] {
+		testutil.Eventually(t, 20*time.Second, func() bool { return status(nd, "inst-2") == StatusUnhealthy }, "crash seen by %s", nd.Name())
+	}
+	cfg := testConfig(c.net, 2, nil)
+	_ = cfg.Transport.Shutdown() // the one at node-02's old address
+	cfg.Transport = c.net.NewTransport("10.0.9.9:7946") // same name, new address
+	start := time.Now()
+	nd, err := New(cfg)
+	require.NoError(t, err)
+	c.nodes[2] = nd
+	_, err = nd.Join(context.Background(), c.nodes[0].Addr())
+	require.NoError(t, err)
+	_, err = nd.Register(context.Background(), Service{Name: "svc", InstanceID: "inst-2", Handler: echoHandler})
+	require.NoError(t, err)
+	for _, other := range c.nodes[:2] {
+		testutil.Eventually(t, 10*time.Second, func() bool {
+			for _, in := range other.HealthyInstances("svc") {
+				if in.ID == "inst-2" {
+					return in.Addr == nd.tr.CallAddr()
+				}
+			}
+			return false
+		}, "restarted inst-2 healthy at its new address on %s", other.Name())
+	}
+	t.Logf("healthy and routed everywhere %v after the restart", time.Since(start))
+	out, err := c.nodes[0].Call(context.Background(), "svc", "x", []byte("hi"), WithExclude("inst-0", "inst-1"))
+	require.NoError(t, err)
+	require.Equal(t, "hi", string(out))
 }

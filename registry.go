@@ -498,8 +498,9 @@ type registry struct {
 	ejectAfter int           // Config.EjectAfterFailures
 	emit       func(Event)
 
-	maxPerNode int // Config.MaxInstancesPerNode
-	maxTotal   int // Config.MaxInstances
+	beating    func(instKey) bool // whether a local instance sends heartbeats now (not paused); set before use
+	maxPerNode int                // Config.MaxInstancesPerNode
+	maxTotal   int                // Config.MaxInstances
 
 	mu      sync.RWMutex // guards everything below
 	entries map[instKey]*entry

@@ -32,10 +32,12 @@ func tracerFor(tp trace.TracerProvider) trace.Tracer {
 // callFunc is the caller's Call or CallWithFailover after options.
 type callFunc func(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error)
 
-// traced runs call inside a client span named after api.
-func (n *Node) traced(ctx context.Context, api, service, method string, payload []byte, o *callOptions, call callFunc) ([]byte, error) {
-	ctx, span := n.startCallSpan(ctx, api, service, method, o)
-	out, err := call(ctx, service, method, payload, o)
+// traced runs call inside a client span named after api. It takes the
+// options by value: a pointer to the caller's would make them escape to
+// the heap on every call, traced or not.
+func (n *Node) traced(ctx context.Context, api, service, method string, payload []byte, o callOptions, call callFunc) ([]byte, error) {
+	ctx, span := n.startCallSpan(ctx, api, service, method, &o)
+	out, err := call(ctx, service, method, payload, &o)
 	endSpan(span, err)
 	return out, err
 }

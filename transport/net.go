@@ -39,6 +39,13 @@ type NetConfig struct {
 	// when memberlist's own Config.AdvertiseAddr is empty.
 	AdvertiseAddr string
 
+	// AdvertiseCallAddr, if set, is the "ip:port" other nodes dial for
+	// calls (CallAddr), when it differs from the bound one (NAT, port
+	// mapping). Empty: the bound call address, with a bind-all host
+	// replaced by the advertised gossip IP (AdvertiseAddr's, or a private
+	// IP of this machine).
+	AdvertiseCallAddr string
+
 	// Logger receives memberlist's transport messages. Nil discards them.
 	Logger *log.Logger
 }
@@ -51,7 +58,8 @@ type Net struct {
 	advIP      net.IP // nil unless NetConfig.AdvertiseAddr was set
 	advPort    int
 
-	calls *netCallListener
+	calls    *netCallListener
+	callAddr string // advertised call address
 
 	streamCh chan net.Conn // gossip streams, forwarded from gossip
 	conns    connSet       // every stream this Net dialed or accepted
@@ -112,6 +120,12 @@ func NewNet(cfg NetConfig) (*Net, error) {
 		cancel:     cancel,
 	}
 	n.calls = &netCallListener{Listener: ln, n: n}
+	if n.callAddr, err = n.advertisedCallAddr(cfg.AdvertiseCallAddr); err != nil {
+		_ = ln.Close()
+		_ = stopGossip(gossip)
+		cancel()
+		return nil, err
+	}
 	n.wg.Add(1)
 	go n.forwardStreams()
 	return n, nil
@@ -312,9 +326,30 @@ func (n *Net) dial(ctx context.Context, addr string, timeout time.Duration) (net
 // after Shutdown it fails with an error matching net.ErrClosed.
 func (n *Net) CallListener() net.Listener { return n.calls }
 
-// CallAddr implements Transport: the "host:port" the call listener is bound
-// to.
-func (n *Net) CallAddr() string { return n.calls.Addr().String() }
+// CallAddr implements Transport: the "ip:port" other nodes dial for calls:
+// NetConfig.AdvertiseCallAddr, or the bound call address with a bind-all
+// host replaced by a routable IP.
+func (n *Net) CallAddr() string { return n.callAddr }
+
+// advertisedCallAddr returns the call address to advertise.
+func (n *Net) advertisedCallAddr(advertise string) (string, error) {
+	if advertise != "" {
+		ip, port, err := parseAdvertiseAddr(advertise)
+		if err != nil || port == 0 {
+			return "", fmt.Errorf("transport: invalid AdvertiseCallAddr %q: want ip:port with a non-zero port", advertise)
+		}
+		return net.JoinHostPort(ip.String(), strconv.Itoa(port)), nil
+	}
+	bound := n.calls.Addr().(*net.TCPAddr)
+	if !bound.IP.IsUnspecified() {
+		return bound.String(), nil
+	}
+	ip, _, err := n.FinalAdvertiseAddr("", 0)
+	if err != nil {
+		return "", fmt.Errorf("transport: calls bound to all interfaces and no address to advertise (set AdvertiseCallAddr or AdvertiseAddr): %w", err)
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(bound.Port)), nil
+}
 
 // Shutdown implements memberlist.Transport. It closes the gossip sockets, the
 // call listener and every stream this Net dialed or accepted (their peers

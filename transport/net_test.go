@@ -111,3 +111,29 @@ func TestNetForgetsClosedStreams(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// A bind-all node advertises routable addresses, for gossip and calls.
+func TestBindAllAdvertisesRoutableAddrs(t *testing.T) {
+	n, err := NewNet(NetConfig{BindAddr: "0.0.0.0:0"})
+	if err != nil {
+		t.Skipf("no private IP to advertise on this machine: %v", err)
+	}
+	defer n.Shutdown()
+	host, _, err := net.SplitHostPort(n.CallAddr())
+	require.NoError(t, err)
+	ip := net.ParseIP(host)
+	require.NotNil(t, ip)
+	require.False(t, ip.IsUnspecified(), "call address %s", n.CallAddr())
+	gip, _, err := n.FinalAdvertiseAddr("", 0)
+	require.NoError(t, err)
+	require.False(t, gip.IsUnspecified())
+
+	adv, err := NewNet(NetConfig{BindAddr: "0.0.0.0:0", AdvertiseAddr: "10.1.2.3:7946", AdvertiseCallAddr: "10.1.2.3:7000"})
+	require.NoError(t, err)
+	defer adv.Shutdown()
+	require.Equal(t, "10.1.2.3:7000", adv.CallAddr())
+	adv2, err := NewNet(NetConfig{BindAddr: "0.0.0.0:0", AdvertiseAddr: "10.1.2.3:7946"})
+	require.NoError(t, err)
+	defer adv2.Shutdown()
+	require.True(t, strings.HasPrefix(adv2.CallAddr(), "10.1.2.3:"), "the call address takes the advertised gossip IP: %s", adv2.CallAddr())
+}

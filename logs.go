@@ -1,0 +1,57 @@
+// This file adapts memberlist's log lines ("[ERR] memberlist: ...") to the
+// node's slog.Logger at their own level, rate-limited where a peer can
+// cause them.
+
+package aegis
+
+import (
+	"bytes"
+	"context"
+	"log"
+	"log/slog"
+	"time"
+
+	"github.com/aegisipc/aegis/internal/ratelog"
+)
+
+// memberlistLogger returns a *log.Logger for memberlist and the network
+// transport: each line keeps its level; errors and warnings, which remote
+// peers can cause at will (bad packets, failed streams), are limited to a
+// few lines a minute per level.
+func memberlistLogger(l *slog.Logger) *log.Logger {
+	return log.New(&levelWriter{log: l, limit: ratelog.New(l, time.Minute, 10)}, "", 0)
+}
+
+// levelWriter turns one memberlist line into one slog record.
+type levelWriter struct {
+	log   *slog.Logger
+	limit *ratelog.Limiter
+}
+
+var memberlistLevels = []struct {
+	prefix []byte
+	level  slog.Level
+}{
+	{[]byte("[ERR]"), slog.LevelError},
+	{[]byte("[ERROR]"), slog.LevelError},
+	{[]byte("[WARN]"), slog.LevelWarn},
+	{[]byte("[INFO]"), slog.LevelInfo},
+	{[]byte("[DEBUG]"), slog.LevelDebug},
+}
+
+func (w *levelWriter) Write(p []byte) (int, error) {
+	line := bytes.TrimSpace(p)
+	level := slog.LevelDebug
+	for _, l := range memberlistLevels {
+		if bytes.HasPrefix(line, l.prefix) {
+			level, line = l.level, bytes.TrimSpace(line[len(l.prefix):])
+			break
+		}
+	}
+	if level >= slog.LevelWarn {
+		w.limit.Log(level, "memberlist-"+level.String(), string(line))
+	} else {
+		w.log.Log(context.Background(), level, string(line))
+	}
+	return len(p), nil
+}
