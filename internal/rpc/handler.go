@@ -45,10 +45,27 @@ func (sc *serverConn) run(in *inbound, start int64) Response {
 	return resp
 }
 
-// fastHandlers reports whether handlers on this connection have lately
-// been quick enough to run one after another with the reader role held.
-func (sc *serverConn) fastHandlers() bool {
-	return sc.handlerNanos.Load() < int64(inlineHandlerTime)
+// keepRole reports whether the reader runs the handler of the request it
+// has just decoded itself, holding the reader role, rather than first
+// passing the role on. It keeps the role
+//   - while handlers have been fast (average under inlineHandlerTime), if
+//     nothing is buffered or whole requests are: they run one after
+//     another and are answered in one write;
+//   - while handlers have been neither fast nor slow, if nothing is
+//     buffered: no goroutine is woken for a request that may be the last.
+//
+// Once handlers have been slow (average of handoffDelay or more), it never
+// does: the monitor would take the role from the handler anyway, and the
+// requests behind it would wait for the monitor's tick.
+func (sc *serverConn) keepRole() bool {
+	avg := sc.handlerNanos.Load()
+	switch {
+	case avg >= int64(handoffDelay):
+		return false
+	case sc.fr.buffered() == 0:
+		return true
+	}
+	return avg < int64(inlineHandlerTime) && sc.fr.frameBuffered()
 }
 
 // inlineHandlerTime is the average handler time below which a reader with
@@ -57,6 +74,20 @@ func (sc *serverConn) fastHandlers() bool {
 // Above it, handlers run side by side. The monitor still hands the role on
 // from any one handler that runs for handoffDelay.
 const inlineHandlerTime = 20 * time.Microsecond
+
+// slowHandler records that a handler has run for d nanoseconds and is still
+// running (the monitor found it so): the average becomes at least d, so
+// that the requests already read behind it, and those after, run side by
+// side at once rather than each holding the role until the monitor's next
+// tick.
+func (sc *serverConn) slowHandler(d int64) {
+	for {
+		avg := sc.handlerNanos.Load()
+		if avg >= d || sc.handlerNanos.CompareAndSwap(avg, d) {
+			return
+		}
+	}
+}
 
 // deadlineCtx is the handler's context when the call has a timeout. It
 // behaves as context.WithDeadline(parent, deadline) followed by cancel once

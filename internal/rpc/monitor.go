@@ -67,7 +67,8 @@ func (s *Server) passHeldRoles() bool {
 		}
 		held = true
 		if now-h >= int64(handoffDelay) && sc.heldSince.CompareAndSwap(h, 0) {
-			sc.passRole() // the new reader writes what was queued
+			sc.slowHandler(now - h) // before the new reader decides
+			sc.passRole()           // the new reader writes what was queued
 		}
 	}
 	return held

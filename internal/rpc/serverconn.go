@@ -24,11 +24,14 @@ import (
 //     wake-up costs as much as the rest of the call);
 //   - with more whole requests buffered and handlers that have been fast,
 //     it runs them one after another and answers them in one write;
-//   - with more requests buffered and handlers that may take a while, it
-//     first hands the role on, so they run side by side.
+//   - with more requests buffered and handlers that may take a while, or
+//     with handlers that have been slow (handoffDelay), it first hands the
+//     role on, so they run side by side (see keepRole).
 //
 // A handler that still runs after handoffDelay loses the role to another
-// goroutine, so later requests are not held up (see monitor.go). The role
+// goroutine, so later requests are not held up (see monitor.go), and makes
+// the handlers count as slow at once: the requests already read behind it
+// run side by side without waiting for the monitor one by one. The role
 // goes to a spare (a goroutine that finished a handler and parked, its stack
 // already grown) or, when none is parked, to a new goroutine, which first
 // writes the answers queued before the slow handler.
@@ -140,10 +143,10 @@ func (sc *serverConn) readOne() bool {
 		}
 		sc.handlers.Add(1)
 		sc.gate.add()
-		if sc.fr.buffered() > 0 && !(sc.fastHandlers() && sc.fr.frameBuffered()) {
-			// More requests are already here and handlers may take a
-			// while: let another goroutine read them while this one runs
-			// the handler.
+		if !sc.keepRole() {
+			// Handlers may take a while and more requests are already
+			// here, or handlers are slow: let another goroutine read on
+			// while this one runs the handler.
 			sc.passRole()
 			sc.handle(in)
 		} else if sc.handleHoldingRole(in) {
