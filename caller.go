@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,9 @@ type caller struct {
 
 	msgPrefix string
 	msgSeq    atomic.Uint64
+
+	latencies sync.Map  // service → *latency, for hedge delays
+	hedges    sync.Pool // *hedge
 }
 
 // messageID is a call's message ID: the caller's (WithMessageID) or, when

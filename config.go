@@ -77,6 +77,18 @@ type Config struct {
 	// AttemptTimeout bounds one call attempt; an attempt also ends at the
 	// caller's deadline, whichever comes first. Default 5s.
 	AttemptTimeout time.Duration
+	// HedgeDelay is how long CallWithFailover waits for an instance to
+	// answer an idempotent call before sending the same request (same
+	// message ID) to another instance as well; the first answer wins and
+	// the other attempt is cancelled, so a hung instance (stopped process,
+	// long pause, black hole) costs callers this delay instead of
+	// AttemptTimeout, and after EjectAfterFailures lost races it is
+	// ejected. Hedges come out of the retry budget. 0 (the default): four
+	// times the service's average answer time as this node measured it,
+	// at least 10ms and at most AttemptTimeout/2 (100ms before the first
+	// answer). Negative: no hedging. Methods listed in
+	// Service.NonIdempotent are never hedged.
+	HedgeDelay time.Duration
 	// MaxFrameSize is the largest call frame (request or response, payload
 	// plus envelope) this node sends or accepts. Default 4 MiB.
 	MaxFrameSize int

@@ -84,6 +84,11 @@ func (c *cluster) registerPay() *execLog {
 }
 
 func deliveryConfig(cfg *Config) {
+	// These tests pin the same-instance retry path, where dedup makes a
+	// handler run once; a hedge deliberately runs an idempotent call on a
+	// second instance when the first is slow (a scheduling stall under
+	// -race would do), which is tested on its own.
+	cfg.HedgeDelay = -1
 	cfg.SameInstanceRetries = 10
 	cfg.SameInstanceBackoff = time.Millisecond
 	cfg.RetryBudgetRatio = 1

@@ -159,7 +159,14 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 			stopErr = err
 			break
 		}
-		out, oc, err := c.tryInstance(ctx, &inst, method, payload, o, id, &attempts)
+		var out []byte
+		var oc outcome
+		var hedged *Instance
+		if c.hedgeable(&inst, method, o) {
+			out, oc, hedged, err = c.tryHedged(ctx, &inst, method, payload, o, id, &attempts)
+		} else {
+			out, oc, err = c.tryInstance(ctx, &inst, method, payload, o, id, &attempts)
+		}
 		if err == nil {
 			return out, nil
 		}
@@ -175,6 +182,9 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 			o.exclude, copied = ex, true
 		}
 		o.exclude[inst.ID] = struct{}{}
+		if hedged != nil {
+			o.exclude[hedged.ID] = struct{}{}
+		}
 		if outcomeRules[oc].pause && !sleepCtx(ctx, jitter(time.Millisecond, distinct)) {
 			stopErr = ctx.Err()
 			break
@@ -191,7 +201,13 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 // within the retry budget. Failed tries are appended to attempts when it
 // is not nil; the last outcome and error are returned.
 func (c *caller) tryInstance(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id messageID, attempts *[]Attempt) ([]byte, outcome, error) {
-	for same := 0; ; same++ {
+	return c.tryInstanceFrom(ctx, inst, method, payload, o, id, attempts, 0)
+}
+
+// tryInstanceFrom is tryInstance from try number same on (the tries
+// before it already made, and retrying allowed by retryAgain).
+func (c *caller) tryInstanceFrom(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id messageID, attempts *[]Attempt, same int) ([]byte, outcome, error) {
+	for ; ; same++ {
 		var start time.Time
 		if attempts != nil {
 			start = time.Now()
@@ -203,15 +219,22 @@ func (c *caller) tryInstance(ctx context.Context, inst *Instance, method string,
 		if attempts != nil {
 			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
 		}
-		if same >= c.cfg.SameInstanceRetries || ctx.Err() != nil || !oc.retrySame(inst.idempotent(method)) || !c.budget.Withdraw() {
-			return nil, oc, err
-		}
-		c.stats.sameRetries.Add(1)
-		c.met.sameRetries.Add(bg, 1)
-		if !sleepCtx(ctx, jitter(c.cfg.SameInstanceBackoff, same)) {
+		if !c.retryAgain(ctx, inst, method, oc, same) {
 			return nil, oc, err
 		}
 	}
+}
+
+// retryAgain decides whether try number same, which ended in oc, is
+// followed by a retry on the same instance, and if so takes a retry
+// budget token and waits the backoff (false if ctx ends meanwhile).
+func (c *caller) retryAgain(ctx context.Context, inst *Instance, method string, oc outcome, same int) bool {
+	if same >= c.cfg.SameInstanceRetries || ctx.Err() != nil || !oc.retrySame(inst.idempotent(method)) || !c.budget.Withdraw() {
+		return false
+	}
+	c.stats.sameRetries.Add(1)
+	c.met.sameRetries.Add(bg, 1)
+	return sleepCtx(ctx, jitter(c.cfg.SameInstanceBackoff, same))
 }
 
 // jitter returns a random duration in [0, base×2^n), capped at 100×base.

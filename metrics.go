@@ -46,6 +46,9 @@ type Stats struct {
 	// TLSRefused counts call connections refused in the TLS handshake
 	// (no certificate, another key or CA, a timeout).
 	TLSRefused uint64
+	// Hedges counts hedged attempts this node sent (see Config.HedgeDelay);
+	// HedgesWon how many of them answered first.
+	Hedges, HedgesWon uint64
 	// BroadcastsRefused counts messages the broadcast queues refused: too
 	// big for a gossip packet, or the queue full (direct sends and
 	// push/pull still carry the state).
@@ -105,6 +108,8 @@ func (n *Node) Stats() Stats {
 		RecordsRefused:      n.reg.refusedRecords(),
 		TLSRefused:          n.stats.tlsRefused.Load(),
 		BroadcastsRefused:   n.stats.broadcastsRefused.Load(),
+		Hedges:              n.stats.hedges.Load(),
+		HedgesWon:           n.stats.hedgesWon.Load(),
 		Calls:               callStats(n.server.rpc.Stats()),
 	}
 }
@@ -120,6 +125,7 @@ type nodeStats struct {
 	heartbeatsSent, heartbeatsReceived, heartbeatsUnknown  atomic.Uint64
 	duplicates, sameRetries, dedupEvictions                atomic.Uint64
 	reconnects, refutations, tlsRefused, broadcastsRefused atomic.Uint64
+	hedges, hedgesWon                                      atomic.Uint64
 }
 
 // nodeMetrics are the OpenTelemetry instruments of a Node.
@@ -129,6 +135,7 @@ type nodeMetrics struct {
 	duplicates     metric.Int64Counter
 	sameRetries    metric.Int64Counter
 	dedupEvictions metric.Int64Counter
+	hedges         metric.Int64Counter
 }
 
 func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
@@ -139,7 +146,8 @@ func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
 	du, _ := m.Int64Counter("aegis.call.duplicates", metric.WithDescription("calls answered from the dedup cache instead of running the handler again"))
 	sr, _ := m.Int64Counter("aegis.call.same_instance_retries", metric.WithDescription("retries on the same instance with the same message ID"))
 	de, _ := m.Int64Counter("aegis.call.dedup_evictions", metric.WithDescription("dedup entries evicted by the window or the bound"))
-	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr, dedupEvictions: de}
+	he, _ := m.Int64Counter("aegis.call.hedges", metric.WithDescription("hedged attempts sent to a second instance"))
+	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr, dedupEvictions: de, hedges: he}
 }
 
 func callStats(st rpc.ServerStats) CallStats {

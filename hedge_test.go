@@ -1,0 +1,66 @@
+package aegis
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis/internal/testutil"
+)
+
+// TestHungInstanceCostsTheHedgeDelay: one of three instances stops
+// answering (its handler hangs, as a stopped process would). With hedging
+// every call succeeds in a fraction of the attempt timeout and the hung
+// instance is ejected after a few lost races; without hedging the calls
+// routed to it wait the whole attempt timeout.
+func TestHungInstanceCostsTheHedgeDelay(t *testing.T) {
+	run := func(t *testing.T, hedgeDelay time.Duration) (worst time.Duration, n *Node) {
+		c := newCluster(t, 3, false, func(cfg *Config) {
+			cfg.AttemptTimeout = time.Second
+			cfg.HedgeDelay = hedgeDelay
+		})
+		var hung atomic.Bool
+		c.counting(func(ctx context.Context, req *Request) ([]byte, error) {
+			if req.InstanceID == "c-1" && hung.Load() {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return []byte(req.InstanceID), nil
+		})
+		for i := 0; i < 20; i++ { // the services' latency is learned
+			_, err := c.nodes[0].CallWithFailover(context.Background(), "count", "x", nil)
+			require.NoError(t, err)
+		}
+		hung.Store(true)
+		for i := 0; i < 30; i++ {
+			start := time.Now()
+			out, err := c.nodes[0].CallWithFailover(context.Background(), "count", "x", nil)
+			require.NoError(t, err, "call %d", i)
+			require.NotEqual(t, "c-1", string(out))
+			worst = max(worst, time.Since(start))
+		}
+		return worst, c.nodes[0]
+	}
+	t.Run("hedged", func(t *testing.T) {
+		worst, n := run(t, 0)
+		t.Logf("worst call %v; %d hedges, %d won", worst, n.Stats().Hedges, n.Stats().HedgesWon)
+		require.Less(t, worst, 700*time.Millisecond, "a hung instance costs the hedge delay, not the attempt timeout")
+		require.NotZero(t, n.Stats().HedgesWon)
+		testutil.Eventually(t, 5*time.Second, func() bool {
+			for _, in := range n.HealthyInstances("count") {
+				if in.ID == "c-1" {
+					return false
+				}
+			}
+			return true
+		}, "the hung instance is ejected")
+	})
+	t.Run("unhedged", func(t *testing.T) {
+		worst, n := run(t, -1)
+		require.GreaterOrEqual(t, worst, time.Second, "without hedging a call waits the attempt timeout")
+		require.Zero(t, n.Stats().Hedges)
+	})
+}
