@@ -1,0 +1,214 @@
+// This file holds the agent subcommand: a standalone node serving built-in
+// test services until a signal makes it leave the cluster.
+
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aegisipc/aegis"
+)
+
+// errForced is returned when a second signal cut the graceful leave short.
+var errForced = errors.New("second signal: stopped without finishing the leave")
+
+// forcedStopWait bounds how long a forced stop waits for the leave in
+// progress to notice its cancelled context before the process exits.
+const forcedStopWait = time.Second
+
+// agentOptions are the agent's parsed flags.
+type agentOptions struct {
+	node         nodeFlags
+	serve        listFlag
+	instanceID   string
+	leaveTimeout time.Duration
+	specs        []serveSpec // parsed from serve
+
+	// started, when set (by tests), is called with the node once its
+	// services are registered, before it joins the seeds.
+	started func(*aegis.Node)
+}
+
+// agentFlagSet returns the agent's flag set, writing into o.
+func agentFlagSet(o *agentOptions) *flag.FlagSet {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	o.node.register(fs, "127.0.0.1:7946")
+	fs.Var(&o.serve, "serve", "built-in service to serve, `KIND[:SERVICE]`, comma-separated or repeated (see above)")
+	fs.StringVar(&o.instanceID, "instance-id", "", "`ID` of every served instance (default \"<service>-<node name>\")")
+	fs.DurationVar(&o.leaveTimeout, "leave-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long the graceful leave (drain, deregister, tell peers) may take")
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprint(w, `usage: aegis agent [flags]
+
+Runs one node: it joins the seeds given by -join, serves the built-in
+services given by -serve and logs every change it sees in the cluster
+(instances registered, deregistered, healthy or not) until SIGTERM or
+SIGINT, on which it leaves gracefully (exit status 0). A second signal
+stops it at once (exit status 1).
+
+Built-in services (-serve KIND[:SERVICE]; SERVICE defaults to KIND). Every
+method of a built-in service does what its kind says:
+`)
+		for _, k := range kinds {
+			fmt.Fprintf(w, "  %-6s %s\n", k.name, k.summary)
+		}
+		fmt.Fprint(w, `except method "whoami", which answers {"instance","node","service"} on
+every kind, so a caller can see which instance answered. Each service is
+registered with instance ID "<service>-<node name>" unless -instance-id is
+given.
+
+The secret key comes from -key, -key-file or $`+keyEnv+`; on loopback no key
+is needed. Example:
+
+  aegis agent -name a -bind 127.0.0.1:7946 -serve echo -key "$(head -c 32 /dev/urandom | base64)"
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseAgent parses the agent's command line (and -config file).
+func parseAgent(args []string, stdout io.Writer) (*agentOptions, error) {
+	o := &agentOptions{}
+	fs := agentFlagSet(o)
+	if err := parseFlags(fs, args, &o.node.config, stdout); err != nil {
+		return nil, err
+	}
+	specs, err := parseServe(o.serve)
+	if err != nil {
+		return nil, err
+	}
+	o.specs = specs
+	if o.leaveTimeout <= 0 {
+		return nil, usagef("-leave-timeout must be positive, got %v", o.leaveTimeout)
+	}
+	return o, nil
+}
+
+// runAgent is the agent subcommand.
+func runAgent(args []string, stdout, stderr io.Writer) error {
+	o, err := parseAgent(args, stdout)
+	if err != nil {
+		return err
+	}
+	log, err := o.node.newLogger(stderr)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	return o.run(log, os.Getenv, sigs)
+}
+
+// run starts the node, registers the services, joins the seeds and waits
+// for the first signal on sigs; then it leaves gracefully. A second signal
+// during the leave returns errForced.
+func (o *agentOptions) run(log *slog.Logger, getenv func(string) string, sigs <-chan os.Signal) error {
+	cfg, err := o.node.nodeConfig(log, getenv)
+	if err != nil {
+		return err
+	}
+	node, err := aegis.New(cfg)
+	if err != nil {
+		return err
+	}
+	log = log.With("node", node.Name())
+	node.Subscribe(func(e aegis.Event) { logEvent(log, e) })
+	regs, err := registerServices(context.Background(), node, o.specs, o.instanceID)
+	if err != nil {
+		_ = node.Shutdown()
+		return err
+	}
+	ids := make([]string, len(regs))
+	for i, r := range regs {
+		ids[i] = r.Instance().Service + "/" + r.Instance().ID
+	}
+	log.Info("aegis agent started", "gossip", node.Addr(), "calls", selfCallAddr(node),
+		"instances", strings.Join(ids, ","), "members", len(node.Members()), "pid", os.Getpid())
+	if o.started != nil {
+		o.started(node)
+	}
+
+	joinCtx, cancelJoin := context.WithCancel(context.Background())
+	defer cancelJoin()
+	joined := make(chan error, 1)
+	go func() {
+		if len(o.node.join) == 0 {
+			joined <- nil
+			return
+		}
+		k, err := joinSeeds(joinCtx, node, o.node.join, o.node.joinTimeout, log)
+		if err == nil {
+			log.Info("joined the cluster", "seeds_reached", k, "members", strings.Join(memberNames(node), ","))
+		}
+		joined <- err
+	}()
+	var sig os.Signal
+	select {
+	case err := <-joined:
+		if err != nil {
+			_ = node.Shutdown()
+			return err
+		}
+		sig = <-sigs
+	case sig = <-sigs:
+		cancelJoin()
+		<-joined
+	}
+	return leave(node, log, o.leaveTimeout, sig, sigs)
+}
+
+// leave leaves the cluster gracefully within timeout. Another signal on
+// sigs cancels the leave's context (cutting its drain short) and returns
+// errForced once the leave has returned or forcedStopWait has passed:
+// Node.Shutdown would wait for the leave in progress, so exiting the
+// process is the immediate stop, which peers see as a crash.
+func leave(node *aegis.Node, log *slog.Logger, timeout time.Duration, sig os.Signal, sigs <-chan os.Signal) error {
+	log.Info("leaving the cluster", "signal", sig.String(), "timeout", timeout)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	left := make(chan error, 1)
+	go func() { left <- node.Leave(ctx) }()
+	select {
+	case err := <-left:
+		if err != nil {
+			log.Warn("leave did not finish cleanly", "err", err)
+		}
+		log.Info("left the cluster", "took", time.Since(start).Round(time.Millisecond))
+		return nil
+	case sig := <-sigs:
+		log.Warn("second signal: stopping at once", "signal", sig.String())
+		cancel()
+		select {
+		case <-left:
+		case <-time.After(forcedStopWait):
+		}
+		return errForced
+	}
+}
+
+// logEvent logs one event of the node's view of the cluster.
+func logEvent(log *slog.Logger, e aegis.Event) {
+	attrs := []any{"event", e.Type.String(), "service", e.Instance.Service, "instance", e.Instance.ID, "instance_node", e.Instance.Node}
+	if e.Type == aegis.EventStatusChanged {
+		attrs = append(attrs, "from", e.OldStatus.String(), "to", e.NewStatus.String())
+	}
+	if e.Reason != "" {
+		attrs = append(attrs, "reason", e.Reason)
+	}
+	log.Info("instance "+e.Type.String(), attrs...)
+}
