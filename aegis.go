@@ -19,6 +19,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -244,6 +245,8 @@ func (n *Node) Addr() string { return n.gossip.ml.LocalNode().Address() }
 
 // Join contacts the given seed nodes (gossip "host:port") and merges state
 // with them. It returns how many seeds it reached; an error means none was.
+// If another live node already uses this node's name, Join fails with
+// ErrNameConflict and shuts this node down.
 func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 	if n.state.Load() != stateRunning {
 		return 0, ErrShutdown
@@ -258,8 +261,11 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 	ch := make(chan result, 1)
 	if !n.spawn(func() {
 		k, err := n.gossip.ml.Join(seeds)
-		ch <- result{k, err}
 		if k > 0 {
+			err = n.checkNameConflict()
+		}
+		ch <- result{k, err}
+		if k > 0 && err == nil {
 			n.gossip.catchUp()
 		}
 	}) {
@@ -267,6 +273,10 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 	}
 	select {
 	case r := <-ch:
+		if errors.Is(r.err, ErrNameConflict) {
+			_ = n.Shutdown()
+			return 0, r.err
+		}
 		if r.err != nil && r.n == 0 {
 			return 0, fmt.Errorf("aegis: join %v: %w", seeds, r.err)
 		}
@@ -276,8 +286,23 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 	}
 }
 
+// checkNameConflict runs after a join: if the cluster knows another node
+// under this node's name at another address, and that node answers a ping,
+// two live processes share a name, which the cluster cannot tell apart.
+// One that does not answer is this node's own previous life (a restart
+// before its crash was noticed), which this node replaces.
+func (n *Node) checkNameConflict() error {
+	other := n.gossip.conflict.Swap(nil)
+	if other == nil || !n.gossip.aliveAt(other) {
+		return nil
+	}
+	return fmt.Errorf("%w: node name %q is already used by a live node at %s; give every node its own Config.NodeName (this node has shut down)",
+		ErrNameConflict, n.name, other.Address())
+}
+
 // Leave leaves the cluster gracefully: it stops accepting registrations,
-// drains and deregisters every local instance, tells peers it is leaving,
+// drains and deregisters every local instance (every peer sees
+// EventDeregistered with reason "left"), tells peers it is leaving,
 // and shuts the node down. ctx bounds the whole of it: in-flight calls, and
 // the departure spreading (5 s when ctx has no deadline); whatever time the
 // drain leaves is given to the departure. When no other member is left to

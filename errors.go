@@ -40,6 +40,9 @@ var (
 	// ErrRecordTooLarge: an instance's record (names, address, metadata)
 	// encodes to more than MaxRecordSize bytes.
 	ErrRecordTooLarge = errors.New("aegis: instance record too large")
+	// ErrNameConflict: Join found another live node using this node's
+	// name.
+	ErrNameConflict = errors.New("aegis: node name in use")
 	// ErrTooManyInstances: Register would exceed Config.MaxInstancesPerNode
 	// or Config.MaxInstances.
 	ErrTooManyInstances = errors.New("aegis: too many instances")

@@ -63,6 +63,10 @@ type gossiper struct {
 
 	failed failedNodes
 
+	// conflict is a live-looking node that claims this node's name at
+	// another address, as memberlist reported it during a join.
+	conflict atomic.Pointer[memberlist.Node]
+
 	lastPull atomic.Int64 // clock time (unix ns) of the last pull triggered by an unknown heartbeat
 }
 
@@ -148,6 +152,7 @@ func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) 
 	d := &delegate{g: g}
 	mc.Delegate = d
 	mc.Events = d
+	mc.Conflict = d
 	mc.Logger = memberlistLogger(g.log.With("component", "memberlist"))
 	return mc
 }
@@ -159,9 +164,30 @@ func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) 
 type delegate struct{ g *gossiper }
 
 var (
-	_ memberlist.Delegate      = (*delegate)(nil)
-	_ memberlist.EventDelegate = (*delegate)(nil)
+	_ memberlist.Delegate         = (*delegate)(nil)
+	_ memberlist.EventDelegate    = (*delegate)(nil)
+	_ memberlist.ConflictDelegate = (*delegate)(nil)
 )
+
+// NotifyConflict is memberlist's report of two nodes with one name at
+// different addresses. About this node's own name, it is kept for Join to
+// check whether the other one is alive; about others', it is logged.
+func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
+	g := d.g
+	if existing.Name == g.name {
+		cp := *other
+		g.conflict.Store(&cp)
+		return
+	}
+	g.warn.Warn("name-conflict", "two nodes claim one name", "name", existing.Name, "addr", existing.Address(), "other", other.Address())
+}
+
+// aliveAt reports whether a node named name answers a ping at node's
+// address (within the probe timeout).
+func (g *gossiper) aliveAt(node *memberlist.Node) bool {
+	_, err := g.ml.Ping(node.Name, &net.UDPAddr{IP: node.Addr, Port: int(node.Port)})
+	return err == nil
+}
 
 // NodeMeta tells peers this node's call address (key management calls
 // every member there, and a TLS dial checks that the certificate it meets
@@ -233,12 +259,12 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	g.peersMu.Unlock()
 	if node.State == memberlist.StateLeft {
 		g.log.Info("node left", "peer", node.Name)
-		g.reg.nodeLeft(node.Name)
+		g.reg.nodeLeft(node.Name, string(node.Meta))
 		return
 	}
 	g.log.Warn("node failed", "peer", node.Name)
 	g.failed.add(node.Name, node.Address(), g.clk.Now())
-	g.reg.nodeFailed(node.Name)
+	g.reg.nodeFailed(node.Name, string(node.Meta))
 }
 
 func (d *delegate) NotifyUpdate(node *memberlist.Node) {
@@ -360,7 +386,10 @@ func (g *gossiper) applyRecord(rec *wire.Record) bool {
 		return false
 	}
 	reason := "registered"
-	if rec.Deleted {
+	switch {
+	case rec.Deleted && rec.Status == wire.TombstoneLeft:
+		reason = "left"
+	case rec.Deleted:
 		reason = "deregistered"
 	}
 	return g.reg.apply(rec, reason)

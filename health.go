@@ -4,6 +4,8 @@
 
 package aegis
 
+import "github.com/aegisipc/aegis/internal/wire"
+
 // check applies the absolute heartbeat timeout, ends ejections whose time
 // is up, reaps long-dead instances and forgets old tombstones.
 func (r *registry) check() {
@@ -36,14 +38,17 @@ func (r *registry) ownBeating(k instKey, e *entry) bool {
 	return e.rec.Node == r.self && r.beating != nil && r.beating(k)
 }
 
-// nodeFailed marks every instance of a dead node unhealthy at once.
-func (r *registry) nodeFailed(node string) {
+// nodeFailed marks every instance of a dead node unhealthy at once: those
+// at callAddr, the dead member's call address, when it is known. A node
+// restarted under the same name on another address has registered its new
+// instances there, and they are not the dead one's.
+func (r *registry) nodeFailed(node, callAddr string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.clk.Now()
-	r.dead[node] = now
+	r.dead[node] = deadNode{callAddr: callAddr}
 	for _, e := range r.entries {
-		if e.rec.Node == node && !e.nodeFailed {
+		if e.rec.Node == node && !e.nodeFailed && r.dead[node].owns(&e.rec) {
 			e.nodeFailed = true
 			r.setStatusLocked(e, "node-failed", now)
 		}
@@ -72,16 +77,28 @@ func (r *registry) nodeAlive(node string) {
 	}
 }
 
-// nodeLeft deregisters every instance of a node that left gracefully.
-func (r *registry) nodeLeft(node string) {
+// nodeLeft deregisters every instance of a node that left gracefully (at
+// callAddr, when known, as for nodeFailed).
+func (r *registry) nodeLeft(node, callAddr string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.dead, node)
 	now := r.clk.Now()
+	left := deadNode{callAddr: callAddr}
 	for _, e := range r.entries {
-		if e.rec.Node == node {
+		if e.rec.Node == node && left.owns(&e.rec) {
 			tomb := tombstoneOf(&e.rec, supersede, now)
 			r.applyLocked(&tomb, "left")
 		}
 	}
+}
+
+// deadNode is a node memberlist declared dead, with its call address when
+// known.
+type deadNode struct{ callAddr string }
+
+// owns reports whether rec is an instance of that dead node's life: every
+// instance of the node when its call address is unknown, else those at it.
+func (d deadNode) owns(rec *wire.Record) bool {
+	return d.callAddr == "" || rec.Addr == d.callAddr
 }

@@ -116,3 +116,64 @@ func TestRestartOnNewAddressTakesOver(t *testing.T) {
 		return err == nil && string(out) == "hi"
 	}, "the restarted instance answers calls")
 }
+
+// TestSecondLiveNodeWithANameInUseIsRefused: Join fails with
+// ErrNameConflict naming the other node, and the cluster keeps the first.
+func TestSecondLiveNodeWithANameInUseIsRefused(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	cfg := testConfig(c.net, 9, nil)
+	cfg.NodeName = c.nodes[1].Name() // node-01's name, another address
+	dup, err := New(cfg)
+	require.NoError(t, err)
+	defer dup.Shutdown()
+	_, err = dup.Join(context.Background(), c.nodes[0].Addr())
+	require.ErrorIs(t, err, ErrNameConflict)
+	require.Contains(t, err.Error(), c.nodes[1].Addr(), "the error names the live node")
+	_, err = dup.Register(context.Background(), Service{Name: "svc", Handler: echoHandler})
+	require.ErrorIs(t, err, ErrShutdown, "the duplicate stopped")
+	require.Equal(t, StatusHealthy, status(c.nodes[0], "inst-1"))
+	out, err := c.nodes[0].Call(context.Background(), "svc", "x", []byte("hi"), WithExclude("inst-0"))
+	require.NoError(t, err)
+	require.Equal(t, "hi", string(out))
+}
+
+// TestRestartBeforeCrashDetected: a node restarted on a new address before
+// anyone noticed its crash is not refused (its previous life does not
+// answer), and its instance is routed to at the new address.
+func TestRestartBeforeCrashDetected(t *testing.T) {
+	c := newCluster(t, 3, false)
+	c.waitConverged(10 * time.Second)
+	require.NoError(t, c.nodes[2].Shutdown())
+	cfg := testConfig(c.net, 2, nil)
+	_ = cfg.Transport.Shutdown()
+	cfg.Transport = c.net.NewTransport("10.0.9.7:7946")
+	start := time.Now()
+	nd, err := New(cfg)
+	require.NoError(t, err)
+	c.nodes[2] = nd
+	_, err = nd.Join(context.Background(), c.nodes[0].Addr())
+	require.NoError(t, err)
+	_, err = nd.Register(context.Background(), Service{Name: "svc", InstanceID: "inst-2", Handler: echoHandler})
+	require.NoError(t, err)
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		out, err := c.nodes[0].Call(context.Background(), "svc", "x", []byte("hi"), WithExclude("inst-0", "inst-1"))
+		return err == nil && string(out) == "hi"
+	}, "the restarted instance answers calls")
+	t.Logf("answering %v after the restart", time.Since(start))
+	for _, other := range c.nodes[:2] {
+		testutil.Eventually(t, 15*time.Second, func() bool {
+			for _, in := range other.HealthyInstances("svc") {
+				if in.ID == "inst-2" {
+					return in.Addr == nd.tr.CallAddr()
+				}
+			}
+			return false
+		}, "inst-2 healthy at its new address on %s", other.Name())
+	}
+	t.Logf("healthy everywhere %v after the restart", time.Since(start))
+	// Meanwhile memberlist declares the previous life's address dead; the
+	// new instance must not be taken for it.
+	require.Never(t, func() bool { return status(c.nodes[0], "inst-2") != StatusHealthy }, 4*time.Second, 20*time.Millisecond,
+		"inst-2 stays healthy while the old address is found dead")
+}

@@ -507,8 +507,8 @@ type registry struct {
 	perNode map[string]int // live entries per node
 	refused uint64         // records refused by maxPerNode or maxTotal
 	tombs   map[instKey]tombstone
-	dead    map[string]time.Time // nodes memberlist declared dead
-	pending map[instKey]bool     // local registrations in progress
+	dead    map[string]deadNode // nodes memberlist declared dead
+	pending map[instKey]bool    // local registrations in progress
 	snaps   *snapshots
 }
 
@@ -519,7 +519,7 @@ func newRegistry(self string, clk clock.Clock, c *Config, emit func(Event)) *reg
 		entries: make(map[instKey]*entry),
 		perNode: make(map[string]int),
 		tombs:   make(map[instKey]tombstone),
-		dead:    make(map[string]time.Time),
+		dead:    make(map[string]deadNode),
 		pending: make(map[instKey]bool),
 	}
 	r.snaps = newSnapshots(r)
@@ -577,6 +577,9 @@ func (r *registry) tombstoneLocal(k instKey, reason string) (wire.Record, bool) 
 		return wire.Record{}, false
 	}
 	tomb := tombstoneOf(&e.rec, supersede, r.clk.Now())
+	if reason == "left" {
+		tomb.Status = wire.TombstoneLeft // peers report it as "left" too
+	}
 	r.applyLocked(&tomb, reason)
 	return tomb, true
 }
@@ -647,7 +650,7 @@ func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now time.Time) {
 	e := &entry{rec: *rec, lastHeartbeat: now, load: &instLoad{}}
 	e.rec.Meta = copyMeta(rec.Meta)
-	if _, dead := r.dead[rec.Node]; dead {
+	if d, dead := r.dead[rec.Node]; dead && d.owns(rec) {
 		e.nodeFailed, e.badSince = true, now
 	}
 	e.status = e.effective()

@@ -46,7 +46,7 @@ type Record struct {
 	Node        string
 	Addr        string
 	Role        uint8
-	Status      uint8
+	Status      uint8 // the instance's status; in a tombstone, why it was deleted (TombstoneDeregistered, TombstoneLeft)
 	Meta        map[string]string
 	Incarnation int64  // origin's registration time (unix ns); a re-registration gets a larger one
 	Seq         uint64 // bumped by every heartbeat and update of this incarnation
@@ -59,6 +59,14 @@ type Record struct {
 	// instance once this one may have run them.
 	NonIdempotent []string
 }
+
+// Why a tombstone deleted an instance, carried in its Status.
+const (
+	// TombstoneDeregistered: the instance was deregistered (or refuted).
+	TombstoneDeregistered uint8 = 0
+	// TombstoneLeft: its node left the cluster gracefully.
+	TombstoneLeft uint8 = 1
+)
 
 // Heartbeat says an instance is alive and what status it reports.
 type Heartbeat struct {
