@@ -10,6 +10,24 @@ import (
 )
 
 // EventType says what happened to an instance.
+//
+// Every event carries the instance as this node sees it after the change.
+// OldStatus and NewStatus differ only for EventStatusChanged; for the
+// other types both are the instance's status at the event:
+//
+//	type            status pair                    reasons
+//	registered      status it starts with          "registered"; "node-failed" when its node is already
+//	                                               known dead (it starts unhealthy)
+//	deregistered    its last status                "deregistered", "left" (its node left gracefully; on
+//	                                               every node), "reaped" (unhealthy longer than
+//	                                               ReapTimeout), "replaced" (a newer registration of
+//	                                               the same ID took its place)
+//	status-changed  old → new                      "heartbeat-timeout", "node-failed", "recovered" (a
+//	                                               fresh heartbeat or its node back), "self-reported"
+//	                                               (SetStatus, draining before Deregister or Leave)
+//	ejected         unchanged                      "consecutive-failures" (this node's routing only)
+//	reinstated      unchanged                      "ejection-expired"
+//	role-changed    (not emitted yet)              reserved for active/standby promotion
 type EventType int
 
 // Event types.

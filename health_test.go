@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aegisipc/aegis/internal/testutil"
+	"github.com/aegisipc/aegis/internal/wire"
 )
 
 func TestConverge(t *testing.T) {
@@ -287,4 +288,21 @@ func TestOwnInstancesNeverTimeOutHere(t *testing.T) {
 	stale()
 	nd.reg.check()
 	require.Equal(t, StatusUnhealthy, status(nd, "inst-0"), "own instance with paused heartbeats")
+}
+
+// TestEventsSayWhy: an instance learned of after its node was declared
+// dead starts unhealthy with reason node-failed, and a restarted node's
+// instance at a new address is not taken for the dead one's.
+func TestEventsSayWhy(t *testing.T) {
+	c := newCluster(t, 1, false)
+	nd := c.nodes[0]
+	log := subscribeLog(nd)
+	nd.reg.nodeFailed("gone", "10.1.1.1:7000")
+	old := wire.Record{Service: "late", ID: "old", Node: "gone", Addr: "10.1.1.1:7000", Incarnation: 1, Heartbeats: true}
+	fresh := wire.Record{Service: "late", ID: "new", Node: "gone", Addr: "10.1.1.2:7000", Incarnation: 2, Heartbeats: true}
+	require.True(t, nd.reg.apply(&old, "registered"))
+	require.True(t, nd.reg.apply(&fresh, "registered"))
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		return log.has(EventRegistered, "old", StatusUnhealthy, "node-failed") && log.has(EventRegistered, "new", StatusHealthy, "registered")
+	}, "events: %s", log)
 }

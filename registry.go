@@ -652,6 +652,7 @@ func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now 
 	e.rec.Meta = copyMeta(rec.Meta)
 	if d, dead := r.dead[rec.Node]; dead && d.owns(rec) {
 		e.nodeFailed, e.badSince = true, now
+		reason = "node-failed" // it starts unhealthy, and this is why
 	}
 	e.status = e.effective()
 	r.entries[k] = e
