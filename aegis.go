@@ -78,6 +78,8 @@ type Node struct {
 	local map[instKey]*Registration
 	state atomic.Int32
 
+	lastHealth atomic.Int64 // wall clock (unix ns) of the last health check
+
 	lifeMu       sync.Mutex // serializes Leave and Shutdown
 	stopCh       chan struct{}
 	wg           sync.WaitGroup // every goroutine the node starts (see spawn)
@@ -195,7 +197,7 @@ func (n *Node) start() {
 		n.spawn(func() { everyTick(n.stopCh, hbTicker, func() { n.heartbeatRound(gossipOnly) }) })
 	}
 	healthTicker := n.clk.NewTicker(n.cfg.HealthCheckInterval)
-	n.spawn(func() { everyTick(n.stopCh, healthTicker, n.reg.check) })
+	n.spawn(func() { everyTick(n.stopCh, healthTicker, n.healthTick) })
 	n.log.Info("aegis node started", "addr", n.Addr(), "calls", n.tr.CallAddr())
 }
 

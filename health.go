@@ -4,7 +4,57 @@
 
 package aegis
 
-import "github.com/aegisipc/aegis/internal/wire"
+import (
+	"time"
+
+	"github.com/aegisipc/aegis/internal/clock"
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+// stallThreshold is how much later than due a health check must run for
+// the node to conclude it was not running (stopped, paused, starved).
+const stallThreshold = time.Second
+
+// healthTick runs one health check. On the wall clock it first looks for
+// a stall of this process: when a check runs much later than due, this
+// node was not running, so it received no heartbeats either, and the
+// stall is forgiven to every instance instead of timing them all out
+// before the heartbeats waiting in its socket buffers are read. (A stall
+// shows only on the wall clock; a test's fake clock has none.)
+func (n *Node) healthTick() {
+	if _, wall := n.clk.(clock.Real); wall {
+		now := time.Now()
+		if last := n.lastHealth.Swap(now.UnixNano()); last != 0 {
+			if stall, ok := stalled(now.Sub(time.Unix(0, last)), n.cfg.HealthCheckInterval); ok {
+				n.log.Info("this node was stalled; its heartbeat ages exclude the stall", "stall", stall)
+				n.reg.forgive(stall)
+			}
+		}
+	}
+	n.reg.check()
+}
+
+// stalled reports how long this node was not running, given the time
+// between two health checks due interval apart, when that is a stall
+// (more than stallThreshold late).
+func stalled(gap, interval time.Duration) (time.Duration, bool) {
+	late := gap - interval
+	return late, late > stallThreshold
+}
+
+// forgive moves every instance's last heartbeat d later (never past now).
+func (r *registry) forgive(d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.clk.Now()
+	for _, e := range r.entries {
+		if t := e.lastHeartbeat.Add(d); t.Before(now) {
+			e.lastHeartbeat = t
+		} else {
+			e.lastHeartbeat = now
+		}
+	}
+}
 
 // check applies the absolute heartbeat timeout, ends ejections whose time
 // is up, reaps long-dead instances and forgets old tombstones.

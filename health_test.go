@@ -306,3 +306,47 @@ func TestEventsSayWhy(t *testing.T) {
 		return log.has(EventRegistered, "old", StatusUnhealthy, "node-failed") && log.has(EventRegistered, "new", StatusHealthy, "registered")
 	}, "events: %s", log)
 }
+
+func TestStalled(t *testing.T) {
+	for _, tc := range []struct {
+		gap, interval, want time.Duration
+		ok                  bool
+	}{
+		{time.Second, time.Second, 0, false},
+		{2 * time.Second, time.Second, time.Second, false}, // exactly the threshold late
+		{3 * time.Second, time.Second, 2 * time.Second, true},
+		{41 * time.Second, time.Second, 40 * time.Second, true},
+	} {
+		got, ok := stalled(tc.gap, tc.interval)
+		require.Equal(t, tc.ok, ok, "%v", tc)
+		require.Equal(t, tc.want, got, "%v", tc)
+	}
+}
+
+// TestStallIsForgiven: a health check that runs long after it was due
+// (this process was stopped) does not time out instances whose heartbeats
+// it could not have read meanwhile.
+func TestStallIsForgiven(t *testing.T) {
+	c := newCluster(t, 2, false, func(cfg *Config) {
+		cfg.HeartbeatInterval, cfg.HeartbeatTimeout = time.Second, 3*time.Second
+		cfg.HealthCheckInterval = time.Hour // only this test's checks run
+	})
+	c.waitConverged(10 * time.Second)
+	nd := c.nodes[0]
+	k := c.regs[1].key
+	c.regs[1].PauseHeartbeats() // no fresh heartbeat may hide the verdicts
+	nd.reg.mu.Lock()
+	nd.reg.entries[k].lastHeartbeat = time.Now().Add(-40 * time.Second) // as if the last one came before a 40 s stop
+	nd.reg.mu.Unlock()
+	stall, ok := stalled(40*time.Second+time.Hour, time.Hour)
+	require.True(t, ok)
+	require.Equal(t, 40*time.Second, stall)
+	nd.reg.forgive(stall)
+	nd.reg.check()
+	require.Equal(t, StatusHealthy, status(nd, "inst-1"), "the stall is forgiven")
+	nd.reg.mu.Lock()
+	nd.reg.entries[k].lastHeartbeat = time.Now().Add(-40 * time.Second)
+	nd.reg.mu.Unlock()
+	nd.reg.check()
+	require.Equal(t, StatusUnhealthy, status(nd, "inst-1"), "without a stall the same age times out")
+}
