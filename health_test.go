@@ -350,3 +350,17 @@ func TestStallIsForgiven(t *testing.T) {
 	nd.reg.check()
 	require.Equal(t, StatusUnhealthy, status(nd, "inst-1"), "without a stall the same age times out")
 }
+
+// TestWholeClusterLeaves: every node of a cluster leaves in turn, the last
+// ones with nobody left to tell, without an error and within its ctx.
+func TestWholeClusterLeaves(t *testing.T) {
+	c := newCluster(t, 4, false)
+	c.waitConverged(10 * time.Second)
+	for _, nd := range c.nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		start := time.Now()
+		require.NoError(t, nd.Leave(ctx), nd.Name())
+		require.Less(t, time.Since(start), 2500*time.Millisecond, "%s left within its ctx", nd.Name())
+		cancel()
+	}
+}
