@@ -57,40 +57,15 @@ type Stats struct {
 	Calls CallStats
 }
 
-// CallStats are the call listener's counters: connections served and
-// refused by CallLimits, closed for idleness or a stalled frame,
-// malformed and oversized frames, handler panics.
-type CallStats struct {
-	// Conns is the number of connections being served.
-	Conns int
-	// Accepted counts connections taken into service.
-	Accepted uint64
-	// RefusedMaxConns and RefusedMaxConnsPerIP count connections closed on
-	// arrival because they would have exceeded MaxConns or MaxConnsPerIP.
-	RefusedMaxConns      uint64
-	RefusedMaxConnsPerIP uint64
-	// ClosedIdle counts connections closed after IdleTimeout without
-	// requests.
-	ClosedIdle uint64
-	// ClosedFrameTimeout counts connections closed because a frame did not
-	// arrive whole within FrameTimeout.
-	ClosedFrameTimeout uint64
-	// MalformedFrames counts connections closed because the peer broke the
-	// protocol: a bad length, version or kind, or a request that did not
-	// decode.
-	MalformedFrames uint64
-	// OversizedFrames counts requests over MaxFrameSize, read past and
-	// answered with CodeFrameTooLarge.
-	OversizedFrames uint64
-	// InflightPauses counts the times a connection stopped reading because
-	// MaxInflightPerConn of its requests were in flight.
-	InflightPauses uint64
-	// WriteStalls counts answers that waited because the peer read earlier
-	// ones too slowly (too many answer bytes were waiting to be written).
-	WriteStalls uint64
-	// HandlerPanics counts handler panics (answered with CodePanic).
-	HandlerPanics uint64
-}
+// CallStats are the call listener's counters: Conns (connections served
+// now), Accepted, RefusedMaxConns and RefusedMaxConnsPerIP (closed on
+// arrival by CallLimits), ClosedIdle and ClosedFrameTimeout (closed by
+// CallLimits' timeouts), MalformedFrames (closed for breaking the
+// protocol), OversizedFrames (requests over MaxFrameSize, answered with an
+// error), InflightPauses (reading paused at MaxInflightPerConn),
+// WriteStalls (answers waiting on a peer that reads too slowly) and
+// HandlerPanics.
+type CallStats = rpc.ServerStats
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
@@ -110,7 +85,7 @@ func (n *Node) Stats() Stats {
 		BroadcastsRefused:   n.stats.broadcastsRefused.Load(),
 		Hedges:              n.stats.hedges.Load(),
 		HedgesWon:           n.stats.hedgesWon.Load(),
-		Calls:               callStats(n.server.rpc.Stats()),
+		Calls:               n.server.rpc.Stats(),
 	}
 }
 
@@ -148,20 +123,4 @@ func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
 	de, _ := m.Int64Counter("aegis.call.dedup_evictions", metric.WithDescription("dedup entries evicted by the window or the bound"))
 	he, _ := m.Int64Counter("aegis.call.hedges", metric.WithDescription("hedged attempts sent to a second instance"))
 	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr, dedupEvictions: de, hedges: he}
-}
-
-func callStats(st rpc.ServerStats) CallStats {
-	return CallStats{
-		Conns:                st.Conns,
-		Accepted:             st.Accepted,
-		RefusedMaxConns:      st.RefusedMaxConns,
-		RefusedMaxConnsPerIP: st.RefusedMaxConnsPerIP,
-		ClosedIdle:           st.ClosedIdle,
-		ClosedFrameTimeout:   st.ClosedFrameTimeout,
-		MalformedFrames:      st.MalformedFrames,
-		OversizedFrames:      st.OversizedFrames,
-		InflightPauses:       st.InflightPauses,
-		WriteStalls:          st.WriteStalls,
-		HandlerPanics:        st.HandlerPanics,
-	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+
+	"github.com/aegisipc/aegis/internal/msgpsize"
 )
 
 // msgpack format bytes used here.
@@ -62,24 +64,23 @@ var (
 // ---- encoding ----
 
 func appendArrayHeader(b []byte, n int) []byte {
-	switch {
-	case n < 16:
-		return append(b, mpFixArray|byte(n))
-	case n <= math.MaxUint16:
-		return append(b, mpArray16, byte(n>>8), byte(n))
-	default:
-		return append(b, mpArray32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
+	return appendContainerHeader(b, n, mpFixArray, mpArray16, mpArray32)
 }
 
 func appendMapHeader(b []byte, n int) []byte {
+	return appendContainerHeader(b, n, mpFixMap, mpMap16, mpMap32)
+}
+
+// appendContainerHeader appends an array or map header (fix, 16-bit and
+// 32-bit forms) for n elements.
+func appendContainerHeader(b []byte, n int, fix, c16, c32 byte) []byte {
 	switch {
 	case n < 16:
-		return append(b, mpFixMap|byte(n))
+		return append(b, fix|byte(n))
 	case n <= math.MaxUint16:
-		return append(b, mpMap16, byte(n>>8), byte(n))
+		return append(b, c16, byte(n>>8), byte(n))
 	default:
-		return append(b, mpMap32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		return append(b, c32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
 }
 
@@ -160,73 +161,20 @@ func appendBool(b []byte, v bool) []byte {
 
 // ---- encoded sizes (must match the append functions) ----
 
-func containerHeaderSize(n int) int {
-	switch {
-	case n < 16:
-		return 1
-	case n <= math.MaxUint16:
-		return 3
-	default:
-		return 5
-	}
-}
+func containerHeaderSize(n int) int { return msgpsize.Container(n) }
 
-func uintSize(v uint64) int {
-	switch {
-	case v < 128:
-		return 1
-	case v <= math.MaxUint8:
-		return 2
-	case v <= math.MaxUint16:
-		return 3
-	case v <= math.MaxUint32:
-		return 5
-	default:
-		return 9
-	}
-}
+func uintSize(v uint64) int { return msgpsize.Uint(v) }
 
 func intSize(v int64) int {
 	if v >= 0 {
 		return uintSize(uint64(v))
 	}
-	switch {
-	case v >= -32:
-		return 1
-	case v >= math.MinInt8:
-		return 2
-	case v >= math.MinInt16:
-		return 3
-	case v >= math.MinInt32:
-		return 5
-	default:
-		return 9
-	}
+	return msgpsize.Neg(v)
 }
 
-func strSize(n int) int {
-	switch {
-	case n < 32:
-		return 1 + n
-	case n <= math.MaxUint8:
-		return 2 + n
-	case n <= math.MaxUint16:
-		return 3 + n
-	default:
-		return 5 + n
-	}
-}
+func strSize(n int) int { return msgpsize.Str(n) }
 
-func binSize(n int) int {
-	switch {
-	case n <= math.MaxUint8:
-		return 2 + n
-	case n <= math.MaxUint16:
-		return 3 + n
-	default:
-		return 5 + n
-	}
-}
+func binSize(n int) int { return msgpsize.Bin(n) }
 
 // ---- decoding ----
 

@@ -1,7 +1,11 @@
 // Encoded sizes of messages, computed without encoding them.
 package wire
 
-import "math"
+import (
+	"math"
+
+	"github.com/aegisipc/aegis/internal/msgpsize"
+)
 
 // The sizes follow the codec's msgpack encoder as configured in handle:
 // the shortest form of every integer and length, str8 allowed, signed
@@ -54,66 +58,23 @@ func strsSize(ss []string) int {
 	return n
 }
 
-func strSize(s string) int {
-	switch l := len(s); {
-	case l < 32:
-		return 1 + l
-	case l < 256:
-		return 2 + l
-	case l < 65536:
-		return 3 + l
-	default:
-		return 5 + l
-	}
-}
+func strSize(s string) int { return msgpsize.Str(len(s)) }
 
-func arrayHeaderSize(n int) int {
-	switch {
-	case n < 16:
-		return 1
-	case n < 65536:
-		return 3
-	default:
-		return 5
-	}
-}
+func arrayHeaderSize(n int) int { return msgpsize.Container(n) }
 
-// mapHeaderSize equals arrayHeaderSize: msgpack has fixmap, map16 and
-// map32, like arrays.
-func mapHeaderSize(n int) int { return arrayHeaderSize(n) }
+func mapHeaderSize(n int) int { return msgpsize.Container(n) }
 
-func uintSize(v uint64) int {
-	switch {
-	case v <= math.MaxInt8:
-		return 1
-	case v <= math.MaxUint8:
-		return 2
-	case v <= math.MaxUint16:
-		return 3
-	case v <= math.MaxUint32:
-		return 5
-	default:
-		return 9
-	}
-}
+func uintSize(v uint64) int { return msgpsize.Uint(v) }
 
 func intSize(v int64) int {
 	switch {
-	case v >= -32 && v <= math.MaxInt8:
+	case v < 0:
+		return msgpsize.Neg(v)
+	case v <= math.MaxInt8:
 		return 1
-	case v > math.MaxInt8:
-		switch {
-		case v <= math.MaxInt16:
-			return 3
-		case v <= math.MaxInt32:
-			return 5
-		}
-		return 9
-	case v >= math.MinInt8:
-		return 2
-	case v >= math.MinInt16:
+	case v <= math.MaxInt16:
 		return 3
-	case v >= math.MinInt32:
+	case v <= math.MaxInt32:
 		return 5
 	default:
 		return 9
