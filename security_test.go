@@ -282,3 +282,22 @@ func dialTLS(ctx context.Context, creds *tlsconf.Creds, conn net.Conn, peer stri
 	}
 	return tc, nil
 }
+
+// TestClusterNameKeepsClustersApart: a node of another cluster cannot join,
+// even on the same network with the same key.
+func TestClusterNameKeepsClustersApart(t *testing.T) {
+	key := NewSecretKey()
+	c := newCluster(t, 2, false, withKey(key), func(cfg *Config) { cfg.ClusterName = "blue" })
+	c.waitConverged(10 * time.Second)
+	cfg := testConfig(c.net, 9, nil)
+	cfg.SecretKey, cfg.ClusterName = key, "green"
+	other, err := New(cfg)
+	require.NoError(t, err)
+	defer other.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = other.Join(ctx, c.nodes[0].Addr())
+	require.Error(t, err)
+	require.Len(t, c.nodes[0].Members(), 2, "the clusters did not merge")
+	require.Empty(t, other.Instances("svc"))
+}
