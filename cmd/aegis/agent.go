@@ -201,11 +201,13 @@ func leave(node *aegis.Node, log *slog.Logger, timeout time.Duration, sig os.Sig
 	}
 }
 
-// logEvent logs one event of the node's view of the cluster.
+// logEvent logs one event of the node's view of the cluster; status is the
+// instance's status after the event.
 func logEvent(log *slog.Logger, e aegis.Event) {
-	attrs := []any{"event", e.Type.String(), "service", e.Instance.Service, "instance", e.Instance.ID, "instance_node", e.Instance.Node}
+	attrs := []any{"event", e.Type.String(), "service", e.Instance.Service, "instance", e.Instance.ID,
+		"instance_node", e.Instance.Node, "addr", e.Instance.Addr, "status", e.NewStatus.String()}
 	if e.Type == aegis.EventStatusChanged {
-		attrs = append(attrs, "from", e.OldStatus.String(), "to", e.NewStatus.String())
+		attrs = append(attrs, "from", e.OldStatus.String())
 	}
 	if e.Reason != "" {
 		attrs = append(attrs, "reason", e.Reason)

@@ -173,4 +173,3 @@ func TestAgentSecondSignal(t *testing.T) {
 		t.Fatal("the held call did not end")
 	}
 }
-

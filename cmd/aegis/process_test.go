@@ -1,0 +1,352 @@
+//go:build unix
+
+// This file holds the process-level fault tests: real agent processes on
+// loopback, a client node in the test calling them with CallWithFailover at
+// a fixed rate, and one agent killed, stopped, terminated or restarted.
+// Each scenario runs a fresh cluster and logs what the callers saw during
+// the fault and how long detection and recovery took.
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"net"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Bounds the scenarios assert. Detection: an instance whose process is
+// killed or stopped is marked unhealthy by every node within the
+// heartbeat timeout (1s) plus a health check (100ms) and gossip, or sooner
+// through memberlist's failure detector; detectBound leaves room for a
+// loaded two-core machine. Recovery: a resumed or restarted instance is
+// healthy and answering within recoverBound.
+const (
+	detectBound  = 3 * time.Second
+	recoverBound = 2 * time.Second
+	goneBound    = 2 * time.Second // a leaving instance gone from every node
+	// waitLimit bounds every wait of a scenario, so a measurement that
+	// exceeds its bound is still taken and reported.
+	waitLimit = 45 * time.Second
+)
+
+func TestProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped with -short: the process-level fault tests build the aegis binary and run clusters of real processes on loopback for about half a minute")
+	}
+	bin := buildAgent(t, t.TempDir())
+	t.Run("load-command", func(t *testing.T) { testLoadCommand(t, bin) })
+	t.Run("kill", func(t *testing.T) { testKill(t, bin) })
+	t.Run("stop-cont", func(t *testing.T) { testStopCont(t, bin) })
+	t.Run("term", func(t *testing.T) { testTerm(t, bin) })
+	t.Run("restart-same-port", func(t *testing.T) { testRestart(t, bin, false) })
+	t.Run("restart-new-port", func(t *testing.T) { testRestart(t, bin, true) })
+}
+
+// scenario is one fresh cluster with the driver calling it; the victim is
+// agent n3.
+type scenario struct {
+	c      *procCluster
+	d      *driver
+	vi     int        // index of the victim in c.agents
+	victim *agentProc // its process before the fault
+	id     string     // its instance
+	fault  time.Time  // when the fault was injected
+}
+
+// newScenario starts a cluster and the driver, and waits until every
+// instance has answered calls and half a second of calls has finished.
+func newScenario(t *testing.T, bin string) *scenario {
+	c := newProcCluster(t, bin, procAgents)
+	s := &scenario{c: c, d: startDriver(t, c.client), vi: 2}
+	s.victim, s.id = c.agents[s.vi], instanceID(c.agents[s.vi].name)
+	begin := time.Now()
+	c.waitFor("every instance answers calls", 10*time.Second, func() bool {
+		for _, p := range c.agents {
+			if _, ok := s.d.answered(instanceID(p.name), begin); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	s.d.waitCalls(t, procRate/2)
+	return s
+}
+
+// inject sends sig to the victim and records the time.
+func (s *scenario) inject(t *testing.T, sig syscall.Signal) {
+	s.fault = time.Now()
+	s.victim.signal(t, sig)
+}
+
+// othersSee reports whether every running agent but the victim's current
+// process logged, since s.fault, a newest event leaving the victim's
+// instance in one of states.
+func (s *scenario) othersSee(states ...string) bool {
+	for _, q := range s.c.others(s.c.agents[s.vi]) {
+		st := q.log.instanceState(s.id, s.fault)
+		ok := false
+		for _, want := range states {
+			ok = ok || st == want
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// finish lets a second of calls finish after the fault ended, stops the
+// driver, logs what the callers saw and asserts that none of their calls
+// failed.
+func (s *scenario) finish(t *testing.T, faultEnd time.Time) {
+	s.d.waitCalls(t, procRate)
+	s.d.stop()
+	before := summarize(s.d.between(time.Time{}, s.fault))
+	during := summarize(s.d.between(s.fault, faultEnd))
+	all := summarize(s.d.all())
+	t.Logf("callers before the fault: %v", before)
+	t.Logf("callers during the fault (%s): %v", secs(faultEnd.Sub(s.fault)), during)
+	t.Logf("callers in all: %v", all)
+	assert.Zero(t, all.errors, "CallWithFailover returned errors to callers: %v", all)
+}
+
+// testKill: kill -9 of one agent. Every node marks its instance unhealthy
+// within detectBound and callers see no error.
+func testKill(t *testing.T, bin string) {
+	s := newScenario(t, bin)
+	s.inject(t, syscall.SIGKILL)
+	m := s.c.measure(s.fault,
+		cond{"the client marks the killed instance unhealthy", func() bool { return s.c.clientStatus(s.id) != "healthy" }},
+		cond{"every other agent marks the killed instance unhealthy", func() bool { return s.othersSee("unhealthy", "gone") }})
+	client, all := m[0], m[1]
+	t.Logf("kill -9 of %s: unhealthy on the client after %s, on every other agent after %s", s.victim.name, secs(client), secs(all))
+	assert.LessOrEqual(t, max(client, all), detectBound, "detection of a killed agent")
+	s.finish(t, s.fault.Add(max(client, all)))
+}
+
+// testStopCont: SIGSTOP for twice the heartbeat timeout, then SIGCONT.
+// Every node marks the instance unhealthy within detectBound; after
+// SIGCONT every node marks it healthy again and it answers calls, within
+// recoverBound; callers see no error.
+func testStopCont(t *testing.T, bin string) {
+	s := newScenario(t, bin)
+	s.inject(t, syscall.SIGSTOP)
+	m := s.c.measure(s.fault,
+		cond{"the client marks the stopped instance unhealthy", func() bool { return s.c.clientStatus(s.id) != "healthy" }},
+		cond{"every other agent marks the stopped instance unhealthy", func() bool { return s.othersSee("unhealthy") }},
+		cond{"the agent stopped for twice the heartbeat timeout", func() bool { return time.Since(s.fault) >= 2*procHBTimeout }})
+	client, all := m[0], m[1]
+	t.Logf("SIGSTOP of %s: unhealthy on the client after %s, on every other agent after %s", s.victim.name, secs(client), secs(all))
+	assert.LessOrEqual(t, max(client, all), detectBound, "detection of a stopped agent")
+
+	cont := time.Now()
+	s.victim.signal(t, syscall.SIGCONT)
+	m = s.c.measure(cont,
+		cond{"the client marks the resumed instance healthy", func() bool { return s.c.clientStatus(s.id) == "healthy" }},
+		cond{"the resumed instance answers calls", func() bool { _, ok := s.d.answered(s.id, cont); return ok }},
+		cond{"every other agent marks the resumed instance healthy", func() bool {
+			for _, q := range s.c.others(s.victim) {
+				if q.log.instanceState(s.id, cont) != "healthy" {
+					return false
+				}
+			}
+			return true
+		}})
+	healthy, answered, allHealthy := m[0], m[1], m[2]
+	if at, ok := s.d.answered(s.id, cont); ok {
+		answered = at.Sub(cont) // when the call ended, not when it was seen
+	}
+	t.Logf("SIGCONT after %s stopped: healthy on the client after %s, answering calls after %s, healthy on every other agent after %s",
+		secs(cont.Sub(s.fault)), secs(healthy), secs(answered), secs(allHealthy))
+	assert.LessOrEqual(t, max(healthy, answered, allHealthy), recoverBound, "recovery of a resumed agent")
+	s.finish(t, cont.Add(max(healthy, answered)))
+}
+
+// testTerm: SIGTERM makes the agent leave gracefully and exit 0; its
+// instance is gone from every node within goneBound, and callers see no
+// error.
+func testTerm(t *testing.T, bin string) {
+	s := newScenario(t, bin)
+	s.inject(t, syscall.SIGTERM)
+	m := s.c.measure(s.fault,
+		cond{"the client forgets the instance", func() bool { return s.c.clientStatus(s.id) == "gone" }},
+		cond{"every other agent forgets the instance", func() bool { return s.othersSee("gone") }},
+		cond{"the agent exits", func() bool { return !s.victim.alive() }})
+	client, all, exited := m[0], m[1], m[2]
+	code := s.victim.waitExit(t, time.Second)
+	t.Logf("SIGTERM of %s: instance gone from the client after %s, from every other agent after %s; exited with status %d after %s",
+		s.victim.name, secs(client), secs(all), code, secs(exited))
+	assert.Equal(t, 0, code, "exit status after a graceful leave")
+	assert.LessOrEqual(t, max(client, all), goneBound, "a leaving instance gone from every node")
+	s.finish(t, s.fault.Add(max(exited, client, all)))
+	// A node that left should be dropped from Members, but the library
+	// takes every departure memberlist reports for a failure (gossip.go,
+	// NotifyLeave reads memberlist.Node.State, which memberlist leaves
+	// unset), so the leaver stays listed as failed; logged, not asserted.
+	state := "not listed"
+	for _, m := range s.c.client.Members() {
+		if m.Name == s.victim.name {
+			state = "listed as " + m.State.String()
+		}
+	}
+	t.Logf("a second after the leave, the client's Members: %s %s", s.victim.name, state)
+}
+
+// testRestart: kill -9 of one agent, restarted at once under the same name,
+// on the same gossip and call ports or on new ones. The client must route
+// to the new process (healthy, at its call address), calls must reach it
+// and every agent must have it healthy at its address; callers see no
+// error.
+func testRestart(t *testing.T, bin string, newPorts bool) {
+	s := newScenario(t, bin)
+	old := s.victim
+	s.inject(t, syscall.SIGKILL)
+	old.waitExit(t, 5*time.Second)
+	restart := time.Now()
+	var p *agentProc
+	if newPorts {
+		p = s.c.restart(s.vi, "-bind", "127.0.0.1:"+strconv.Itoa(freePortExcept(t, old.gossip)))
+		require.NotEqual(t, old.gossip, p.gossip)
+		require.NotEqual(t, old.calls, p.calls)
+	} else {
+		p = s.c.restart(s.vi, "-bind", old.gossip, "-call-bind", old.calls)
+		require.Equal(t, old.gossip, p.gossip)
+		require.Equal(t, old.calls, p.calls)
+	}
+	started := time.Since(restart)
+	m := s.c.measure(restart,
+		cond{"the client routes to the restarted instance", func() bool {
+			for _, in := range s.c.client.HealthyInstances(procService) {
+				if in.ID == s.id && in.Addr == p.calls {
+					return true
+				}
+			}
+			return false
+		}},
+		// The old process is gone, so any answer from the instance after
+		// the restart comes from the new one.
+		cond{"the restarted instance answers calls", func() bool { _, ok := s.d.answered(s.id, restart); return ok }},
+		cond{"every agent has the restarted instance healthy at its address", func() bool {
+			for _, q := range s.c.agents {
+				if !q.log.healthyAt(s.id, p.calls) {
+					return false
+				}
+			}
+			return true
+		}})
+	routed, answered, allHealthy := m[0], m[1], m[2]
+	if at, ok := s.d.answered(s.id, restart); ok {
+		answered = at.Sub(restart)
+	}
+	what := "the same ports"
+	if newPorts {
+		what = "new ports"
+	}
+	t.Logf("kill -9 of %s, restarted on %s (gossip %s -> %s): process up after %s; the client routes to it after %s, it answers calls after %s; every agent has it healthy after %s",
+		old.name, what, old.gossip, p.gossip, secs(started), secs(routed), secs(answered), secs(allHealthy))
+	if newPorts {
+		// A restart on new ports is not bounded by recoverBound today: the
+		// client learns the new call address at once (gossip) but refuses
+		// to call it ("no live member has call address ...") until
+		// memberlist takes the node's new address, which it does only after
+		// declaring the old process dead; those refusals eject the instance
+		// from the client's pool, and the ejection doubles (1s, 2s, ...),
+		// so calls reach it seconds later. Measured and logged; bounded
+		// only by waitLimit in measure.
+		s.finish(t, restart.Add(max(routed, answered)))
+		return
+	}
+	assert.LessOrEqual(t, max(routed, answered, allHealthy), recoverBound, "recovery of an agent restarted on its ports")
+	s.finish(t, restart.Add(max(routed, answered)))
+}
+
+// freePortExcept returns a loopback port the OS reports free for TCP and
+// UDP, other than the port of addr.
+func freePortExcept(t *testing.T, addr string) int {
+	t.Helper()
+	_, oldPort, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		port := l.Addr().(*net.TCPAddr).Port
+		u, uerr := net.ListenPacket("udp", l.Addr().String())
+		_ = l.Close()
+		if uerr != nil {
+			continue
+		}
+		_ = u.Close()
+		if strconv.Itoa(port) != oldPort {
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// testLoadCommand runs 'aegis load' against two agents: it prints a report
+// a second and a total, spreads calls over both instances and exits 0; it
+// exits non-zero, naming the service, when the service does not exist.
+func testLoadCommand(t *testing.T, bin string) {
+	c := newProcCluster(t, bin, 2)
+	common := []string{"-join", c.agents[0].gossip, "-gossip", "local", "-key", c.key, "-log-format", "json",
+		"-heartbeat-interval", procHBInterval.String(), "-heartbeat-timeout", procHBTimeout.String()}
+	runLoadProcess := func(args ...string) (int, []byte, *procLog) {
+		cmd := exec.Command(bin, append(append([]string{"load"}, common...), args...)...)
+		var stdout bytes.Buffer
+		stderr := &procLog{}
+		cmd.Stdout, cmd.Stderr = &stdout, stderr
+		cmd.SysProcAttr = procAttr()
+		require.NoError(t, cmd.Start())
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		t.Cleanup(func() {
+			select {
+			case <-done:
+			default:
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("aegis load did not finish; stderr:\n%s", stderr.tail(20))
+		}
+		return cmd.ProcessState.ExitCode(), stdout.Bytes(), stderr
+	}
+
+	code, out, stderr := runLoadProcess("-service", procService, "-rate", "50", "-duration", "2s")
+	require.Equal(t, 0, code, "stderr:\n%s", stderr.tail(20))
+	var reports []loadReport
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		var r loadReport
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &r), "line %q", sc.Text())
+		reports = append(reports, r)
+	}
+	require.GreaterOrEqual(t, len(reports), 2, "stdout:\n%s", out)
+	assert.Equal(t, "second", reports[0].Report)
+	total := reports[len(reports)-1]
+	assert.Equal(t, "total", total.Report)
+	assert.Equal(t, 100, total.Calls, "50 calls a second for 2s")
+	assert.Zero(t, total.Errors, "%v", total.ErrorSamples)
+	assert.Equal(t, 100, total.Instances[instanceID("n1")]+total.Instances[instanceID("n2")], "%v", total.Instances)
+	assert.Positive(t, total.Instances[instanceID("n1")])
+	assert.Positive(t, total.Instances[instanceID("n2")])
+	assert.Positive(t, total.P99Ms)
+	t.Logf("aegis load total: %s", bytes.TrimSpace(out[bytes.LastIndexByte(bytes.TrimSpace(out), '\n')+1:]))
+
+	code, _, stderr = runLoadProcess("-service", "nope", "-wait", "300ms")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr.tail(5), `aegis load: no healthy instance of service "nope" within -wait 300ms`)
+}
