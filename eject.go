@@ -23,6 +23,7 @@ func (r *registry) eject(k instKey, base, maxTime time.Duration) {
 	e.load.ejections.Store(int32(e.ejections))
 	e.load.consecFails.Store(0)
 	e.ejectedAt, e.ejectedUntil = now, now.Add(d)
+	e.load.ejected.Store(true)
 	r.snaps.markStale(k.service)
 	r.emit(Event{Type: EventEjected, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
 		Reason: "consecutive-failures", Time: now})
@@ -51,8 +52,15 @@ func (r *registry) reinstateLocked(e *entry, now time.Time) {
 		return
 	}
 	e.ejectedUntil = time.Time{}
+	e.load.ejected.Store(false)
 	e.load.consecFails.Store(int32(r.ejectAfter - 1))
 	r.snaps.markStale(e.rec.Service)
 	r.emit(Event{Type: EventReinstated, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status,
 		Reason: "ejection-expired", Time: now})
+}
+
+// ejected reports whether this node has ejected the instance whose load l
+// is (nil: no).
+func ejected(l *instLoad) bool {
+	return l != nil && l.ejected.Load()
 }

@@ -146,8 +146,13 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 	var attempts []Attempt
 	var stopErr error
 	copied := false
+	var prev *instLoad // the previous instance's, when there was one
 	for distinct := 0; distinct < o.maxAttempts; distinct++ {
-		if distinct > 0 && !c.budget.Withdraw() {
+		// Moving a call off an instance this node has ejected is not a
+		// retry storm but routing around a known failure: it costs no
+		// budget, so that one hung instance does not turn the calls that
+		// were waiting on it into errors once the budget is spent.
+		if distinct > 0 && !ejected(prev) && !c.budget.Withdraw() {
 			stopErr = ErrRetryBudgetExhausted
 			break
 		}
@@ -170,6 +175,7 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 		if err == nil {
 			return out, nil
 		}
+		prev = inst.load
 		if ctx.Err() != nil || !oc.failover(inst.idempotent(method)) {
 			break
 		}

@@ -64,3 +64,27 @@ func TestHungInstanceCostsTheHedgeDelay(t *testing.T) {
 		require.Zero(t, n.Stats().Hedges)
 	})
 }
+
+// TestHungInstanceSpendsNoBudget: with no retry budget at all, calls caught
+// on a hung instance still succeed once it is ejected: moving off an
+// ejected instance costs no budget.
+func TestHungInstanceSpendsNoBudget(t *testing.T) {
+	c := newCluster(t, 3, false, func(cfg *Config) {
+		cfg.AttemptTimeout = 300 * time.Millisecond
+		cfg.HedgeDelay = -1
+		cfg.RetryBudgetRatio, cfg.RetryBudgetMinPerSecond = 0, 0
+		cfg.EjectAfterFailures = 1
+	})
+	c.counting(func(ctx context.Context, req *Request) ([]byte, error) {
+		if req.InstanceID == "c-1" {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+		return []byte(req.InstanceID), nil
+	})
+	for i := 0; i < 9; i++ {
+		out, err := c.nodes[0].CallWithFailover(context.Background(), "count", "x", nil)
+		require.NoError(t, err, "call %d", i)
+		require.NotEqual(t, "c-1", string(out))
+	}
+}

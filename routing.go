@@ -357,6 +357,7 @@ type instLoad struct {
 	inflight    atomic.Int64
 	consecFails atomic.Int32
 	ejections   atomic.Int32 // mirrors entry.ejections for a lock-free check
+	ejected     atomic.Bool  // mirrors !entry.ejectedUntil.IsZero()
 }
 
 // InFlight returns how many calls this node has in flight to the instance.
