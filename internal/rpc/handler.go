@@ -54,13 +54,13 @@ func (sc *serverConn) run(in *inbound, start int64) Response {
 //   - while handlers have been neither fast nor slow, if nothing is
 //     buffered: no goroutine is woken for a request that may be the last.
 //
-// Once handlers have been slow (average of handoffDelay or more), it never
-// does: the monitor would take the role from the handler anyway, and the
-// requests behind it would wait for the monitor's tick.
+// Once handlers have been slow (average of slowHandlerTime or more), it
+// never does: the monitor would take the role from the handler anyway,
+// and the requests behind it would wait for the monitor's tick.
 func (sc *serverConn) keepRole() bool {
 	avg := sc.handlerNanos.Load()
 	switch {
-	case avg >= int64(handoffDelay):
+	case avg >= int64(slowHandlerTime):
 		return false
 	case sc.fr.buffered() == 0:
 		return true
@@ -68,19 +68,25 @@ func (sc *serverConn) keepRole() bool {
 	return avg < int64(inlineHandlerTime) && sc.fr.frameBuffered()
 }
 
-// inlineHandlerTime is the average handler time below which a reader with
-// several whole requests buffered runs them one after another and answers
-// them in one write, instead of handing each next one to another goroutine.
-// Above it, handlers run side by side. The monitor still hands the role on
-// from any one handler that runs for handoffDelay.
-const inlineHandlerTime = 20 * time.Microsecond
+// Average handler times that pick how handlers run (see keepRole). Under
+// inlineHandlerTime, a reader with several whole requests buffered runs
+// them one after another and answers them in one write, instead of handing
+// each next one to another goroutine. From slowHandlerTime on, every
+// handler runs on a goroutine other than the reader's. The monitor still
+// hands the role on from any one handler that runs for handoffDelay.
+const (
+	inlineHandlerTime = 20 * time.Microsecond
+	slowHandlerTime   = time.Millisecond
+)
 
 // slowHandler records that a handler has run for d nanoseconds and is still
-// running (the monitor found it so): the average becomes at least d, so
-// that the requests already read behind it, and those after, run side by
-// side at once rather than each holding the role until the monitor's next
-// tick.
+// running (the monitor took the role from it): the average becomes at
+// least d and slowHandlerTime, so that the requests already read behind
+// it, and those after, run side by side at once rather than each holding
+// the role until the monitor's next tick. Handlers that then turn out
+// quick bring the average down again.
 func (sc *serverConn) slowHandler(d int64) {
+	d = max(d, int64(slowHandlerTime))
 	for {
 		avg := sc.handlerNanos.Load()
 		if avg >= d || sc.handlerNanos.CompareAndSwap(avg, d) {

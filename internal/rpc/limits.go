@@ -190,11 +190,13 @@ type ServerStats struct {
 	HandlerPanics uint64
 }
 
-// serverCounters are the counters behind ServerStats.
+// serverCounters are the counters behind ServerStats, and handoffs: the
+// reader roles the monitor took from handlers found still running.
 type serverCounters struct {
 	accepted, refusedMaxConns, refusedMaxConnsPerIP   atomic.Uint64
 	closedIdle, closedFrameTimeout, malformed         atomic.Uint64
 	oversized, inflightPauses, writeStalls, panicking atomic.Uint64
+	handoffs                                          atomic.Uint64
 }
 
 func (c *serverCounters) snapshot(conns int) ServerStats {

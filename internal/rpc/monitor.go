@@ -5,10 +5,18 @@ package rpc
 import "time"
 
 // handoffDelay is how long a handler may run before the reader role it
-// holds passes to another goroutine. A request arriving on the same
-// connection behind a slow handler waits at most about twice this long
-// before being read.
-const handoffDelay = time.Millisecond
+// holds passes to another goroutine, and monitorTick how often the monitor
+// looks. A handler loses the role at the first look at least handoffDelay
+// after it started, so a request arriving on the same connection behind a
+// slow handler waits about a millisecond before being read. Looking more
+// often would not make that shorter: with every goroutine waiting, the Go
+// runtime wakes for timers at millisecond granularity. handoffDelay is
+// five times inlineHandlerTime, so the monitor rarely catches a fast
+// handler.
+const (
+	handoffDelay = 100 * time.Microsecond
+	monitorTick  = time.Millisecond
+)
 
 // monitorQuiet is how many ticks without a held role the monitor waits
 // before it exits.
@@ -27,7 +35,7 @@ func (s *Server) ensureMonitor() {
 // role has been held for monitorQuiet ticks or the Server closes.
 func (s *Server) monitor() {
 	defer s.wg.Done()
-	t := time.NewTicker(handoffDelay)
+	t := time.NewTicker(monitorTick)
 	defer t.Stop()
 	quiet := 0
 	for {
@@ -67,6 +75,7 @@ func (s *Server) passHeldRoles() bool {
 		}
 		held = true
 		if now-h >= int64(handoffDelay) && sc.heldSince.CompareAndSwap(h, 0) {
+			s.stats.handoffs.Add(1)
 			sc.slowHandler(now - h) // before the new reader decides
 			sc.passRole()           // the new reader writes what was queued
 		}

@@ -33,11 +33,12 @@
 // whole requests that arrived together are run one after another and
 // answered in one write while handlers are fast. The role passes to another
 // goroutine (a parked spare or a new one) when more requests are waiting and
-// handlers have been slow, when a handler has run for a millisecond, and
-// before every handler while handlers take that long: slow handlers then
-// run side by side while the connection is read on. A handler found to
-// have run that long counts as slow at once, so a burst of slow calls on a
-// connection whose handlers were fast starts together, not one per tick.
+// handlers have been slow, when a handler is found still running at a
+// monitor's look (every millisecond), and before every handler while
+// handlers take a millisecond or more: slow handlers then run side by side
+// while the connection is read on. A handler found still running counts
+// as slow at once, so a burst of slow calls on a connection whose handlers
+// were fast starts together, not one per look.
 //
 // Writers on both sides batch frames: the goroutine that finds the
 // connection idle writes everything queued so far in one syscall, others only

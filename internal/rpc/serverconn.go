@@ -25,7 +25,7 @@ import (
 //   - with more whole requests buffered and handlers that have been fast,
 //     it runs them one after another and answers them in one write;
 //   - with more requests buffered and handlers that may take a while, or
-//     with handlers that have been slow (handoffDelay), it first hands the
+//     with handlers that have been slow (slowHandlerTime), it first hands the
 //     role on, so they run side by side (see keepRole).
 //
 // A handler that still runs after handoffDelay loses the role to another
