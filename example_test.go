@@ -85,7 +85,7 @@ func ExampleNode_Subscribe() {
 
 // exampleCluster starts n nodes on one in-memory network, all joined to the
 // first, and returns them with a function that shuts them all down.
-func exampleCluster(n int) ([]*aegis.Node, func()) {
+func exampleCluster(n int, opts ...func(*aegis.Config)) ([]*aegis.Node, func()) {
 	network := transport.NewNetwork()
 	var nodes []*aegis.Node
 	for i := 0; i < n; i++ {
@@ -93,6 +93,9 @@ func exampleCluster(n int) ([]*aegis.Node, func()) {
 		cfg.NodeName = fmt.Sprintf("node-%d", i)
 		cfg.Transport = network.NewTransport(fmt.Sprintf("10.0.0.%d:7946", i+1))
 		cfg.Gossip = aegis.LocalGossip()
+		for _, o := range opts {
+			o(cfg)
+		}
 		nd, err := aegis.New(cfg)
 		if err != nil {
 			panic(err)
@@ -190,4 +193,38 @@ func waitUntil(cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Keys rotates the cluster's SecretKey without downtime: install the new
+// key everywhere, switch every node to it, then remove the old one. Each
+// step reports every node's answer.
+func ExampleNode_Keys() {
+	ctx := context.Background()
+	oldKey, newKey := aegis.NewSecretKey(), aegis.NewSecretKey()
+	nodes, shutdown := exampleCluster(3, func(c *aegis.Config) { c.SecretKey = oldKey })
+	defer shutdown()
+	waitUntil(func() bool { return len(nodes[0].Members()) == 3 })
+
+	keys := nodes[0].Keys()
+	for _, step := range []func() (*aegis.KeyResponse, error){
+		func() (*aegis.KeyResponse, error) { return keys.InstallKey(ctx, newKey) },
+		func() (*aegis.KeyResponse, error) { return keys.UseKey(ctx, newKey) },
+		func() (*aegis.KeyResponse, error) { return keys.RemoveKey(ctx, oldKey) },
+	} {
+		resp, err := step()
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(len(resp.Nodes), "nodes answered,", len(resp.Failed()), "failed")
+	}
+	list, err := keys.ListKeys(ctx)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("nodes using the new key:", list.PrimaryKeys[aegis.KeyFingerprint(newKey)])
+	// Output:
+	// 3 nodes answered, 0 failed
+	// 3 nodes answered, 0 failed
+	// 3 nodes answered, 0 failed
+	// nodes using the new key: 3
 }
