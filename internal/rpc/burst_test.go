@@ -201,11 +201,15 @@ func warmGoroutines(n int) {
 // BenchmarkSlowBurst reports the handler start delays (p50, max) and the
 // burst's duration for bursts of one-second calls on a warmed connection,
 // made by concurrent callers of a Client (client) and written at once on a
-// plain connection (raw: the server's part alone):
+// plain connection (raw: the server's part alone). The process has had as
+// many goroutines as a burst needs before it, as after any first burst:
+// creating thousands of goroutines for the first time takes the runtime
+// tens of milliseconds more.
 //
 //	go test -run x -bench SlowBurst -benchtime 1x ./internal/rpc/
 func BenchmarkSlowBurst(b *testing.B) {
 	for _, n := range []int{100, 5000} {
+		warmGoroutines(3 * n)
 		for _, v := range burstVariants {
 			b.Run(fmt.Sprintf("%s/n=%d", v.name, n), func(b *testing.B) {
 				for range b.N {
