@@ -1,0 +1,345 @@
+//go:build linux
+
+// This file holds a cluster of agent processes in a lab, the instance
+// events their logs report, the aegis load client and the check that
+// every acknowledged call ran its handler.
+
+package netns
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis"
+)
+
+// keyEnv is the variable the agent and load read the secret key from; it
+// keeps the key out of process listings.
+const keyEnv = "AEGIS_KEY"
+
+// cluster is agentCount agents (hosts n1…n5, agents of the same names)
+// serving the count service, and a client host c for load and probes.
+type cluster struct {
+	t      *testing.T
+	lab    *lab
+	bin    string
+	key    string // base64
+	agents []*proc
+	client *host
+	loads  int // load runs so far, to name them
+}
+
+// newCluster makes a lab, starts an agent on each of its five node hosts
+// (n2…n5 join n1) and waits until every agent logs every instance
+// healthy. On failure the agents' logs are printed.
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	var names []string
+	for i := range agentCount {
+		names = append(names, fmt.Sprintf("n%d", i+1))
+	}
+	l := newLab(t, append(names, "c")...)
+	c := &cluster{t: t, lab: l, bin: agentBinary(t), key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), client: l.host("c")}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, a := range c.agents {
+				t.Logf("log of %s (last lines):\n%s", a.name, a.stderr.tail(40))
+			}
+		}
+	})
+	start := time.Now()
+	seed := l.host("n1").gossipAddr()
+	for i := range agentCount {
+		h := l.host(fmt.Sprintf("n%d", i+1))
+		args := []string{c.bin, "agent", "-name", h.name, "-bind", h.gossipAddr(), "-serve", service,
+			"-gossip", gossipProfile, "-heartbeat-interval", hbInterval.String(), "-heartbeat-timeout", hbTimeout.String(),
+			"-health-check-interval", healthCheck.String(), "-log-format", "json", "-join-timeout", startLimit.String()}
+		if i > 0 {
+			args = append(args, "-join", seed)
+		}
+		c.agents = append(c.agents, startProc(t, "agent "+h.name, h.ns, []string{keyEnv + "=" + c.key}, args...))
+	}
+	ok := waitFor(startLimit, func() bool {
+		for _, a := range c.agents {
+			if !a.alive() {
+				return true
+			}
+			for i := range agentCount {
+				if c.state(a, instanceID(fmt.Sprintf("n%d", i+1))) != "healthy" {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	for _, a := range c.agents {
+		require.True(t, a.alive(), "%s exited: %v", a.name, a.waitErr)
+	}
+	require.True(t, ok, "every agent sees every instance healthy within %v", startLimit)
+	t.Logf("%d agents converged in %v", agentCount, time.Since(start).Round(time.Millisecond))
+	return c
+}
+
+// instanceID is the ID of the count instance the agent named node serves.
+func instanceID(node string) string { return service + "-" + node }
+
+// event is one instance event an agent logged.
+type event struct {
+	at       time.Time // the agent's log time
+	observer string    // the agent that logged it
+	kind     string    // registered, status-changed, deregistered, …
+	instance string
+	status   string // the instance's status after the event
+	reason   string
+}
+
+func (e event) String() string {
+	return fmt.Sprintf("%s %s saw %s %s → %s (%s)", e.at.Format("15:04:05.000"), e.observer, e.instance, e.kind, e.status, e.reason)
+}
+
+// events returns the instance events agent a logged, oldest first.
+func (c *cluster) events(a *proc) []event {
+	var out []event
+	for _, ln := range a.stderr.find(func(ln line) bool { return strings.HasPrefix(ln.str("msg"), "instance ") }) {
+		out = append(out, event{at: ln.time(), observer: ln.str("node"), kind: ln.str("event"),
+			instance: ln.str("instance"), status: ln.str("status"), reason: ln.str("reason")})
+	}
+	return out
+}
+
+// allEvents returns the instance events of every agent that match.
+func (c *cluster) allEvents(match func(event) bool) []event {
+	var out []event
+	for _, a := range c.agents {
+		for _, e := range c.events(a) {
+			if match(e) {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+// state returns what agent a's newest event about instance id says: its
+// status, "gone" after a deregistration, "" when it logged none.
+func (c *cluster) state(a *proc, id string) string {
+	state := ""
+	for _, e := range c.events(a) {
+		switch {
+		case e.instance != id:
+		case e.kind == "registered" || e.kind == "status-changed":
+			state = e.status
+		case e.kind == "deregistered":
+			state = "gone"
+		}
+	}
+	return state
+}
+
+// agent returns the agent process on host name.
+func (c *cluster) agent(name string) *proc {
+	i := slices.IndexFunc(c.agents, func(p *proc) bool { return p.name == "agent "+name })
+	require.GreaterOrEqual(c.t, i, 0, "no agent %s", name)
+	return c.agents[i]
+}
+
+// verdicts returns the events since since that made an instance unhealthy
+// or took it away, on any agent.
+func (c *cluster) verdicts(since time.Time) []event {
+	return c.allEvents(func(e event) bool {
+		if e.at.Before(since) {
+			return false
+		}
+		return (e.kind == "status-changed" && e.status != "healthy") || e.kind == "deregistered" ||
+			(e.kind == "registered" && e.status != "healthy")
+	})
+}
+
+// warnings counts the WARN and ERROR lines every agent logged since since.
+func (c *cluster) warnings(since time.Time) int {
+	n := 0
+	for _, a := range c.agents {
+		n += len(a.stderr.find(func(ln line) bool {
+			lv := ln.str("level")
+			return (lv == "WARN" || lv == "ERROR") && !ln.time().Before(since)
+		}))
+	}
+	return n
+}
+
+// loadReport is one JSON line of aegis load (see its -h).
+type loadReport struct {
+	Report       string         `json:"report"`
+	ElapsedS     float64        `json:"elapsed_s"`
+	Calls        int            `json:"calls"`
+	Errors       int            `json:"errors"`
+	ErrorSamples []string       `json:"error_samples"`
+	P50Ms        float64        `json:"p50_ms"`
+	P99Ms        float64        `json:"p99_ms"`
+	MaxMs        float64        `json:"max_ms"`
+	Instances    map[string]int `json:"instances"`
+}
+
+func (r loadReport) String() string {
+	return fmt.Sprintf("%d calls in %.1fs, %d errors, p50 %.1fms, p99 %.1fms, max %.1fms, answers per instance %v",
+		r.Calls, r.ElapsedS, r.Errors, r.P50Ms, r.P99Ms, r.MaxMs, r.Instances)
+}
+
+// load is one aegis load process on the client host.
+type load struct {
+	*proc
+	name     string
+	duration time.Duration // 0: until finish stops it
+}
+
+// startLoad starts aegis load on the client host: it calls method "inc" of
+// the count service with CallWithFailover at callRate calls a second for
+// d (0: until stopped) and waits until it has made its first calls.
+func (c *cluster) startLoad(d time.Duration) *load {
+	c.t.Helper()
+	c.loads++
+	name := fmt.Sprintf("load%d", c.loads)
+	var seeds []string
+	for i := range agentCount {
+		seeds = append(seeds, c.lab.host(fmt.Sprintf("n%d", i+1)).gossipAddr())
+	}
+	p := startProc(c.t, name, c.client.ns, []string{keyEnv + "=" + c.key}, c.bin, "load",
+		"-name", name, "-bind", c.client.gossipAddr(), "-join", strings.Join(seeds, ","),
+		"-service", service, "-method", "inc", "-rate", fmt.Sprint(callRate), "-duration", d.String(),
+		"-timeout", callTimeout.String(), "-attempt-timeout", attemptTimeout.String(),
+		"-gossip", gossipProfile, "-heartbeat-interval", hbInterval.String(), "-heartbeat-timeout", hbTimeout.String(),
+		"-health-check-interval", healthCheck.String(), "-log-format", "json")
+	c.t.Cleanup(func() {
+		if c.t.Failed() {
+			c.t.Logf("stderr of %s (last lines):\n%s", name, p.stderr.tail(20))
+		}
+	})
+	ok := waitFor(startLimit, func() bool { return p.stdout.len() > 0 || !p.alive() })
+	require.True(c.t, ok && p.alive(), "%s made its first calls within %v (%v); its stderr:\n%s", name, startLimit, p.waitErr, p.stderr.tail(20))
+	return &load{proc: p, name: name, duration: d}
+}
+
+// reports returns the load's per-second reports so far.
+func (l *load) reports() []loadReport {
+	var out []loadReport
+	for _, ln := range l.stdout.find(func(ln line) bool { return ln.str("report") == "second" }) {
+		var r loadReport
+		if json.Unmarshal([]byte(ln.raw), &r) == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// finish waits for the load to exit, after stopping it with SIGINT when
+// it runs until stopped, and returns its total report.
+func (l *load) finish(t *testing.T) loadReport {
+	t.Helper()
+	if l.duration == 0 && l.alive() {
+		require.NoError(t, l.cmd.Process.Signal(os.Interrupt))
+	}
+	l.wait(t, l.duration+2*callTimeout+10*time.Second)
+	totals := l.stdout.find(func(ln line) bool { return ln.str("report") == "total" })
+	require.Len(t, totals, 1, "%s printed one total; its output:\n%s", l.name, l.stdout.tail(5))
+	var r loadReport
+	require.NoError(t, json.Unmarshal([]byte(totals[0].raw), &r))
+	return r
+}
+
+// largestShare returns the largest share of one second's answers that a
+// single instance gave, and that second's report.
+func largestShare(rs []loadReport) (float64, loadReport) {
+	var share float64
+	var at loadReport
+	for _, r := range rs {
+		for _, n := range r.Instances {
+			if s := float64(n) / float64(max(1, r.Calls-r.Errors)); s > share {
+				share, at = s, r
+			}
+		}
+	}
+	return share, at
+}
+
+// worstSecond returns the per-second report with the highest p99.
+func worstSecond(rs []loadReport) loadReport {
+	var w loadReport
+	for _, r := range rs {
+		if r.P99Ms > w.P99Ms {
+			w = r
+		}
+	}
+	return w
+}
+
+// checkRuns asks every count instance how often its handler ran (through a
+// probe node on the client host) and compares that with the answers the
+// loads got from it. Every answer comes from a handler run, so runs are at
+// least the answers per instance; more runs are duplicate executions, not
+// duplicate answers: the count service is idempotent, so CallWithFailover
+// may hedge a call onto a second instance or move a timed-out call on
+// while the first instance still runs it, and only the first answer
+// reaches the caller.
+func (c *cluster) checkRuns(loads ...loadReport) {
+	c.t.Helper()
+	acks := map[string]int{}
+	total := 0
+	for _, r := range loads {
+		for id, n := range r.Instances {
+			acks[id] += n
+			total += n
+		}
+		assert.Equal(c.t, r.Calls-r.Errors, sumValues(r.Instances), "answers counted per instance equal calls less errors")
+	}
+	assert.NotContains(c.t, acks, "?", "every answer names its instance")
+	runs := c.probe()
+	extra := 0
+	for i := range agentCount {
+		id := instanceID(fmt.Sprintf("n%d", i+1))
+		assert.GreaterOrEqual(c.t, runs[id], acks[id], "handler runs of %s cover the answers it gave", id)
+		extra += runs[id] - acks[id]
+	}
+	c.t.Logf("handler runs %v for %d answered calls: %d runs more than answers (hedged or moved-on calls run twice)", runs, total, extra)
+}
+
+func sumValues(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// probe runs the probe helper on the client host and returns the handler
+// runs per count instance.
+func (c *cluster) probe() map[string]int {
+	c.t.Helper()
+	var seeds []string
+	for i := range agentCount {
+		seeds = append(seeds, c.lab.host(fmt.Sprintf("n%d", i+1)).gossipAddr())
+	}
+	c.loads++
+	p := startHelper(c.t, "probe", c.client.ns, helperProbe, map[string]string{
+		keyEnv:          c.key,
+		probeNameEnv:    fmt.Sprintf("probe%d", c.loads),
+		probeBindEnv:    fmt.Sprintf("%s:%d", c.client.addr, probePort),
+		probeSeedsEnv:   strings.Join(seeds, ","),
+		probeWantEnv:    fmt.Sprint(agentCount),
+		probeServiceEnv: service,
+	})
+	p.wait(c.t, 2*startLimit)
+	outs := p.stdout.find(func(ln line) bool { return ln.fields != nil })
+	require.Len(c.t, outs, 1, "probe printed one JSON line; stderr:\n%s", p.stderr.tail(20))
+	runs := map[string]int{}
+	require.NoError(c.t, json.Unmarshal([]byte(outs[0].raw), &runs))
+	return runs
+}
