@@ -117,11 +117,11 @@ func (c *caller) observe(inst *Instance, o outcome) {
 	switch outcomeRules[o].live {
 	case alive:
 		if l.consecFails.Swap(0) != 0 || l.ejections.Load() > 0 {
-			c.reg.callSucceeded(instKey{inst.Service, inst.ID})
+			c.reg.callSucceeded(instKey{inst.Service, inst.ID}, l)
 		}
 	case failing:
 		if l.consecFails.Add(1) >= int32(c.cfg.EjectAfterFailures) {
-			c.reg.eject(instKey{inst.Service, inst.ID}, c.cfg.EjectBaseTime, c.cfg.EjectMaxTime)
+			c.reg.eject(instKey{inst.Service, inst.ID}, l, c.cfg.EjectBaseTime, c.cfg.EjectMaxTime)
 		}
 	}
 }

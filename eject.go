@@ -7,11 +7,14 @@ import "time"
 
 // eject removes an instance from this node's routing pool for a period that
 // doubles with each consecutive ejection (base, 2×base, ... up to max).
-func (r *registry) eject(k instKey, base, maxTime time.Duration) {
+// Only the entry whose calls failed is ejected (its load is l): a call
+// that failed at an instance's old address says nothing of the record that
+// replaced it.
+func (r *registry) eject(k instKey, l *instLoad, base, maxTime time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.entries[k]
-	if !ok || !e.ejectedUntil.IsZero() {
+	if !ok || e.load != l || !e.ejectedUntil.IsZero() {
 		return
 	}
 	now := r.clk.Now()
@@ -31,10 +34,10 @@ func (r *registry) eject(k instKey, base, maxTime time.Duration) {
 
 // callSucceeded clears the failure history of an instance after a call it
 // answered.
-func (r *registry) callSucceeded(k instKey) {
+func (r *registry) callSucceeded(k instKey, l *instLoad) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e, ok := r.entries[k]; ok && e.ejectedUntil.IsZero() {
+	if e, ok := r.entries[k]; ok && e.load == l && e.ejectedUntil.IsZero() {
 		e.ejections = 0
 		e.load.ejections.Store(0)
 	}

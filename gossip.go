@@ -257,7 +257,10 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	g.peersMu.Lock()
 	delete(g.peers, node.Name)
 	g.peersMu.Unlock()
-	if node.State == memberlist.StateLeft {
+	// memberlist passes its Node without the state (left or dead), so a
+	// departure counts as graceful when the node's tombstones said so, or
+	// memberlist's own state says left where it is set.
+	if g.reg.left(node.Name) || node.State == memberlist.StateLeft {
 		g.log.Info("node left", "peer", node.Name)
 		g.reg.nodeLeft(node.Name, string(node.Meta))
 		return

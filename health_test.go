@@ -179,6 +179,9 @@ func TestGracefulLeaveDeregisters(t *testing.T) {
 	}
 	_, err := c.nodes[3].Register(context.Background(), Service{Name: "svc", Handler: echoHandler})
 	require.ErrorIs(t, err, ErrShutdown)
+	// Peers know it left rather than failed: not listed, not reconnected to.
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(c.nodes[0].Members()) == 3 }, "node-03 gone from Members: %v", lazy(func() string { return fmt.Sprint(c.nodes[0].Members()) }))
+	require.Zero(t, c.nodes[0].Stats().Reconnects)
 }
 
 func TestPartitionAndHeal(t *testing.T) {

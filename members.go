@@ -39,20 +39,23 @@ func (g *gossiper) peerList() []*memberlist.Node {
 	return out
 }
 
-// nodeAt returns the name of the member (this node included) whose call
-// address is addr, or "".
+// nodeAt returns the name of the node whose call address is addr: a live
+// member's (this node included), or else the node named by the instance
+// records at addr (a node restarted on a new address is routed to before
+// memberlist has accepted its new address); "" if none.
 func (g *gossiper) nodeAt(addr string) string {
 	if addr == g.callAddr {
 		return g.name
 	}
 	g.peersMu.RLock()
-	defer g.peersMu.RUnlock()
 	for name, p := range g.peers {
 		if string(p.Meta) == addr {
+			g.peersMu.RUnlock()
 			return name
 		}
 	}
-	return ""
+	g.peersMu.RUnlock()
+	return g.reg.nodeAt(addr)
 }
 
 // MemberState is a node's state as this node's failure detector sees it.

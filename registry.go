@@ -508,6 +508,7 @@ type registry struct {
 	refused uint64         // records refused by maxPerNode or maxTotal
 	tombs   map[instKey]tombstone
 	dead    map[string]deadNode // nodes memberlist declared dead
+	leaving map[string]bool     // nodes that said (by a tombstone) their instances left with them
 	pending map[instKey]bool    // local registrations in progress
 	snaps   *snapshots
 }
@@ -520,6 +521,7 @@ func newRegistry(self string, clk clock.Clock, c *Config, emit func(Event)) *reg
 		perNode: make(map[string]int),
 		tombs:   make(map[instKey]tombstone),
 		dead:    make(map[string]deadNode),
+		leaving: make(map[string]bool),
 		pending: make(map[instKey]bool),
 	}
 	r.snaps = newSnapshots(r)
@@ -611,6 +613,9 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 			return false
 		}
 		r.tombs[k] = tombstone{rec: *rec, at: now}
+		if rec.Status == wire.TombstoneLeft && rec.Node != r.self && len(r.leaving) < r.maxTotal {
+			r.leaving[rec.Node] = true
+		}
 		if ok {
 			r.removeLocked(k, e, reason, now)
 		}
@@ -638,6 +643,10 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 	routed := e.rec.Addr != rec.Addr || e.rec.Role != rec.Role || !maps.Equal(e.rec.Meta, rec.Meta) ||
 		!slices.Equal(e.rec.NonIdempotent, rec.NonIdempotent)
+	if e.rec.Addr != rec.Addr {
+		// Failures and ejections were the old address's.
+		e.load, e.ejectedUntil, e.ejections = &instLoad{}, time.Time{}, 0
+	}
 	e.rec = *rec
 	e.rec.Meta = copyMeta(rec.Meta)
 	r.heartbeatLocked(e, now)
@@ -735,6 +744,30 @@ func sameContents(a, b *wire.Record) bool {
 	return a.Node == b.Node && a.Addr == b.Addr && a.Role == b.Role && a.Status == b.Status &&
 		a.Deleted == b.Deleted && a.Heartbeats == b.Heartbeats && maps.Equal(a.Meta, b.Meta) &&
 		slices.Equal(a.NonIdempotent, b.NonIdempotent)
+}
+
+// left reports whether node announced that it is leaving (its instances'
+// tombstones said so) and forgets it: memberlist's leave notification
+// does not say whether a node left or died.
+func (r *registry) left(node string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	was := r.leaving[node]
+	delete(r.leaving, node)
+	return was
+}
+
+// nodeAt returns the node of a live instance record at call address addr,
+// or "".
+func (r *registry) nodeAt(addr string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, e := range r.entries {
+		if e.rec.Addr == addr {
+			return e.rec.Node
+		}
+	}
+	return ""
 }
 
 // refusedRecords returns how many records and tombstones the caps refused.
