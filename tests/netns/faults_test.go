@@ -167,15 +167,17 @@ func TestLatencyOneLink(t *testing.T) {
 	start := time.Now()
 
 	remove := c.lab.addDelay(c.lab.host("n3"), latency)
-	server := c.startLoad(latencyPhase).finish(t)
+	ld := c.startLoad(latencyPhase)
+	server := ld.finish(t)
 	remove()
-	t.Logf("%v on n3's link: %s", latency, server)
+	t.Logf("%v on n3's link: %s; highest p99 of a second after the first: %.1fms", latency, server, steadyP99(ld.reports()))
 	assert.Zero(t, server.Errors, "calls failed with n3's link slowed: %v", server.ErrorSamples)
 
 	remove = c.lab.addDelay(c.client, latency)
-	client := c.startLoad(latencyPhase).finish(t)
+	ld = c.startLoad(latencyPhase)
+	client := ld.finish(t)
 	remove()
-	t.Logf("%v on the client's link: %s", latency, client)
+	t.Logf("%v on the client's link: %s; highest p99 of a second after the first: %.1fms", latency, client, steadyP99(ld.reports()))
 	assert.Zero(t, client.Errors, "calls failed with the client's link slowed: %v", client.ErrorSamples)
 	assert.GreaterOrEqual(t, client.P50Ms, float64(latency/time.Millisecond), "calls through the slowed link take at least the delay")
 

@@ -181,6 +181,14 @@ func (p *proc) alive() bool {
 	}
 }
 
+// exitErr returns the error Wait returned, or nil while the process runs.
+func (p *proc) exitErr() error {
+	if p.alive() {
+		return nil
+	}
+	return p.waitErr
+}
+
 // wait waits up to limit for the process to exit and fails the test when
 // it does not, or when it exits with an error.
 func (p *proc) wait(t *testing.T, limit time.Duration) {
