@@ -15,9 +15,9 @@ import (
 
 // procStat is one reading of a process's /proc/PID/status.
 type procStat struct {
-	ok       bool  // false: not read (no /proc, or the process had gone)
-	rssKiB   int64 // VmRSS
-	threads  int64 // Threads
+	ok         bool  // false: not read (no /proc, or the process had gone)
+	rssKiB     int64 // VmRSS
+	threads    int64 // Threads
 	goroutines int   // goroutines, for the soak's own process only; -1 otherwise
 }
 

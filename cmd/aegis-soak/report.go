@@ -107,7 +107,7 @@ func (s *soak) final(e ending) *result {
 		extra, allowed)
 	var per []string
 	for _, in := range d.instances {
-		per = append(per, fmt.Sprintf("%s: %d processes, %d runs, %d answers, %d extra (allowed %d)", in.id, in.processes, in.runs, in.acked, in.extra, in.allowed))
+		per = append(per, fmt.Sprintf("%s: %s, %d runs, %d answers, %d extra (allowed %d)", in.id, plural(in.processes, "process", "processes"), in.runs, in.acked, in.extra, in.allowed))
 	}
 	fmt.Fprintf(w, "           %s\n", strings.Join(per, "\n           "))
 	for _, p := range d.problems {
@@ -395,4 +395,12 @@ func clip(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// plural is "1 process" or "3 processes".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

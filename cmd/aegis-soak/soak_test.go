@@ -9,6 +9,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ func TestMain(m *testing.M) {
 // and SIGTERM (new ports).
 const (
 	soakSeed     = 18
-	soakDuration = 48 * time.Second
+	soakDuration = 55 * time.Second
 )
 
 // TestSoak runs the soak for about a minute with a fixed seed and asserts
@@ -36,7 +37,7 @@ func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipped with -short: the soak builds the aegis binary and runs five agent processes under load and faults for about a minute")
 	}
-	o, err := parseOptions([]string{"-seed", "18", "-duration", soakDuration.String(), "-report-every", "20s", "-log-dir", t.TempDir()}, &bytes.Buffer{})
+	o, err := parseOptions([]string{"-seed", strconv.Itoa(soakSeed), "-duration", soakDuration.String(), "-report-every", "20s", "-log-dir", t.TempDir()}, &bytes.Buffer{})
 	require.NoError(t, err)
 	var out, diag bytes.Buffer
 	start := time.Now()
