@@ -148,92 +148,134 @@ func (d *delivery) ok() bool {
 
 // lifeTally is what the answers show of one process.
 type lifeTally struct {
-	distinct int   // distinct run numbers acknowledged
-	highest  int64 // highest run number acknowledged
+	seen     []uint64 // bit n: run n was acknowledged
+	distinct int      // distinct run numbers acknowledged
+	highest  int64    // highest run number acknowledged
 }
 
-// checkDelivery checks calls against the processes of each instance
-// (procs, by instance ID, in start order). service is the count service's
-// name.
-func checkDelivery(service string, calls []callOutcome, procs map[string][]processSpan) *delivery {
-	type runKey struct {
-		inst string
-		life int
-		n    int64
+// mark records run n and reports whether it was already recorded.
+func (l *lifeTally) mark(n int64) (dup bool) {
+	w, b := n/64, uint64(1)<<(n%64)
+	for int64(len(l.seen)) <= w {
+		l.seen = append(l.seen, 0)
 	}
-	d := &delivery{calls: len(calls)}
-	owner := map[runKey]int{} // run → index of the call carrying it
-	tallies := map[string][]lifeTally{}
-	for id, spans := range procs {
-		tallies[id] = make([]lifeTally, len(spans))
+	if l.seen[w]&b != 0 {
+		return true
 	}
-	allowed := map[string]int{}
-	acked := map[string]int{}
-	for i, c := range calls {
-		if c.err != "" {
-			d.failed++
-			for _, p := range dedupe(c.picks) {
-				allowed[p]++
-			}
-			continue
-		}
-		d.answered++
-		a := c.answer
-		spans := procs[a.Instance]
-		if c.badAnswer != "" || a.Service != service || a.Count <= 0 || len(spans) == 0 {
-			d.malformed++
-			d.problem("call %d was answered with %s, not a count answer of a known instance of %q", i, describeAnswer(c), service)
-			continue
-		}
-		if !slices.Contains(c.picks, a.Instance) {
-			d.misrouted++
-			d.problem("call %d was answered by %s (run %d), which routing never picked for it (picked %v)", i, a.Instance, a.Count, c.picks)
-		}
-		life := lifeOf(spans, c.end)
-		k := runKey{a.Instance, life, a.Count}
-		if j, dup := owner[k]; dup {
-			d.shared++
-			d.problem("calls %d and %d were both answered with run %d of %s (process %d)", j, i, a.Count, a.Instance, life+1)
-		} else {
-			owner[k] = i
-			tallies[a.Instance][life].distinct++
-		}
-		t := &tallies[a.Instance][life]
-		t.highest = max(t.highest, a.Count)
-		acked[a.Instance]++
+	l.seen[w] |= b
+	l.distinct++
+	l.highest = max(l.highest, n)
+	return false
+}
+
+// tally accumulates the delivery check call by call, keeping a bit per
+// acknowledged run rather than the calls. Not safe for concurrent use.
+type tally struct {
+	service string
+	d       delivery
+	lives   map[string][]*lifeTally // instance → its processes' tallies
+	allowed map[string]int
+	acked   map[string]int
+}
+
+func newTally(service string) *tally {
+	return &tally{service: service, lives: map[string][]*lifeTally{}, allowed: map[string]int{}, acked: map[string]int{}}
+}
+
+// life returns the tally of process i of instance id.
+func (t *tally) life(id string, i int) *lifeTally {
+	ls := t.lives[id]
+	for len(ls) <= i {
+		ls = append(ls, &lifeTally{})
+	}
+	t.lives[id] = ls
+	return ls[i]
+}
+
+// add checks one finished call. procs (by instance ID, in start order)
+// must list every process started before the call ended.
+func (t *tally) add(c callOutcome, procs map[string][]processSpan) {
+	d := &t.d
+	i := d.calls
+	d.calls++
+	if c.err != "" {
+		d.failed++
 		for _, p := range dedupe(c.picks) {
-			if p != a.Instance || restartedWithin(procs[p], c.start, c.end) {
-				allowed[p]++
-			}
+			t.allowed[p]++
+		}
+		return
+	}
+	d.answered++
+	a := c.answer
+	spans := procs[a.Instance]
+	if c.badAnswer != "" || a.Service != t.service || a.Count <= 0 || len(spans) == 0 {
+		d.malformed++
+		d.problem("call %d was answered with %s, not a count answer of a known instance of %q", i, describeAnswer(c), t.service)
+		return
+	}
+	if !slices.Contains(c.picks, a.Instance) {
+		d.misrouted++
+		d.problem("call %d was answered by %s (run %d), which routing never picked for it (picked %v)", i, a.Instance, a.Count, c.picks)
+	}
+	life := lifeOf(spans, c.end)
+	if t.life(a.Instance, life).mark(a.Count) {
+		d.shared++
+		d.problem("call %d was answered with run %d of %s (process %d), which an earlier call's answer carried", i, a.Count, a.Instance, life+1)
+	}
+	t.acked[a.Instance]++
+	for _, p := range dedupe(c.picks) {
+		if p != a.Instance || restartedWithin(procs[p], c.start, c.end) {
+			t.allowed[p]++
 		}
 	}
+}
+
+// result returns the check's account given every process (by instance
+// ID, in start order) with the runs probed at the end, where known.
+func (t *tally) result(procs map[string][]processSpan) *delivery {
+	d := t.d
+	d.problems = slices.Clone(d.problems)
 	ids := make([]string, 0, len(procs))
 	for id := range procs {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		in := instanceDelivery{id: id, processes: len(procs[id]), acked: acked[id], allowed: allowed[id]}
+		in := instanceDelivery{id: id, processes: len(procs[id]), acked: t.acked[id], allowed: t.allowed[id]}
 		for life, s := range procs[id] {
-			t := tallies[id][life]
-			runs := t.highest
+			var lt lifeTally
+			if ls := t.lives[id]; life < len(ls) {
+				lt = *ls[life]
+			}
+			runs := lt.highest
 			if s.runs >= 0 {
 				in.probed++
-				if s.runs < t.highest {
+				if s.runs < lt.highest {
 					in.probeShort++
-					d.problem("%s process %d: the final probe counted %d runs, but an answer carried run %d", id, life+1, s.runs, t.highest)
+					d.problem("%s process %d: the final probe counted %d runs, but an answer carried run %d", id, life+1, s.runs, lt.highest)
 				}
-				runs = max(s.runs, t.highest)
+				runs = max(s.runs, lt.highest)
 			}
 			in.runs += runs
-			in.extra += runs - int64(t.distinct)
+			in.extra += runs - int64(lt.distinct)
 		}
 		if in.extra > int64(in.allowed) {
 			d.problem("%s: %d runs no answer carries, but only %d calls may have run there again", id, in.extra, in.allowed)
 		}
 		d.instances = append(d.instances, in)
 	}
-	return d
+	return &d
+}
+
+// checkDelivery checks calls against the processes of each instance
+// (procs, by instance ID, in start order, with the probed runs). service
+// is the count service's name.
+func checkDelivery(service string, calls []callOutcome, procs map[string][]processSpan) *delivery {
+	t := newTally(service)
+	for _, c := range calls {
+		t.add(c, procs)
+	}
+	return t.result(procs)
 }
 
 // describeAnswer says what a malformed answer was.

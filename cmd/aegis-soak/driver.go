@@ -10,8 +10,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aegisipc/aegis"
@@ -61,24 +63,32 @@ func (r *callRecord) addPick(id string) {
 	r.mu.Unlock()
 }
 
-// driver starts calls at a fixed rate and keeps their outcomes.
+// driver starts calls at a fixed rate and keeps what the reports need of
+// their outcomes: latencies, error counts and texts, and the delivery
+// tally, so that its memory grows by a few bytes per call, not by a
+// record of each.
 type driver struct {
 	node        *aegis.Node
 	picks       *pickLog
 	service     string
 	rate        float64
 	callTimeout time.Duration
+	// spans returns every agent process started so far, for the tally.
+	spans func() map[string][]processSpan
 
-	wg sync.WaitGroup // calls in flight
+	wg      sync.WaitGroup // calls in flight
+	started atomic.Int64   // calls started
 
-	mu         sync.Mutex  // guards the fields below
-	started    []time.Time // start of every call, in order
-	done       []callOutcome
+	mu         sync.Mutex // guards the fields below
+	period     callStats  // calls finished since the last report
+	total      callStats  // every finished call
+	tally      *tally
 	lastAnswer map[string]time.Time // instance → when it last answered a call
 }
 
-func newDriver(node *aegis.Node, picks *pickLog, service string, rate float64, callTimeout time.Duration) *driver {
-	return &driver{node: node, picks: picks, service: service, rate: rate, callTimeout: callTimeout, lastAnswer: map[string]time.Time{}}
+func newDriver(node *aegis.Node, picks *pickLog, service string, rate float64, callTimeout time.Duration, spans func() map[string][]processSpan) *driver {
+	return &driver{node: node, picks: picks, service: service, rate: rate, callTimeout: callTimeout, spans: spans,
+		tally: newTally(service), lastAnswer: map[string]time.Time{}}
 }
 
 // run starts calls at d.rate from now until stop is closed, then waits for
@@ -96,6 +106,7 @@ func (d *driver) run(stop <-chan struct{}) {
 		case now := <-tick.C:
 			for due := int64(now.Sub(start).Seconds() * d.rate); n < due; n++ {
 				d.wg.Add(1)
+				d.started.Add(1)
 				go d.call(n)
 			}
 		}
@@ -111,9 +122,6 @@ func (d *driver) call(i int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), d.callTimeout)
 	defer cancel()
 	start := time.Now()
-	d.mu.Lock()
-	d.started = append(d.started, start)
-	d.mu.Unlock()
 	answer, err := d.node.CallWithFailover(ctx, d.service, countMethod, nil, aegis.WithKey(key))
 	end := time.Now()
 	d.picks.calls.Delete(key)
@@ -127,12 +135,17 @@ func (d *driver) call(i int64) {
 	} else if json.Unmarshal(answer, &out.answer) != nil {
 		out.badAnswer = string(answer)
 	}
+	// Every process that could have answered started before end, so it
+	// is among the spans read now.
+	spans := d.spans()
 	d.mu.Lock()
-	d.done = append(d.done, out)
+	defer d.mu.Unlock()
+	d.period.add(end.Sub(start), out.err)
+	d.total.add(end.Sub(start), out.err)
+	d.tally.add(out, spans)
 	if err == nil && out.answer.Instance != "" {
 		d.lastAnswer[out.answer.Instance] = end
 	}
-	d.mu.Unlock()
 }
 
 // answeredSince reports whether instance answered a call that ended after t.
@@ -143,10 +156,41 @@ func (d *driver) answeredSince(instance string, t time.Time) bool {
 	return ok && at.After(t)
 }
 
-// snapshot returns the start times of the calls started so far and the
-// outcomes of those finished, as copies.
-func (d *driver) snapshot() (started []time.Time, done []callOutcome) {
+// takePeriod returns the calls finished since the last takePeriod and
+// starts a new period.
+func (d *driver) takePeriod() callStats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return append([]time.Time(nil), d.started...), append([]callOutcome(nil), d.done...)
+	p := d.period
+	d.period = callStats{}
+	return p
+}
+
+// totals returns the statistics of every finished call and the delivery
+// check given procs (with the final probes, when taken).
+func (d *driver) totals(procs map[string][]processSpan) (callStats, *delivery) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t := d.total
+	t.latencies = slices.Clone(t.latencies)
+	return t, d.tally.result(procs)
+}
+
+// callStats accumulates finished calls.
+type callStats struct {
+	calls, errors int
+	latencies     []time.Duration
+	samples       []string // the first few distinct error texts
+}
+
+// add counts one finished call; err is "" when it was answered.
+func (s *callStats) add(latency time.Duration, err string) {
+	s.calls++
+	s.latencies = append(s.latencies, latency)
+	if err != "" {
+		s.errors++
+		if len(s.samples) < maxErrorSamples && !slices.Contains(s.samples, err) {
+			s.samples = append(s.samples, err)
+		}
+	}
 }

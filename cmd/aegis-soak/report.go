@@ -36,25 +36,14 @@ func (s *soak) header() {
 
 // periodReport writes the report of the period [from, to), number n.
 func (s *soak) periodReport(n int, from, to time.Time) {
-	started, done := s.drv.snapshot()
 	w := s.out
 	fmt.Fprintf(w, "\n--- %s (period %d: %s to %s) ---\n", offset(s.loadStart, to), n, offset(s.loadStart, from), offset(s.loadStart, to))
-	began := 0
-	for _, t := range started {
-		if !t.Before(from) && t.Before(to) {
-			began++
-		}
-	}
-	var window []callOutcome
-	for _, c := range done {
-		if !c.end.Before(from) && c.end.Before(to) {
-			window = append(window, c)
-		}
-	}
-	cs := summarize(window)
-	fmt.Fprintf(w, "calls     %d started; %d finished: %d answered, %d errors%s\n", began, cs.calls, cs.calls-cs.errors, cs.errors, cs.sampleText())
+	began := s.drv.started.Load()
+	cs := summarize(s.drv.takePeriod())
+	fmt.Fprintf(w, "calls     %d started; %d finished: %d answered, %d errors%s\n", began-s.reportedStarts, cs.calls, cs.calls-cs.errors, cs.errors, cs.sampleText())
+	s.reportedStarts = began
 	fmt.Fprintf(w, "latency   %s\n", cs.latencyText())
-	d := checkDelivery(serviceName, done, s.spans(nil))
+	_, d := s.drv.totals(s.spans(nil))
 	runs, extra, _, _, _ := d.totals()
 	fmt.Fprintf(w, "delivery  since the start: %d handler runs seen for %d acknowledged calls, %d runs no answer carries (lower bounds until the final probe), %d answers not a call's own run\n",
 		runs, d.answered, extra, d.notOwnRun())
@@ -89,15 +78,14 @@ type ending struct {
 
 // final writes the final report and returns the verdict.
 func (s *soak) final(e ending) *result {
-	_, done := s.drv.snapshot()
+	total, d := s.drv.totals(s.spans(e.probes))
 	w := s.out
 	elapsed := s.loadEnd.Sub(s.loadStart)
 	fmt.Fprintf(w, "\n=== final report: %v of load, seed %d ===\n", elapsed.Round(time.Millisecond), s.o.seed)
-	cs := summarize(done)
+	cs := summarize(total)
 	fmt.Fprintf(w, "calls      %d made: %d answered, %d caller errors%s\n", cs.calls, cs.calls-cs.errors, cs.errors, cs.sampleText())
 	fmt.Fprintf(w, "latency    %s\n", cs.latencyText())
 
-	d := checkDelivery(serviceName, done, s.spans(e.probes))
 	runs, extra, allowed, processes, probed := d.totals()
 	fmt.Fprintf(w, "delivery   %d handler runs (exact for the %d processes probed at the end, a lower bound for the other %d) for %d acknowledged calls\n",
 		runs, probed, processes-probed, d.answered)
@@ -313,21 +301,12 @@ type callSummary struct {
 	samples       []string // the first few distinct error texts
 }
 
-func summarize(cs []callOutcome) callSummary {
-	s := callSummary{calls: len(cs)}
-	lat := make([]time.Duration, 0, len(cs))
-	for _, c := range cs {
-		lat = append(lat, c.end.Sub(c.start))
-		if c.err != "" {
-			s.errors++
-			if len(s.samples) < maxErrorSamples && !slices.Contains(s.samples, c.err) {
-				s.samples = append(s.samples, c.err)
-			}
-		}
-	}
-	slices.Sort(lat)
-	s.p50, s.p99, s.max = percentile(lat, 0.50), percentile(lat, 0.99), percentile(lat, 1)
-	return s
+// summarize sorts st's latencies (it owns them) and summarises st.
+func summarize(st callStats) callSummary {
+	slices.Sort(st.latencies)
+	lat := st.latencies
+	return callSummary{calls: st.calls, errors: st.errors, samples: st.samples,
+		p50: percentile(lat, 0.50), p99: percentile(lat, 0.99), max: percentile(lat, 1)}
 }
 
 func (s callSummary) sampleText() string {

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -69,7 +70,7 @@ type faultRecord struct {
 	failure   string // what went wrong, if anything
 }
 
-// soak is one run.
+// soak is one run. Lock order: mu before eventLog.mu.
 type soak struct {
 	o    *options
 	out  io.Writer // the report
@@ -81,13 +82,17 @@ type soak struct {
 	history []*agentProc   // every process, in start order
 	faults  []*faultRecord // in order
 
-	client      *aegis.Node
-	clientLog   *logScan
-	events      *eventLog
-	drv         *driver
-	loadStart   time.Time
-	loadEnd     time.Time
-	clientStart procStat
+	client     *aegis.Node
+	clientLog  *logScan
+	clientFile *os.File // the client's log file
+	events     *eventLog
+	drv        *driver
+	loadStart  time.Time
+	// reportedStarts is how many calls had started at the last period
+	// report; only the report loop uses it.
+	reportedStarts int64
+	loadEnd        time.Time
+	clientStart    procStat
 }
 
 // result is what a soak found.
@@ -132,6 +137,9 @@ func run(ctx context.Context, o *options, out, diag io.Writer) (res *result, err
 	defer func() {
 		if s.client != nil {
 			_ = s.client.Shutdown()
+		}
+		if s.clientFile != nil {
+			_ = s.clientFile.Close() // after Shutdown: the node logs until then
 		}
 	}()
 	if err := s.startClient(ctx); err != nil {
@@ -203,13 +211,11 @@ func (s *soak) startClient(ctx context.Context) error {
 	cfg.SecretKey = key
 	picks := &pickLog{}
 	cfg.Balancer = &recordingBalancer{inner: aegis.RoundRobin(), log: picks}
-	f, err := os.Create(s.o.logDir + "/client.log")
+	f, err := os.Create(filepath.Join(s.o.logDir, "client.log"))
 	if err != nil {
 		return err
 	}
-	s.clientLog = newLogScan()
-	// The file stays open until the process exits: the node may log until
-	// its Shutdown returns, after which nothing writes to it.
+	s.clientLog, s.clientFile = newLogScan(), f
 	cfg.Logger = slog.New(slog.NewJSONHandler(io.MultiWriter(f, s.clientLog), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	client, err := aegis.New(cfg)
 	if err != nil {
@@ -232,7 +238,7 @@ func (s *soak) startClient(ctx context.Context) error {
 		}
 	}
 	fmt.Fprintf(s.diag, "the client sees every instance healthy after %v\n", time.Since(start).Round(time.Millisecond))
-	s.drv = newDriver(client, picks, serviceName, s.o.rate, s.o.callTimeout)
+	s.drv = newDriver(client, picks, serviceName, s.o.rate, s.o.callTimeout, func() map[string][]processSpan { return s.spans(nil) })
 	return nil
 }
 
@@ -421,11 +427,17 @@ func (s *soak) restart(ctx context.Context, f faultPlan, p *agentProc, rec *faul
 		p.kill()
 	}
 	s.mu.Lock()
-	rec.exitAfter, rec.exitCode = time.Since(rec.at), p.exitCode
+	rec.exitAfter = time.Since(rec.at)
+	if !p.alive() {
+		rec.exitCode = p.exitCode
+	}
 	if !exited {
 		rec.failure = fmt.Sprintf("did not exit within %v of %v; killed", exitLimit, f.kind)
 	}
 	s.mu.Unlock()
+	if p.alive() {
+		return nil, fmt.Errorf("%s (pid %d) did not exit even after SIGKILL", p.name, p.pid)
+	}
 	if !sleepCtx(ctx, f.hold) {
 		return nil, ctx.Err()
 	}

@@ -203,10 +203,11 @@ func TestReportArithmetic(t *testing.T) {
 	assert.Equal(t, "12.3ms", msText(12345*time.Microsecond))
 	assert.Equal(t, "1503ms", msText(1503*time.Millisecond))
 
-	c := callOutcome{start: start, end: start.Add(ms(2))}
-	e := c
-	e.err = "aegis: no healthy instances"
-	s := summarize([]callOutcome{c, e, e, c})
+	var cs callStats
+	for _, err := range []string{"", "aegis: no healthy instances", "aegis: no healthy instances", ""} {
+		cs.add(ms(2), err)
+	}
+	s := summarize(cs)
 	assert.Equal(t, 4, s.calls)
 	assert.Equal(t, 2, s.errors)
 	assert.Equal(t, []string{"aegis: no healthy instances"}, s.samples, "each text quoted once")
@@ -234,4 +235,35 @@ func TestReportArithmetic(t *testing.T) {
 	assert.Equal(t, 1, errs)
 	require.Len(t, msgs, 2)
 	assert.Equal(t, logMessage{level: "WARN", kind: "node nN failed at N.N.N.N:N", example: "node n2 failed at 127.0.0.1:4000", count: 2}, msgs[0])
+}
+
+// TestTallyAsProcessesAppear adds calls as the soak does, each with the
+// processes started before it ended, and gets the account of the whole.
+func TestTallyAsProcessesAppear(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	sec := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	const id = "count-n1"
+	first := map[string][]processSpan{id: {{started: t0, runs: -1}}}
+	both := map[string][]processSpan{id: {{started: t0, runs: -1}, {started: sec(10), runs: -1}}}
+	answer := func(start, end int, n int64) callOutcome {
+		return callOutcome{start: sec(start), end: sec(end), picks: []string{id},
+			answer: countAnswer{Instance: id, Node: "n1", Service: serviceName, Count: n}}
+	}
+	tl := newTally(serviceName)
+	for n := int64(1); n <= 200; n++ {
+		tl.add(answer(1, 2, n), first)
+	}
+	tl.add(answer(9, 11, 1), both) // in flight across the restart
+	tl.add(answer(11, 12, 2), both)
+	final := map[string][]processSpan{id: {{started: t0, runs: -1}, {started: sec(10), runs: 3}}}
+	d := tl.result(final)
+	assert.True(t, d.ok(), "%v", d.problems)
+	require.Len(t, d.instances, 1)
+	assert.Equal(t, instanceDelivery{id: id, processes: 2, probed: 1, runs: 203, acked: 202, extra: 1, allowed: 1}, d.instances[0])
+
+	tl.add(answer(12, 13, 2), final) // run 2 of the second process again
+	d = tl.result(final)
+	assert.False(t, d.ok())
+	assert.Equal(t, 1, d.shared)
+	assert.Contains(t, d.problems[0], "run 2 of count-n1 (process 2)")
 }
