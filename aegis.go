@@ -178,6 +178,7 @@ func newCaller(n *Node) *caller {
 		budget:    budget.New(c.RetryBudgetRatio, c.RetryBudgetMinPerSecond, n.clk.Now),
 		msgPrefix: n.name + "-" + randomHex(4) + "-",
 		stopped:   func() bool { return n.state.Load() == stateStopped },
+		alive:     func(node string) bool { return n.gossip.pingNode(node) },
 	}
 }
 

@@ -28,8 +28,9 @@ type caller struct {
 	budget  *budget.Budget
 	stats   *nodeStats
 	met     *nodeMetrics
-	tracer  trace.Tracer // nil: tracing off
-	stopped func() bool  // the node has shut down
+	tracer  trace.Tracer           // nil: tracing off
+	stopped func() bool            // the node has shut down
+	alive   func(node string) bool // pings a member; nil in tests that build a caller alone
 
 	msgPrefix string
 	msgSeq    atomic.Uint64

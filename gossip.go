@@ -182,6 +182,18 @@ func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 	g.warn.Warn("name-conflict", "two nodes claim one name", "name", existing.Name, "addr", existing.Address(), "other", other.Address())
 }
 
+// pingNode reports whether the live member named name answers a ping
+// (within the probe timeout); false for a name that is not a live member.
+func (g *gossiper) pingNode(name string) bool {
+	if name == g.name {
+		return true
+	}
+	g.peersMu.RLock()
+	p := g.peers[name]
+	g.peersMu.RUnlock()
+	return p != nil && g.aliveAt(p)
+}
+
 // aliveAt reports whether a node named name answers a ping at node's
 // address (within the probe timeout).
 func (g *gossiper) aliveAt(node *memberlist.Node) bool {

@@ -155,10 +155,29 @@ func (c *caller) tryHedged(ctx context.Context, inst *Instance, method string, p
 	}
 	if r.err == nil {
 		c.stats.hedgesWon.Add(1)
-		c.observe(inst, outcomeAttemptTimeout) // it lost the race: no answer in time
+		c.suspect(inst)
 		return r.out, outcomeOK, &r.inst, nil
 	}
 	return out, oc, &r.inst, err
+}
+
+// suspect follows up an instance that lost a hedge race. Losing a race is
+// no verdict (packet loss, a slow network or one slow call do that to
+// healthy instances), so its node is pinged, one ping at a time per
+// instance, in the background; a node that does not answer (stopped,
+// paused, black-holed) counts as one failure toward ejection.
+func (c *caller) suspect(inst *Instance) {
+	l := inst.load
+	if l == nil || c.alive == nil || !l.probing.CompareAndSwap(false, true) {
+		return
+	}
+	node, cp := inst.Node, *inst
+	go func() {
+		defer l.probing.Store(false)
+		if !c.alive(node) {
+			c.observe(&cp, outcomeAttemptTimeout)
+		}
+	}()
 }
 
 func (c *caller) putHedge(h *hedge) {

@@ -358,6 +358,7 @@ type instLoad struct {
 	consecFails atomic.Int32
 	ejections   atomic.Int32 // mirrors entry.ejections for a lock-free check
 	ejected     atomic.Bool  // mirrors !entry.ejectedUntil.IsZero()
+	probing     atomic.Bool  // a liveness ping of its node is under way (see caller.suspect)
 }
 
 // InFlight returns how many calls this node has in flight to the instance.
