@@ -262,16 +262,21 @@ func (n *Node) Join(ctx context.Context, seeds ...string) (int, error) {
 		err error
 	}
 	ch := make(chan result, 1)
+	n.gossip.joining.Add(1)
 	if !n.spawn(func() {
 		k, err := n.gossip.ml.Join(seeds)
 		if k > 0 {
 			err = n.checkNameConflict()
+		}
+		if !errors.Is(err, ErrNameConflict) { // a duplicate refutes nothing until it stops
+			n.gossip.joining.Add(-1)
 		}
 		ch <- result{k, err}
 		if k > 0 && err == nil {
 			n.gossip.catchUp()
 		}
 	}) {
+		n.gossip.joining.Add(-1)
 		return 0, ErrShutdown
 	}
 	select {

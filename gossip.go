@@ -66,6 +66,10 @@ type gossiper struct {
 	// conflict is a live-looking node that claims this node's name at
 	// another address, as memberlist reported it during a join.
 	conflict atomic.Pointer[memberlist.Node]
+	// joining is set while a Join has not yet ruled out another live node
+	// with this name; records claiming this name are not refuted then
+	// (they may be that node's), the catch-up pull brings them again.
+	joining atomic.Int32
 
 	lastPull atomic.Int64 // clock time (unix ns) of the last pull triggered by an unknown heartbeat
 }
@@ -397,7 +401,9 @@ func (g *gossiper) applyRecord(rec *wire.Record) bool {
 		return false
 	}
 	if rec.Node == g.name && !rec.Deleted {
-		g.refute(rec)
+		if g.joining.Load() == 0 {
+			g.refute(rec)
+		}
 		return false
 	}
 	reason := "registered"
