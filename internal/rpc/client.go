@@ -589,7 +589,16 @@ func (cc *clientConn) lead(ctx context.Context, cl *call, id uint64, req *Reques
 		stop := context.AfterFunc(ctx, cc.interruptRead)
 		defer stop()
 	}
-	_ = cc.conn.SetReadDeadline(deadline)
+	// Setting the read deadline can undo an interruption ctx's end made a
+	// moment before; ctx is checked after it, so such an end interrupts
+	// the read again (ctx.Err is set before AfterFunc runs).
+	setDeadline := func() {
+		_ = cc.conn.SetReadDeadline(deadline)
+		if ctx.Err() != nil {
+			cc.interruptRead()
+		}
+	}
+	setDeadline()
 	for {
 		fid, r, err := cc.readResponse()
 		switch {
@@ -619,7 +628,7 @@ func (cc *clientConn) lead(ctx context.Context, cl *call, id uint64, req *Reques
 				out = ctxError(req, cc.addr, context.DeadlineExceeded)
 			}
 		default:
-			_ = cc.conn.SetReadDeadline(deadline)
+			setDeadline()
 			continue
 		}
 		_ = cc.conn.SetReadDeadline(time.Time{})
