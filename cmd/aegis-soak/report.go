@@ -68,12 +68,13 @@ func (s *soak) periodReport(n int, from, to time.Time) {
 
 // ending is what the soak gathered after the load.
 type ending struct {
-	probes      map[string]int64
-	clientEnd   procStat
-	clientAfter int // goroutines after the client's Shutdown
-	stats       aegis.Stats
-	stops       map[*agentProc]stopResult
-	interrupted bool
+	probes        map[string]int64
+	clientEnd     procStat
+	clientAfter   int // goroutines right after the client's Shutdown
+	clientSettled int // and a second later
+	stats         aegis.Stats
+	stops         map[*agentProc]stopResult
+	interrupted   bool
 }
 
 // final writes the final report and returns the verdict.
@@ -128,7 +129,8 @@ func (s *soak) final(e ending) *result {
 	}
 
 	fmt.Fprintf(w, "processes  at start and at end (agents: goroutines not exposed; RSS and threads from /proc/PID/status)\n")
-	fmt.Fprintf(w, "  client  %s -> %s; %d goroutines after its Shutdown\n", s.clientStart, e.clientEnd, e.clientAfter)
+	fmt.Fprintf(w, "  client  %s -> %s; after its Shutdown %d goroutines, a second later %d (the soak's own: main, signal handling)\n",
+		s.clientStart, e.clientEnd, e.clientAfter, e.clientSettled)
 	s.mu.Lock()
 	history := slices.Clone(s.history)
 	s.mu.Unlock()

@@ -112,7 +112,7 @@ func instanceID(name string) string { return serviceName + "-" + name }
 
 // run runs the soak described by o, writing the report to out and progress
 // to diag. It returns an error when the soak could not be run at all.
-func run(ctx context.Context, o *options, out, diag io.Writer) (res *result, err error) {
+func run(ctx context.Context, o *options, out, diag io.Writer) (*result, error) {
 	s := &soak{o: o, out: out, diag: diag, events: &eventLog{}}
 	s.set = agentSettings{bin: o.agentBin, key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), service: serviceName,
 		hbInterval: o.hbInterval, hbTimeout: o.hbTimeout, healthCheck: o.healthCheck(), logDir: o.logDir}
@@ -167,12 +167,15 @@ func run(ctx context.Context, o *options, out, diag io.Writer) (res *result, err
 	e := ending{probes: probes, interrupted: interrupted, stats: s.client.Stats(),
 		clientEnd: readProcStat(os.Getpid(), runtime.NumGoroutine())}
 	e.stops = s.stopAll(interrupted)
-	err = s.client.Shutdown()
-	s.client = nil
-	if err != nil {
+	if err := s.client.Shutdown(); err != nil {
 		fmt.Fprintf(diag, "client shutdown: %v\n", err)
 	}
+	s.client = nil
+	// memberlist's goroutines end on their own after its Shutdown, which
+	// does not wait for them: count right after and once they had time.
 	e.clientAfter = runtime.NumGoroutine()
+	time.Sleep(time.Second)
+	e.clientSettled = runtime.NumGoroutine()
 	return s.final(e), nil
 }
 
