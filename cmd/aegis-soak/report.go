@@ -129,7 +129,7 @@ func (s *soak) final(e ending) *result {
 	}
 
 	fmt.Fprintf(w, "processes  at start and at end (agents: goroutines not exposed; RSS and threads from /proc/PID/status)\n")
-	fmt.Fprintf(w, "  client  %s -> %s; after its Shutdown %d goroutines, a second later %d (the soak's own: main, signal handling)\n",
+	fmt.Fprintf(w, "  client  %s -> %s; after its Shutdown %d goroutines, a second later %d (what remains is the soak's own)\n",
 		s.clientStart, e.clientEnd, e.clientAfter, e.clientSettled)
 	s.mu.Lock()
 	history := slices.Clone(s.history)
