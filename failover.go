@@ -179,18 +179,7 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 		if ctx.Err() != nil || !oc.failover(inst.idempotent(method)) {
 			break
 		}
-		if !copied {
-			// Copy the caller's exclusions before adding to them.
-			ex := make(map[string]struct{}, len(o.exclude)+o.maxAttempts)
-			for k := range o.exclude {
-				ex[k] = struct{}{}
-			}
-			o.exclude, copied = ex, true
-		}
-		o.exclude[inst.ID] = struct{}{}
-		if hedged != nil {
-			o.exclude[hedged.ID] = struct{}{}
-		}
+		copied = exclude(o, copied, &inst, hedged)
 		if outcomeRules[oc].pause && !sleepCtx(ctx, jitter(time.Millisecond, distinct)) {
 			stopErr = ctx.Err()
 			break
@@ -200,6 +189,24 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 		return nil, attempts[0].Err
 	}
 	return nil, &FailoverError{Service: service, Attempts: attempts, Err: stopErr}
+}
+
+// exclude adds the instances tried (hedged may be nil) to o's exclusion
+// set, copying the caller's set first unless copied says that is done; it
+// reports true.
+func exclude(o *callOptions, copied bool, tried, hedged *Instance) bool {
+	if !copied {
+		ex := make(map[string]struct{}, len(o.exclude)+o.maxAttempts)
+		for k := range o.exclude {
+			ex[k] = struct{}{}
+		}
+		o.exclude = ex
+	}
+	o.exclude[tried.ID] = struct{}{}
+	if hedged != nil {
+		o.exclude[hedged.ID] = struct{}{}
+	}
+	return true
 }
 
 // tryInstance calls inst, retrying it with the same message ID while the

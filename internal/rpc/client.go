@@ -631,21 +631,29 @@ func (cc *clientConn) lead(ctx context.Context, cl *call, id uint64, req *Reques
 			setDeadline()
 			continue
 		}
-		_ = cc.conn.SetReadDeadline(time.Time{})
-		cc.mu.Lock()
-		_, mine := cc.pending[id]
-		if mine {
-			cc.pending[id] = nil // abandoned: see abandon
-		}
-		if cc.err == nil {
-			cc.dropRoleLocked()
-		}
-		cc.mu.Unlock()
-		if !mine {
-			return <-cl.ch // fail got there first
-		}
-		return result{err: out}
+		return cc.giveUp(cl, id, out)
 	}
+}
+
+// giveUp ends a leading call that stopped waiting with out: the call is
+// left pending as abandoned (its late answer is still read off the
+// connection) and the reader role is given up, unless the connection
+// failed meanwhile, whose error the call then returns.
+func (cc *clientConn) giveUp(cl *call, id uint64, out error) result {
+	_ = cc.conn.SetReadDeadline(time.Time{})
+	cc.mu.Lock()
+	_, mine := cc.pending[id]
+	if mine {
+		cc.pending[id] = nil // abandoned: see abandon
+	}
+	if cc.err == nil {
+		cc.dropRoleLocked()
+	}
+	cc.mu.Unlock()
+	if !mine {
+		return <-cl.ch // fail got there first
+	}
+	return result{err: out}
 }
 
 // interruptRead makes the role holder's blocked read return a timeout.
