@@ -374,7 +374,9 @@ func TestClientAndServerIdleTimeouts(t *testing.T) {
 		c := newTestClient(t, nk, ClientOptions{IdleTimeout: -1})
 		_, err := c.Call(context.Background(), srv.addr, &Request{})
 		require.NoError(t, err)
-		testutil.Eventually(t, promptly, func() bool { return srv.Stats().ClosedIdle == 1 }, "server closed the idle connection")
+		// Closed, not just counted: the close (and so the FIN the client's
+		// probe looks for) happens a moment after the count.
+		testutil.Eventually(t, promptly, func() bool { st := srv.Stats(); return st.ClosedIdle == 1 && st.Conns == 0 }, "server closed the idle connection")
 		resp, err := c.Call(context.Background(), srv.addr, &Request{Payload: []byte("again")})
 		require.NoError(t, err, "the closed connection is found closed and replaced")
 		require.Equal(t, "again", string(resp.Payload))
