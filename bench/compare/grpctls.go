@@ -5,7 +5,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/tls"
@@ -66,22 +65,5 @@ func connectGRPCTLS(addr string) (*running, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(leaf)
-	creds := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "bench", MinVersion: tls.VersionTLS13})
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return nil, err
-	}
-	conn.Connect()
-	opts := []grpc.CallOption{grpc.CallContentSubtype("raw")}
-	call := func(ctx context.Context, payload []byte) ([]byte, error) {
-		var reply []byte
-		if err := conn.Invoke(ctx, grpcMethod, &payload, &reply, opts...); err != nil {
-			return nil, err
-		}
-		return reply, nil
-	}
-	return &running{
-		newCaller: func() (callFn, func(), error) { return call, noop, nil },
-		close:     func() { _ = conn.Close() },
-	}, nil
+	return connectGRPCWith(addr, credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "bench", MinVersion: tls.VersionTLS13}))
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -361,7 +362,13 @@ func serveGRPC() (string, func(), error) {
 }
 
 func connectGRPC(addr string) (*running, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return connectGRPCWith(addr, insecure.NewCredentials())
+}
+
+// connectGRPCWith connects a grpc-go client with the given transport
+// credentials.
+func connectGRPCWith(addr string, creds credentials.TransportCredentials) (*running, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, err
 	}
