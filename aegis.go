@@ -179,6 +179,7 @@ func newCaller(n *Node) *caller {
 		msgPrefix: n.name + "-" + randomHex(4) + "-",
 		stopped:   func() bool { return n.state.Load() == stateStopped },
 		alive:     func(node string) bool { return n.gossip.pingNode(node) },
+		spawn:     n.spawn,
 	}
 }
 

@@ -31,6 +31,7 @@ type caller struct {
 	tracer  trace.Tracer           // nil: tracing off
 	stopped func() bool            // the node has shut down
 	alive   func(node string) bool // pings a member; nil in tests that build a caller alone
+	spawn   func(func()) bool      // Node.spawn: a goroutine Shutdown waits for
 
 	msgPrefix string
 	msgSeq    atomic.Uint64

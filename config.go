@@ -82,11 +82,12 @@ type Config struct {
 	// message ID) to another instance as well; the first answer wins and
 	// the other attempt is cancelled, so a hung instance (stopped process,
 	// long pause, black hole) costs callers this delay instead of
-	// AttemptTimeout, and after EjectAfterFailures lost races it is
-	// ejected. Hedges come out of the retry budget. 0 (the default): four
-	// times the service's average answer time as this node measured it,
-	// at least 10ms and at most AttemptTimeout/2 (100ms before the first
-	// answer). Negative: no hedging. Methods listed in
+	// AttemptTimeout. An instance that loses a race has its node pinged;
+	// one whose node does not answer counts toward ejection
+	// (EjectAfterFailures). Hedges come out of the retry budget. 0 (the
+	// default): four times the service's average answer time as this node
+	// measured it, at least 50ms and at most AttemptTimeout/2 (100ms before
+	// the first answer). Negative: no hedging. Methods listed in
 	// Service.NonIdempotent are never hedged.
 	HedgeDelay time.Duration
 	// MaxFrameSize is the largest call frame (request or response, payload

@@ -104,8 +104,8 @@ func (c *caller) getHedge() *hedge {
 // goes to another instance too, within the retry budget, and the first
 // answer wins; the other attempt is cancelled. Once the first try has
 // answered in time (even with a failure), the same-instance retries of
-// tryInstance follow without a hedge. An instance that loses the race
-// counts as failing for passive ejection. When a hedge ran and both
+// tryInstance follow without a hedge. An instance that loses the race is
+// suspected (see suspect). When a hedge ran and both
 // attempts failed, hedged is the second instance tried, for the caller to
 // exclude as well.
 func (c *caller) tryHedged(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id messageID, attempts *[]Attempt) (out []byte, oc outcome, hedged *Instance, err error) {
@@ -164,7 +164,7 @@ func (c *caller) tryHedged(ctx context.Context, inst *Instance, method string, p
 // suspect follows up an instance that lost a hedge race. Losing a race is
 // no verdict (packet loss, a slow network or one slow call do that to
 // healthy instances), so its node is pinged, one ping at a time per
-// instance, in the background; a node that does not answer (stopped,
+// instance, on a goroutine the node counts (Shutdown waits for it); a node that does not answer (stopped,
 // paused, black-holed) counts as one failure toward ejection.
 func (c *caller) suspect(inst *Instance) {
 	l := inst.load
@@ -172,12 +172,14 @@ func (c *caller) suspect(inst *Instance) {
 		return
 	}
 	node, cp := inst.Node, *inst
-	go func() {
+	if !c.spawn(func() {
 		defer l.probing.Store(false)
 		if !c.alive(node) {
 			c.observe(&cp, outcomeAttemptTimeout)
 		}
-	}()
+	}) {
+		l.probing.Store(false)
+	}
 }
 
 func (c *caller) putHedge(h *hedge) {

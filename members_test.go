@@ -86,27 +86,9 @@ func TestRestartOnNewAddressTakesOver(t *testing.T) {
 	for _, nd := range c.nodes[:2] {
 		testutil.Eventually(t, 20*time.Second, func() bool { return status(nd, "inst-2") == StatusUnhealthy }, "crash seen by %s", nd.Name())
 	}
-	cfg := testConfig(c.net, 2, nil)
-	_ = cfg.Transport.Shutdown()                        // the one at node-02's old address
-	cfg.Transport = c.net.NewTransport("10.0.9.9:7946") // same name, new address
 	start := time.Now()
-	nd, err := New(cfg)
-	require.NoError(t, err)
-	c.nodes[2] = nd
-	_, err = nd.Join(context.Background(), c.nodes[0].Addr())
-	require.NoError(t, err)
-	_, err = nd.Register(context.Background(), Service{Name: "svc", InstanceID: "inst-2", Handler: echoHandler})
-	require.NoError(t, err)
-	for _, other := range c.nodes[:2] {
-		testutil.Eventually(t, 10*time.Second, func() bool {
-			for _, in := range other.HealthyInstances("svc") {
-				if in.ID == "inst-2" {
-					return in.Addr == nd.tr.CallAddr()
-				}
-			}
-			return false
-		}, "restarted inst-2 healthy at its new address on %s", other.Name())
-	}
+	nd := c.restartNode2At("10.0.9.9:7946")
+	c.waitRoutedAt(10*time.Second, nd)
 	t.Logf("healthy and routed everywhere %v after the restart", time.Since(start))
 	// A peer that still gossips the old address's death can mark the name
 	// failed once more right after the takeover, until the new node
@@ -145,24 +127,44 @@ func TestRestartBeforeCrashDetected(t *testing.T) {
 	c := newCluster(t, 3, false)
 	c.waitConverged(10 * time.Second)
 	require.NoError(t, c.nodes[2].Shutdown())
-	cfg := testConfig(c.net, 2, nil)
-	_ = cfg.Transport.Shutdown()
-	cfg.Transport = c.net.NewTransport("10.0.9.7:7946")
 	start := time.Now()
-	nd, err := New(cfg)
-	require.NoError(t, err)
-	c.nodes[2] = nd
-	_, err = nd.Join(context.Background(), c.nodes[0].Addr())
-	require.NoError(t, err)
-	_, err = nd.Register(context.Background(), Service{Name: "svc", InstanceID: "inst-2", Handler: echoHandler})
-	require.NoError(t, err)
+	nd := c.restartNode2At("10.0.9.7:7946")
 	testutil.Eventually(t, 15*time.Second, func() bool {
 		out, err := c.nodes[0].Call(context.Background(), "svc", "x", []byte("hi"), WithExclude("inst-0", "inst-1"))
 		return err == nil && string(out) == "hi"
 	}, "the restarted instance answers calls")
 	t.Logf("answering %v after the restart", time.Since(start))
+	c.waitRoutedAt(15*time.Second, nd)
+	t.Logf("healthy everywhere %v after the restart", time.Since(start))
+	// Meanwhile memberlist declares the previous life's address dead; the
+	// new instance must not be taken for it.
+	require.Never(t, func() bool { return status(c.nodes[0], "inst-2") != StatusHealthy }, 4*time.Second, 20*time.Millisecond,
+		"inst-2 stays healthy while the old address is found dead")
+}
+
+// restartNode2At starts node-02 again, under its name, at the in-memory
+// address addr, joins it to node-00 and registers inst-2 on it again.
+func (c *cluster) restartNode2At(addr string) *Node {
+	c.t.Helper()
+	cfg := testConfig(c.net, 2, nil)
+	_ = cfg.Transport.Shutdown() // the one at node-02's old address
+	cfg.Transport = c.net.NewTransport(addr)
+	nd, err := New(cfg)
+	require.NoError(c.t, err)
+	c.nodes[2] = nd
+	_, err = nd.Join(context.Background(), c.nodes[0].Addr())
+	require.NoError(c.t, err)
+	_, err = nd.Register(context.Background(), Service{Name: "svc", InstanceID: "inst-2", Handler: echoHandler})
+	require.NoError(c.t, err)
+	return nd
+}
+
+// waitRoutedAt waits until node-00 and node-01 see inst-2 healthy at nd's
+// call address.
+func (c *cluster) waitRoutedAt(timeout time.Duration, nd *Node) {
+	c.t.Helper()
 	for _, other := range c.nodes[:2] {
-		testutil.Eventually(t, 15*time.Second, func() bool {
+		testutil.Eventually(c.t, timeout, func() bool {
 			for _, in := range other.HealthyInstances("svc") {
 				if in.ID == "inst-2" {
 					return in.Addr == nd.tr.CallAddr()
@@ -171,9 +173,4 @@ func TestRestartBeforeCrashDetected(t *testing.T) {
 			return false
 		}, "inst-2 healthy at its new address on %s", other.Name())
 	}
-	t.Logf("healthy everywhere %v after the restart", time.Since(start))
-	// Meanwhile memberlist declares the previous life's address dead; the
-	// new instance must not be taken for it.
-	require.Never(t, func() bool { return status(c.nodes[0], "inst-2") != StatusHealthy }, 4*time.Second, 20*time.Millisecond,
-		"inst-2 stays healthy while the old address is found dead")
 }
