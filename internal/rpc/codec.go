@@ -10,10 +10,12 @@ import (
 )
 
 // Field counts of the body arrays in this protocol version. Decoders skip any
-// further elements a newer peer appends.
+// further elements a newer peer appends, and read a request of
+// minRequestFields (before Epoch was added) with Epoch 0.
 const (
-	requestFields  = 9
-	responseFields = 6
+	requestFields    = 10
+	minRequestFields = 9
+	responseFields   = 6
 )
 
 // frameOverhead is what a frame holds besides its body: the length prefix,
@@ -39,7 +41,7 @@ func requestFrameLen(req *Request, id uint64, timeout int64) int {
 			n += strSize(len(k)) + strSize(len(v))
 		}
 	}
-	return n + binSize(len(req.Payload)) + uintSize(uint64(req.Attempt))
+	return n + binSize(len(req.Payload)) + uintSize(uint64(req.Attempt)) + uintSize(req.Epoch)
 }
 
 // appendRequestFrame appends a complete request frame for req with the given
@@ -72,6 +74,7 @@ func appendRequestFrame(b []byte, req *Request, id uint64, timeout int64) []byte
 	}
 	b = appendBin(b, req.Payload)
 	b = appendUint(b, uint64(req.Attempt))
+	b = appendUint(b, req.Epoch)
 	binary.BigEndian.PutUint32(b[start:], uint32(len(b)-start-prefixLen))
 	return b
 }
@@ -141,6 +144,7 @@ func decodeRequest(body []byte, req *Request) error {
 		MessageID:  substr(text, lo, l.text[3]),
 		Timeout:    time.Duration(l.timeout),
 		Attempt:    uint32(l.attempt),
+		Epoch:      l.epoch,
 	}
 	if l.payload[1] > l.payload[0] {
 		req.Payload = body[l.payload[0]:l.payload[1]:l.payload[1]]
@@ -166,6 +170,7 @@ type requestLayout struct {
 	headers          int // entries in it
 	payload          [2]int
 	attempt          uint64
+	epoch            uint64
 }
 
 // scan checks that body is a whole request and fills l from it.
@@ -175,7 +180,7 @@ func (l *requestLayout) scan(body []byte) error {
 	if err != nil {
 		return err
 	}
-	if n < requestFields {
+	if n < minRequestFields {
 		return errShape
 	}
 	if l.id, err = d.readUint(); err != nil {
@@ -210,6 +215,12 @@ func (l *requestLayout) scan(body []byte) error {
 	}
 	if l.attempt > math.MaxUint32 {
 		return errRange
+	}
+	if n == minRequestFields {
+		return nil
+	}
+	if l.epoch, err = d.readUint(); err != nil {
+		return err
 	}
 	return d.skipRest(n - requestFields)
 }

@@ -26,6 +26,7 @@ type wireRequest struct {
 	Header     map[string]string
 	Payload    []byte
 	Attempt    uint32
+	Epoch      uint64
 }
 
 type wireResponse struct {
@@ -63,9 +64,9 @@ func sampleRequests() []Request {
 	return []Request{
 		{},
 		{Service: "svc", Method: "Get", InstanceID: "i-1", MessageID: "m-1", Timeout: 1500 * time.Millisecond,
-			Header: map[string]string{"a": "b", "trace": "xyz"}, Payload: []byte{0, 1, 2, 0xff}, Attempt: 2},
+			Header: map[string]string{"a": "b", "trace": "xyz"}, Payload: []byte{0, 1, 2, 0xff}, Attempt: 2, Epoch: 7},
 		{Service: strings.Repeat("s", 31), Method: strings.Repeat("m", 32), InstanceID: strings.Repeat("i", 256),
-			MessageID: strings.Repeat("x", 70000), Timeout: -5, Payload: bytes.Repeat([]byte{7}, 256), Attempt: math.MaxUint32},
+			MessageID: strings.Repeat("x", 70000), Timeout: -5, Payload: bytes.Repeat([]byte{7}, 256), Attempt: math.MaxUint32, Epoch: math.MaxUint64},
 		{Header: manyHeaders(20), Payload: bytes.Repeat([]byte{9}, 70000), Timeout: math.MaxInt64},
 	}
 }
@@ -169,7 +170,7 @@ func TestDecodeRequestFromGoMsgpack(t *testing.T) {
 		for i, req := range sampleRequests() {
 			w := wireRequest{CallID: uint64(i) * 1000003, Service: req.Service, Method: req.Method,
 				InstanceID: req.InstanceID, MessageID: req.MessageID, Timeout: int64(req.Timeout),
-				Header: req.Header, Payload: req.Payload, Attempt: req.Attempt}
+				Header: req.Header, Payload: req.Payload, Attempt: req.Attempt, Epoch: req.Epoch}
 			body := gmpEncode(t, h, &w)
 			var got Request
 			require.NoError(t, decodeRequest(body, &got), "%s sample %d", name, i)
@@ -186,7 +187,7 @@ func TestDecodeRequestFromGoMsgpack(t *testing.T) {
 			// The same layout as a generic array, with the trailing
 			// extension element a later version might add.
 			arr := []interface{}{w.CallID, w.Service, w.Method, w.InstanceID, w.MessageID, w.Timeout,
-				w.Header, w.Payload, w.Attempt, map[string]interface{}{"future": []interface{}{1.5, true, nil}}}
+				w.Header, w.Payload, w.Attempt, w.Epoch, map[string]interface{}{"future": []interface{}{1.5, true, nil}}}
 			body = gmpEncode(t, h, arr)
 			var got2 Request
 			require.NoError(t, decodeRequest(body, &got2), "%s sample %d", name, i)
@@ -356,7 +357,7 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		// a header value that is not a string
 		"header-type": {0x99, 1, 0xa0, 0xa0, 0xa0, 0xa0, 0, 0x81, 0xa1, 'k', 0x01, 0xc4, 0, 0},
 		// deeply nested trailing element
-		"deep": append(append([]byte{0x9a, 1, 0xa0, 0xa0, 0xa0, 0xa0, 0, 0xc0, 0xc4, 0, 0},
+		"deep": append(append([]byte{0x9b, 1, 0xa0, 0xa0, 0xa0, 0xa0, 0, 0xc0, 0xc4, 0, 0, 0},
 			bytes.Repeat([]byte{0x91}, 100)...), 0),
 		// the never-used format byte
 		"c1": {0x99, 0xc1},
@@ -369,7 +370,7 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 	}
 	// A well-formed body with a nested trailing element within the depth
 	// limit is accepted.
-	ok := append([]byte{0x9a, 1, 0xa0, 0xa0, 0xa0, 0xa0, 0, 0xc0, 0xc4, 0, 0}, bytes.Repeat([]byte{0x91}, 10)...)
+	ok := append([]byte{0x9b, 1, 0xa0, 0xa0, 0xa0, 0xa0, 0, 0xc0, 0xc4, 0, 0, 0}, bytes.Repeat([]byte{0x91}, 10)...)
 	var r Request
 	require.NoError(t, decodeRequest(append(ok, 0xc0), &r))
 

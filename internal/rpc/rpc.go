@@ -136,6 +136,9 @@ type Request struct {
 	Payload []byte
 	// Attempt counts retries of the same logical call (0 = first try).
 	Attempt uint32
+	// Epoch is the role group's epoch of the active instance the call was
+	// routed to (0 outside role groups).
+	Epoch uint64
 }
 
 // Response is the answer to one call.

@@ -41,7 +41,7 @@ func repeat(b []byte, n int) []byte {
 // meta and methods (already encoded) in their places.
 func recordBody(meta, methods []byte) []byte {
 	var b []byte
-	b = append(b, fixarray(13)...)
+	b = append(b, 0xdc, 0, 17) // array16: more fields than a fixarray holds
 	b = append(b, str("s")...)
 	b = append(b, str("i")...)
 	b = append(b, str("n")...)
@@ -49,7 +49,8 @@ func recordBody(meta, methods []byte) []byte {
 	b = append(b, 0, 0)
 	b = append(b, meta...)
 	b = append(b, 1, 1, 1, 0xc2, 0xc2)
-	return append(b, methods...)
+	b = append(b, methods...)
+	return append(b, str("")[0], 0, 0, 0) // Group, Priority, Promotion, Epoch
 }
 
 // A metadata map and a method list of one entry each.
@@ -61,7 +62,11 @@ var (
 // withField appends a field to an encoded struct of fewer than 15 fields.
 func withField(structure []byte, field ...[]byte) []byte {
 	out := append([]byte(nil), structure...)
-	out[0]++
+	if out[0] == 0xdc { // array16
+		out[2]++
+	} else {
+		out[0]++
+	}
 	for _, f := range field {
 		out = append(out, f...)
 	}

@@ -58,6 +58,17 @@ type Record struct {
 	// NonIdempotent lists methods that must not run again on another
 	// instance once this one may have run them.
 	NonIdempotent []string
+	// Group narrows an active/standby role group within the service ("" =
+	// the service itself); Priority orders its standbys for promotion
+	// (higher first); Promotion is the group's promotion mode (0 = with a
+	// majority, 1 = always).
+	Group     string
+	Priority  int32
+	Promotion uint8
+	// Epoch is the role group's epoch at which the instance last became
+	// active (0: never). Heartbeats carry it too, with Role: both change
+	// while the record's other fields do not.
+	Epoch uint64
 }
 
 // Why a tombstone deleted an instance, carried in its Status.
@@ -77,6 +88,8 @@ type Heartbeat struct {
 	Incarnation int64
 	Seq         uint64
 	Status      uint8
+	Role        uint8  // the instance's current role
+	Epoch       uint64 // see Record.Epoch
 }
 
 // HeartbeatBatch carries heartbeats of instances hosted by one node, sent

@@ -34,6 +34,11 @@ const (
 	// times as much again above it, so incrementing an accepted Seq never
 	// wraps.
 	MaxSeq uint64 = 1 << 62
+
+	// MaxEpoch is the largest role-group epoch accepted. Epochs grow by one
+	// per promotion; the bound only keeps a forged epoch from reaching a
+	// value no later promotion could pass.
+	MaxEpoch uint64 = 1 << 62
 )
 
 // Limits bound the messages a node accepts from its peers. A zero field
@@ -49,7 +54,7 @@ type Limits struct {
 	// MaxBatchSize is the largest encoded heartbeat batch, frame included.
 	// Default 1400: a batch travels in one gossip packet.
 	MaxBatchSize int
-	// MaxBeats is the most heartbeats in a batch. Default 175, the default
+	// MaxBeats is the most heartbeats in a batch. Default 140, the default
 	// MaxBatchSize over 8, the encoded size of the smallest valid
 	// heartbeat.
 	MaxBeats int
@@ -82,8 +87,8 @@ func DefaultLimits() Limits {
 }
 
 // minBeatSize is the encoded size of the smallest valid heartbeat: array
-// header, one-character service and ID, three one-byte integers.
-const minBeatSize = 1 + 2 + 2 + 1 + 1 + 1
+// header, one-character service and ID, five one-byte integers.
+const minBeatSize = 1 + 2 + 2 + 5
 
 // orDefault returns l with zero and negative fields replaced by defaults.
 func (l Limits) orDefault() Limits {

@@ -16,7 +16,7 @@ const frameSize = 2
 
 // recordSize returns len(Encode(r)).
 func recordSize(r *Record) int {
-	n := frameSize + arrayHeaderSize(13)
+	n := frameSize + arrayHeaderSize(17)
 	n += strSize(r.Service) + strSize(r.ID) + strSize(r.Node) + strSize(r.Addr)
 	n += uintSize(uint64(r.Role)) + uintSize(uint64(r.Status))
 	if r.Meta == nil {
@@ -29,7 +29,9 @@ func recordSize(r *Record) int {
 	}
 	n += intSize(r.Incarnation) + uintSize(r.Seq) + intSize(r.Time)
 	n += 2 // Deleted, Heartbeats
-	return n + strsSize(r.NonIdempotent)
+	n += strsSize(r.NonIdempotent)
+	n += strSize(r.Group) + intSize(int64(r.Priority)) + uintSize(uint64(r.Promotion)) + uintSize(r.Epoch)
+	return n
 }
 
 // batchSize returns len(Encode(b)).
@@ -41,8 +43,9 @@ func batchSize(b *HeartbeatBatch) int {
 	n += arrayHeaderSize(len(b.Beats))
 	for i := range b.Beats {
 		h := &b.Beats[i]
-		n += arrayHeaderSize(5) + strSize(h.Service) + strSize(h.ID) +
-			intSize(h.Incarnation) + uintSize(h.Seq) + uintSize(uint64(h.Status))
+		n += arrayHeaderSize(7) + strSize(h.Service) + strSize(h.ID) +
+			intSize(h.Incarnation) + uintSize(h.Seq) + uintSize(uint64(h.Status)) +
+			uintSize(uint64(h.Role)) + uintSize(h.Epoch)
 	}
 	return n
 }

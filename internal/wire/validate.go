@@ -9,8 +9,9 @@ import (
 
 // Enum ceilings, matching the root package's Role and Status.
 const (
-	maxRole   = 2 // RoleStandby
-	maxStatus = 3 // StatusDraining
+	maxRole      = 2 // RoleStandby
+	maxStatus    = 3 // StatusDraining
+	maxPromotion = 1 // PromoteAlways
 )
 
 // Validate reports whether m's record, batch or state may be stored; see
@@ -100,6 +101,12 @@ func (r *Record) check(l *Limits) error {
 		return fmt.Errorf("Role %d: not 0 to %d", r.Role, maxRole)
 	case r.Status > maxStatus:
 		return fmt.Errorf("Status %d: not 0 to %d", r.Status, maxStatus)
+	case r.Group != "" && !validService(r.Group):
+		return fmt.Errorf("Group %s: %s", clip(r.Group), serviceRule)
+	case r.Promotion > maxPromotion:
+		return fmt.Errorf("Promotion %d: not 0 to %d", r.Promotion, maxPromotion)
+	case r.Epoch > MaxEpoch:
+		return fmt.Errorf("Epoch %d: more than MaxEpoch (%d)", r.Epoch, MaxEpoch)
 	}
 	if err := checkVersion(r.Incarnation, r.Seq); err != nil {
 		return err
@@ -135,6 +142,10 @@ func (b *HeartbeatBatch) check(l *Limits) error {
 			err = fmt.Errorf("ID: %s", nameRule)
 		case h.Status > maxStatus:
 			err = fmt.Errorf("Status %d: not 0 to %d", h.Status, maxStatus)
+		case h.Role > maxRole:
+			err = fmt.Errorf("Role %d: not 0 to %d", h.Role, maxRole)
+		case h.Epoch > MaxEpoch:
+			err = fmt.Errorf("Epoch %d: more than MaxEpoch (%d)", h.Epoch, MaxEpoch)
 		default:
 			err = checkVersion(h.Incarnation, h.Seq)
 		}

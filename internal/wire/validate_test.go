@@ -66,6 +66,11 @@ var recordCases = []struct {
 	{"role 3", func(r *Record) { r.Role = 3 }, "Role"},
 	{"role 255", func(r *Record) { r.Role = 255 }, "Role"},
 	{"status 4", func(r *Record) { r.Status = 4 }, "Status"},
+	{"group of the service rule", func(r *Record) { r.Group = "shard-1"; r.Role = 1; r.Epoch = 3; r.Priority = -2 }, ""},
+	{"group with colon", func(r *Record) { r.Group = "a:b" }, "Group"},
+	{"group too long", func(r *Record) { r.Group = strings.Repeat("g", 129) }, "Group"},
+	{"promotion 2", func(r *Record) { r.Promotion = 2 }, "Promotion"},
+	{"epoch over max", func(r *Record) { r.Epoch = MaxEpoch + 1 }, "Epoch"},
 	{"incarnation negative", func(r *Record) { r.Incarnation = -1 }, "Incarnation"},
 	{"incarnation min", func(r *Record) { r.Incarnation = math.MinInt64 }, "Incarnation"},
 	{"incarnation over max", func(r *Record) { r.Incarnation = MaxIncarnation + 1 }, "Incarnation"},
@@ -131,7 +136,7 @@ func TestLimitsOverrideDefaults(t *testing.T) {
 	require.Equal(t, d, Limits{}.orDefault())
 	require.Equal(t, d, Limits{MaxBeats: -1}.orDefault())
 	require.Equal(t, Limits{
-		MaxRecordSize: 1024, MaxBatchSize: 1400, MaxBeats: 175, MaxMetaEntries: 64,
+		MaxRecordSize: 1024, MaxBatchSize: 1400, MaxBeats: 140, MaxMetaEntries: 64,
 		MaxMetaValueLen: 512, MaxNonIdempotent: 64, MaxStateRecords: 65536,
 	}, d)
 }
@@ -190,7 +195,7 @@ func goodBatch() HeartbeatBatch {
 }
 
 // smallBeats returns a batch of n heartbeats of the smallest valid
-// encoding, 8 bytes each; the batch's own fields take 9 bytes.
+// encoding, 10 bytes each; the batch's own fields take 9 bytes.
 func smallBeats(n int) HeartbeatBatch {
 	b := HeartbeatBatch{Node: "n", Beats: make([]Heartbeat, n)}
 	for i := range b.Beats {
@@ -207,12 +212,12 @@ func TestHeartbeatBatchValidate(t *testing.T) {
 	}{
 		{"valid", func(b *HeartbeatBatch) {}, ""},
 		{"valid empty", func(b *HeartbeatBatch) { b.Beats = nil }, ""},
-		{"valid smallest beats filling a packet", func(b *HeartbeatBatch) { *b = smallBeats(173) }, ""},
-		{"smallest beats over a packet", func(b *HeartbeatBatch) { *b = smallBeats(174) }, "encodes to 1401 bytes"},
-		{"valid max beats in a larger batch", func(b *HeartbeatBatch) { *b = smallBeats(175) }, ""},
+		{"valid smallest beats filling a packet", func(b *HeartbeatBatch) { *b = smallBeats(139) }, ""},
+		{"smallest beats over a packet", func(b *HeartbeatBatch) { *b = smallBeats(140) }, "encodes to 1409 bytes"},
+		{"valid max beats in a larger batch", func(b *HeartbeatBatch) { *b = smallBeats(140) }, ""},
 		{"node empty", func(b *HeartbeatBatch) { b.Node = "" }, "Node"},
 		{"node bad", func(b *HeartbeatBatch) { b.Node = "a b" }, "Node"},
-		{"too many beats", func(b *HeartbeatBatch) { b.Beats = make([]Heartbeat, 176) }, "Beats"},
+		{"too many beats", func(b *HeartbeatBatch) { b.Beats = make([]Heartbeat, 141) }, "Beats"},
 		{"too large", func(b *HeartbeatBatch) {
 			for range 10 {
 				b.Beats = append(b.Beats, Heartbeat{Service: strings.Repeat("s", 128), ID: "i"})
@@ -222,6 +227,9 @@ func TestHeartbeatBatchValidate(t *testing.T) {
 		{"service empty", func(b *HeartbeatBatch) { b.Beats[0].Service = "" }, "Service"},
 		{"ID bad", func(b *HeartbeatBatch) { b.Beats[0].ID = strings.Repeat("i", 129) }, "ID"},
 		{"status 4", func(b *HeartbeatBatch) { b.Beats[0].Status = 4 }, "Status"},
+		{"role 3", func(b *HeartbeatBatch) { b.Beats[0].Role = 3 }, "Role"},
+		{"epoch over max", func(b *HeartbeatBatch) { b.Beats[1].Epoch = MaxEpoch + 1 }, "Epoch"},
+		{"active with epoch", func(b *HeartbeatBatch) { b.Beats[1].Role, b.Beats[1].Epoch = 1, MaxEpoch }, ""},
 		{"incarnation negative", func(b *HeartbeatBatch) { b.Beats[0].Incarnation = -5 }, "Incarnation"},
 		{"incarnation over max", func(b *HeartbeatBatch) { b.Beats[0].Incarnation = math.MaxInt64 }, "Incarnation"},
 		{"seq over max", func(b *HeartbeatBatch) { b.Beats[1].Seq = math.MaxUint64 }, "Seq"},
