@@ -80,6 +80,8 @@ type Node struct {
 
 	lastHealth atomic.Int64 // wall clock (unix ns) of the last health check
 
+	roleKick chan struct{} // capacity 1: run the role loop now (promote.go)
+
 	lifeMu       sync.Mutex // serializes Leave and Shutdown
 	stopCh       chan struct{}
 	wg           sync.WaitGroup // every goroutine the node starts (see spawn)
@@ -112,12 +114,18 @@ func newNode(c Config) (*Node, error) {
 		log:    c.Logger.With("node", c.NodeName),
 		clk:    c.clock,
 		local:  make(map[instKey]*Registration),
-		stopCh: make(chan struct{}),
-		met:    newNodeMetrics(c.MeterProvider),
+		stopCh:   make(chan struct{}),
+		roleKick: make(chan struct{}, 1),
+		met:      newNodeMetrics(c.MeterProvider),
 		bus:    newEventBus(),
 		tracer: tracerFor(c.TracerProvider),
 	}
-	n.reg = newRegistry(n.name, n.clk, &n.cfg, n.bus.publish)
+	n.reg = newRegistry(n.name, n.clk, &n.cfg, func(ev Event) {
+		n.bus.publish(ev)
+		if ev.Instance.Role != RoleNone || ev.Type == EventRoleChanged {
+			n.kickRoles() // a role group changed: promotion may be due
+		}
+	})
 	n.reg.beating = n.beatingNow
 	tr := c.Transport
 	if tr == nil {
@@ -200,6 +208,7 @@ func (n *Node) start() {
 	}
 	healthTicker := n.clk.NewTicker(n.cfg.HealthCheckInterval)
 	n.spawn(func() { everyTick(n.stopCh, healthTicker, n.healthTick) })
+	n.roleLoop()
 	n.log.Info("aegis node started", "addr", n.Addr(), "calls", n.tr.CallAddr())
 }
 

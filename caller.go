@@ -66,7 +66,14 @@ func (c *caller) pick(service, method string, o *callOptions) (Instance, error) 
 	if snap == nil {
 		return Instance{}, fmt.Errorf("%w: %q", ErrServiceNotFound, service)
 	}
-	inst, err := c.cfg.Balancer.Pick(RouteRequest{Service: service, Method: method, Key: o.key, Exclude: o.exclude}, snap.routable)
+	pool := snap.routable
+	if o.group != "" || snap.groups != nil && len(pool) == 0 {
+		var err error
+		if pool, err = groupPool(service, o.group, snap); err != nil {
+			return Instance{}, err
+		}
+	}
+	inst, err := c.cfg.Balancer.Pick(RouteRequest{Service: service, Method: method, Key: o.key, Exclude: o.exclude}, pool)
 	if err != nil {
 		if errors.Is(err, ErrNoHealthyInstances) {
 			return Instance{}, fmt.Errorf("%w: service %q has %d instance(s), %d routable, %d excluded", ErrNoHealthyInstances, service, snap.known, len(snap.routable), len(o.exclude))
@@ -74,6 +81,23 @@ func (c *caller) pick(service, method string, o *callOptions) (Instance, error) 
 		return Instance{}, err
 	}
 	return inst, nil
+}
+
+// groupPool returns the active of service's role group (any group when
+// group is ""), or why there is none.
+func groupPool(service, group string, snap *serviceSnapshot) ([]Instance, error) {
+	if group == "" {
+		return nil, fmt.Errorf("%w: %w: no role group of service %q has an active instance (%d instance(s) known)",
+			ErrNoActive, ErrNoHealthyInstances, service, snap.known)
+	}
+	pool, ok := snap.groups[group]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: service %q has no role group %q", ErrServiceNotFound, service, group)
+	case len(pool) == 0:
+		return nil, fmt.Errorf("%w: %w: role group %s/%s has no active instance", ErrNoActive, ErrNoHealthyInstances, service, group)
+	}
+	return pool, nil
 }
 
 // attempt makes one call to inst and classifies its result once (see
@@ -85,7 +109,7 @@ func (c *caller) attempt(ctx context.Context, inst *Instance, method string, pay
 	}
 	timeout := c.cfg.AttemptTimeout
 	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID.prefix, MessageSeq: msgID.seq,
-		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: timeout}
+		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: timeout, Epoch: inst.Epoch}
 	// Whether the handler's deadline will be the caller's rather than the
 	// attempt timeout (only a deadline context costs a clock read; context
 	// deadlines are wall-clock).

@@ -90,6 +90,16 @@ type Config struct {
 	// the first answer). Negative: no hedging. Methods listed in
 	// Service.NonIdempotent are never hedged.
 	HedgeDelay time.Duration
+	// RoleLeaseTimeout is the fencing delay of role groups in
+	// PromoteWithMajority mode: an active instance serves only while a
+	// strict majority of its group answered its lease round trip within
+	// this time, and demotes itself (reason "fenced") once it has not. Lease
+	// rounds run every RoleLeaseTimeout/4. A standby is promoted no sooner
+	// than 1.5 × RoleLeaseTimeout after any member last confirmed the old
+	// active, so the old one has fenced itself by its own clock first
+	// (the half is the margin for clock rate drift and scheduling). Every
+	// node of a cluster should use the same value. Default 2s.
+	RoleLeaseTimeout time.Duration
 	// MaxFrameSize is the largest call frame (request or response, payload
 	// plus envelope) this node sends or accepts. Default 4 MiB.
 	MaxFrameSize int
@@ -317,6 +327,7 @@ func DefaultConfig() *Config {
 		Balancer:                RoundRobin(),
 		MaxAttempts:             3,
 		AttemptTimeout:          5 * time.Second,
+		RoleLeaseTimeout:        2 * time.Second,
 		MaxFrameSize:            rpc.DefaultMaxFrameSize,
 		RetryBudgetRatio:        0.2,
 		RetryBudgetMinPerSecond: 10,
@@ -390,6 +401,7 @@ func (c *Config) validateDurations() error {
 		{"HealthCheckInterval", c.HealthCheckInterval},
 		{"ReapTimeout", c.ReapTimeout},
 		{"AttemptTimeout", c.AttemptTimeout},
+		{"RoleLeaseTimeout", c.RoleLeaseTimeout},
 		{"EjectBaseTime", c.EjectBaseTime},
 		{"EjectMaxTime", c.EjectMaxTime},
 		{"SameInstanceBackoff", c.SameInstanceBackoff},

@@ -53,6 +53,14 @@ var (
 	// retries already make up more than the budget allows (see
 	// Config.RetryBudgetRatio).
 	ErrRetryBudgetExhausted = errors.New("aegis: retry budget exhausted")
+	// ErrRoleConflict: Register was asked for a RoleActive instance in a
+	// role group that already has a healthy active. Register it as
+	// RoleStandby; it is promoted when the active fails.
+	ErrRoleConflict = errors.New("aegis: role group already has an active")
+	// ErrNoActive: a call to a role group found no active instance (the
+	// active failed and no standby has been promoted yet, or the group has
+	// only standbys). CallWithFailover waits for a promotion instead.
+	ErrNoActive = errors.New("aegis: role group has no active instance")
 )
 
 // Remote error codes set by Aegis itself (handlers choose their own).

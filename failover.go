@@ -5,6 +5,7 @@ package aegis
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"time"
 )
@@ -18,6 +19,7 @@ type callOptions struct {
 	key         string
 	messageID   string
 	header      map[string]string
+	group       string
 }
 
 // WithExclude keeps the call away from the given instance IDs.
@@ -42,6 +44,13 @@ func WithMaxAttempts(n int) CallOption {
 // reads RouteRequest.Key).
 func WithKey(key string) CallOption {
 	return func(o *callOptions) { o.key = key }
+}
+
+// WithGroup sends the call to the active of one role group of the service
+// (Service.Group); without it, a call to a service with several role groups
+// goes to any group's active.
+func WithGroup(group string) CallOption {
+	return func(o *callOptions) { o.group = group }
 }
 
 // WithMessageID sets the call's message ID instead of a generated one. Every
@@ -143,6 +152,9 @@ func (c *caller) call(ctx context.Context, service, method string, payload []byt
 func (c *caller) callWithFailover(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error) {
 	id := c.messageIDFor(o)
 	c.budget.Deposit()
+	if snap := c.reg.snaps.get(service); snap != nil && snap.groups != nil {
+		return c.callActive(ctx, service, method, payload, o, id)
+	}
 	var attempts []Attempt
 	var stopErr error
 	copied := false
@@ -274,4 +286,68 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// callActive is CallWithFailover for a service with role groups: calls go
+// to the active only. When the active fails in a way that allows failover,
+// the call waits, within ctx, for the group to change (a promotion, or the
+// active answering again): it never calls a standby. Moving to a newly
+// promoted active costs no retry budget; trying the same active again
+// does, after a pause that doubles up to RoleLeaseTimeout. Without a
+// deadline in ctx, waiting is bounded by 2 × (HeartbeatTimeout +
+// RoleLeaseTimeout), enough for a promotion after a heartbeat timeout.
+func (c *caller) callActive(ctx context.Context, service, method string, payload []byte, o *callOptions, id messageID) ([]byte, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*(c.cfg.HeartbeatTimeout+c.cfg.RoleLeaseTimeout))
+		defer cancel()
+	}
+	var attempts []Attempt
+	var failed *Instance // the active whose attempt failed last
+	var retryAt time.Time
+	pause := 10 * time.Millisecond
+	for {
+		inst, err := c.pick(service, method, o)
+		if err != nil && !errors.Is(err, ErrNoActive) {
+			return nil, activeErr(service, attempts, err)
+		}
+		ready := err == nil
+		if ready && failed != nil && inst.ID == failed.ID && inst.Epoch == failed.Epoch {
+			// The same active again: only after the pause, within budget.
+			ready = !time.Now().Before(retryAt) && c.budget.Withdraw()
+			if !ready && !time.Now().Before(retryAt) {
+				retryAt = time.Now().Add(pause)
+			}
+		}
+		if !ready {
+			if !sleepCtx(ctx, 5*time.Millisecond) {
+				if err == nil {
+					err = ctx.Err()
+				}
+				return nil, activeErr(service, attempts, err)
+			}
+			continue
+		}
+		out, oc, err := c.tryInstance(ctx, &inst, method, payload, o, id, &attempts)
+		if err == nil {
+			return out, nil
+		}
+		if ctx.Err() != nil || !oc.failover(inst.idempotent(method)) {
+			return nil, activeErr(service, attempts, nil)
+		}
+		failed, retryAt = &inst, time.Now().Add(pause)
+		pause = min(2*pause, c.cfg.RoleLeaseTimeout)
+	}
+}
+
+// activeErr is callActive's error: the single attempt's own error, or a
+// *FailoverError listing every attempt with why it stopped.
+func activeErr(service string, attempts []Attempt, stop error) error {
+	if len(attempts) == 0 && stop != nil {
+		return stop
+	}
+	if len(attempts) == 1 && stop == nil {
+		return attempts[0].Err
+	}
+	return &FailoverError{Service: service, Attempts: attempts, Err: stop}
 }

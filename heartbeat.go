@@ -117,7 +117,7 @@ func (r *registry) localHeartbeats(keys []instKey, statuses []Status) []wire.Hea
 		e.rec.Time = now.UnixNano()
 		r.heartbeatLocked(e, now)
 		out = append(out, wire.Heartbeat{Service: k.service, ID: k.id, Incarnation: e.rec.Incarnation,
-			Seq: e.rec.Seq, Status: e.rec.Status})
+			Seq: e.rec.Seq, Status: e.rec.Status, Role: e.rec.Role, Epoch: e.rec.Epoch})
 	}
 	return out
 }
@@ -140,10 +140,12 @@ func (r *registry) heartbeat(hb *wire.Heartbeat, node string, sent int64) (fresh
 	if hb.Incarnation < e.rec.Incarnation || hb.Seq <= e.rec.Seq || e.rec.Node != node {
 		return false, false
 	}
+	now := r.clk.Now()
 	e.rec.Seq = hb.Seq
 	e.rec.Status = hb.Status
 	e.rec.Time = sent
-	r.heartbeatLocked(e, r.clk.Now())
+	r.setRoleLocked(e, hb.Role, hb.Epoch, "", now)
+	r.heartbeatLocked(e, now)
 	return true, false
 }
 

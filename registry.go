@@ -85,6 +85,11 @@ type Request struct {
 	Service, Method, InstanceID, MessageID string
 	Payload                                []byte
 	Header                                 map[string]string
+	// Epoch is the role group's epoch at which this instance became
+	// active, for calls to a role group's active (0 otherwise): a fencing
+	// token. Pass it to the stores the handler writes to, or check it with
+	// an EpochFence, so that a stale active's late writes are refused.
+	Epoch uint64
 }
 
 // Service describes an instance to register.
@@ -97,7 +102,6 @@ type Request struct {
 type Service struct {
 	Name       string
 	InstanceID string
-	Role       Role
 	Metadata   map[string]string
 	Handler    Handler
 	// NonIdempotent names methods that must not be re-run on another
@@ -109,6 +113,26 @@ type Service struct {
 	// once. Methods not listed are idempotent, the default: after a lost
 	// connection or a timeout they may also fail over to another instance.
 	NonIdempotent []string
+
+	// Role makes the instance a member of an active/standby role group:
+	// calls to the group go only to its one active, and when the active
+	// becomes unhealthy (node failed, heartbeat timeout, self-reported
+	// unhealthy, draining, deregistered) the first healthy standby in
+	// promotion order is promoted, chosen the same way by every node.
+	// RoleNone (the default) is an ordinary peer. Registering RoleActive
+	// while the group has a healthy active fails with ErrRoleConflict;
+	// register standbys and let promotion choose, or register one active.
+	// See PromotionMode for what happens under partitions.
+	// Group narrows the role group within the service (default: the
+	// service itself is the group); it follows the service-name rule.
+	// Priority orders standbys for promotion (higher first; then earlier
+	// registration, then instance ID). Promotion is the group's
+	// PromotionMode (default PromoteWithMajority); all members of a group
+	// should use the same.
+	Role      Role
+	Group     string
+	Priority  int32
+	Promotion PromotionMode
 }
 
 // MaxRecordSize is the largest encoded instance record (names, address,
@@ -130,6 +154,14 @@ type Instance struct {
 	// NonIdempotent lists the methods the instance declared not safe to
 	// re-run elsewhere (see Service.NonIdempotent).
 	NonIdempotent []string
+	// Group, Priority and Promotion are the role group settings of a member
+	// (Role not RoleNone; Group is then the service name when it was not
+	// set); Epoch is the group's epoch at which the instance last became
+	// active (0: never).
+	Group     string
+	Priority  int32
+	Promotion PromotionMode
+	Epoch     uint64
 
 	load *instLoad // this node's in-flight calls and failures; nil in copies made by users
 }
@@ -161,6 +193,15 @@ func validateService(svc *Service) error {
 	if svc.Role < RoleNone || svc.Role > RoleStandby {
 		return fmt.Errorf("%w: role %d is not a Role", ErrInvalidService, svc.Role)
 	}
+	if svc.Promotion < PromoteWithMajority || svc.Promotion > PromoteAlways {
+		return fmt.Errorf("%w: promotion mode %d is not a PromotionMode", ErrInvalidService, svc.Promotion)
+	}
+	if svc.Group != "" && (!validName(svc.Group, maxNameLen) || strings.Contains(svc.Group, ":")) {
+		return fmt.Errorf("%w: role group %q: use 1-128 letters, digits, '.', '_' or '-'", ErrInvalidName, svc.Group)
+	}
+	if svc.Role == RoleNone && (svc.Group != "" || svc.Priority != 0 || svc.Promotion != PromoteWithMajority) {
+		return fmt.Errorf("%w: service %q sets Group, Priority or Promotion without a Role", ErrInvalidService, svc.Name)
+	}
 	if svc.Handler == nil {
 		return fmt.Errorf("%w: service %q has a nil Handler", ErrInvalidService, svc.Name)
 	}
@@ -180,6 +221,8 @@ type Registration struct {
 	paused   atomic.Bool                // heartbeats paused
 	done     atomic.Bool                // deregistered or node stopped
 	regTime  time.Time
+	group    groupKey  // its role group, when svc.Role is not RoleNone
+	role     roleState // its part in the group, decided by this node
 }
 
 // callStarted and callFinished bracket a call running on the instance.
@@ -234,6 +277,9 @@ func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error)
 	}
 	n.log.Info("registered instance", "service", svc.Name, "instance", svc.InstanceID)
 	n.heartbeatRound(gossipOnly)
+	if svc.Role != RoleNone {
+		n.kickRoles()
+	}
 	return r, nil
 }
 
@@ -253,6 +299,15 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
 		NonIdempotent: svc.NonIdempotent,
+		Group: svc.Group, Priority: svc.Priority, Promotion: uint8(svc.Promotion),
+	}
+	if svc.Role == RoleActive {
+		g, ok := n.reg.group(groupOf(&rec))
+		if ok && g.active != nil {
+			return nil, fmt.Errorf("%w: %s has active %s (node %s, epoch %d); register %s as RoleStandby",
+				ErrRoleConflict, g.key, g.active.ID, g.active.Node, g.active.Epoch, key)
+		}
+		rec.Epoch = g.epoch + 1
 	}
 	if err := n.reg.reserveLocal(&rec); err != nil {
 		return nil, err
@@ -273,7 +328,11 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		n.reg.releaseLocal(key)
 		return nil, err
 	}
-	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation), idle: make(chan struct{}, 1)}
+	r := &Registration{n: n, key: key, svc: svc, regTime: time.Unix(0, rec.Incarnation), idle: make(chan struct{}, 1),
+		group: groupOf(&rec)}
+	r.role.cur.Store(int32(svc.Role))
+	r.role.epoch.Store(rec.Epoch)
+	r.role.activeSince = now
 	if n.cfg.DedupMaxEntries > 0 {
 		r.dedup = dedup.New[rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries, n.cfg.DedupMaxBytes, responseSize, n.dedupEvicted)
 	}
@@ -357,7 +416,7 @@ func (r *Registration) Instance() Instance {
 	}
 	return Instance{
 		Service: r.svc.Name, ID: r.svc.InstanceID, Node: r.n.name, Addr: r.n.tr.CallAddr(),
-		Role: r.svc.Role, Status: StatusUnhealthy, Metadata: copyMeta(r.svc.Metadata), RegisteredAt: r.regTime,
+		Role: Role(r.role.cur.Load()), Status: StatusUnhealthy, Metadata: copyMeta(r.svc.Metadata), RegisteredAt: r.regTime,
 	}
 }
 
@@ -412,13 +471,18 @@ func (e *entry) effective() Status {
 }
 
 func (e *entry) instance() Instance {
-	return Instance{
+	inst := Instance{
 		Service: e.rec.Service, ID: e.rec.ID, Node: e.rec.Node, Addr: e.rec.Addr,
 		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
 		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
 		NonIdempotent: e.rec.NonIdempotent,
+		Priority:      e.rec.Priority, Promotion: PromotionMode(e.rec.Promotion), Epoch: e.rec.Epoch,
 		load:          e.load,
 	}
+	if e.rec.Role != uint8(RoleNone) {
+		inst.Group = groupOf(&e.rec).group
+	}
+	return inst
 }
 
 // idempotent reports whether method may be re-run on another instance.
@@ -510,6 +574,7 @@ type registry struct {
 	dead    map[string]deadNode // nodes memberlist declared dead
 	leaving map[string]bool     // nodes that said (by a tombstone) their instances left with them
 	pending map[instKey]bool    // local registrations in progress
+	epochs  map[groupKey]uint64 // the highest epoch seen per role group, kept after its holder is gone
 	snaps   *snapshots
 }
 
@@ -523,6 +588,7 @@ func newRegistry(self string, clk clock.Clock, c *Config, emit func(Event)) *reg
 		dead:    make(map[string]deadNode),
 		leaving: make(map[string]bool),
 		pending: make(map[instKey]bool),
+		epochs:  make(map[groupKey]uint64),
 	}
 	r.snaps = newSnapshots(r)
 	return r
@@ -647,6 +713,7 @@ func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 		// Failures and ejections were the old address's.
 		e.load, e.ejectedUntil, e.ejections = &instLoad{}, time.Time{}, 0
 	}
+	r.setRoleLocked(e, rec.Role, rec.Epoch, "", now)
 	e.rec = *rec
 	e.rec.Meta = copyMeta(rec.Meta)
 	r.heartbeatLocked(e, now)
@@ -659,6 +726,7 @@ func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now time.Time) {
 	e := &entry{rec: *rec, lastHeartbeat: now, load: &instLoad{}}
 	e.rec.Meta = copyMeta(rec.Meta)
+	r.noteEpochLocked(rec)
 	if d, dead := r.dead[rec.Node]; dead && d.owns(rec) {
 		e.nodeFailed, e.badSince = true, now
 		reason = "node-failed" // it starts unhealthy, and this is why
@@ -743,7 +811,8 @@ func (r *registry) reassert(k instKey, inc int64, seq uint64, rec *wire.Record) 
 func sameContents(a, b *wire.Record) bool {
 	return a.Node == b.Node && a.Addr == b.Addr && a.Role == b.Role && a.Status == b.Status &&
 		a.Deleted == b.Deleted && a.Heartbeats == b.Heartbeats && maps.Equal(a.Meta, b.Meta) &&
-		slices.Equal(a.NonIdempotent, b.NonIdempotent)
+		slices.Equal(a.NonIdempotent, b.NonIdempotent) && a.Group == b.Group && a.Priority == b.Priority &&
+		a.Promotion == b.Promotion && a.Epoch == b.Epoch
 }
 
 // left reports whether node announced that it is leaving (its instances'

@@ -374,8 +374,11 @@ func inflight(i *Instance) int64 {
 
 // serviceSnapshot is the immutable routing view of one service.
 type serviceSnapshot struct {
-	routable []Instance // healthy, or degraded when none is healthy; sorted by ID
+	routable []Instance // healthy, or degraded when none is healthy, and each role group's active; sorted by ID
 	known    int        // instances known in any status
+	// groups maps each role group of the service to its active (an empty
+	// slice while it has none); nil when the service has no role members.
+	groups map[string][]Instance
 }
 
 // snapshots holds an immutable map from service name to its snapshot, read
@@ -440,7 +443,8 @@ func (s *snapshots) flush() {
 			delete(next, svc)
 			continue
 		}
-		next[svc] = &serviceSnapshot{routable: routable(es), known: len(es)}
+		plain, groups := routable(es)
+		next[svc] = &serviceSnapshot{routable: plain, known: len(es), groups: groups}
 	}
 	s.m.Store(&next)
 	clear(s.stale)
@@ -448,10 +452,51 @@ func (s *snapshots) flush() {
 }
 
 // routable returns what routing may pick among one service's instances,
-// sorted by ID: the healthy ones, or the degraded ones when none is
-// healthy; minus the ejected ones, unless that would leave none. This is
-// the one place that decides it (HealthyInstances returns the same set).
-func routable(es []*entry) []Instance {
+// sorted by ID: of the ordinary peers (RoleNone), the healthy ones, or the
+// degraded ones when none is healthy, minus the ejected ones unless that
+// would leave none; and the active of each role group (see buildGroup),
+// which groups also maps by group name. This is the one place that decides
+// it (HealthyInstances returns the same set).
+func routable(es []*entry) ([]Instance, map[string][]Instance) {
+	var plain []*entry
+	var actives map[groupKey]*entry
+	for _, e := range es {
+		if e.rec.Role == uint8(RoleNone) {
+			plain = append(plain, e)
+			continue
+		}
+		if actives == nil {
+			actives = make(map[groupKey]*entry)
+		}
+		k := groupOf(&e.rec)
+		cur, seen := actives[k]
+		if !seen || servesAsActive(e) && (cur == nil || activeBeats(&e.rec, &cur.rec)) {
+			if !servesAsActive(e) {
+				e = nil
+			}
+			actives[k] = e
+		}
+	}
+	out := routablePeers(plain)
+	if actives == nil {
+		return out, nil
+	}
+	groups := make(map[string][]Instance, len(actives))
+	for k, a := range actives {
+		if a == nil {
+			groups[k.group] = []Instance{}
+			continue
+		}
+		inst := a.instance()
+		out = append(out, inst)
+		groups[k.group] = []Instance{inst}
+	}
+	sortByID(out)
+	return out, groups
+}
+
+// routablePeers is routable's choice among ordinary peers.
+func routablePeers(es []*entry) []Instance {
 	var healthy, degraded []*entry
 	for _, e := range es {
 		switch e.status {

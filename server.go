@@ -29,13 +29,16 @@ type callServer struct {
 	tracer  trace.Tracer                        // nil: tracing off
 	running func() bool                         // the node neither leaves nor has stopped
 	system  func(req *rpc.Request) rpc.Response // answers keysService
+	roles   func(req *rpc.Request) rpc.Response // answers rolesService
+	now     func() int64                        // the node's clock, unix ns
 
 	served atomic.Pointer[map[instKey]*Registration]
 }
 
 func newCallServer(n *Node) *callServer {
 	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer,
-		running: func() bool { return n.state.Load() == stateRunning }, system: n.serveKeys}
+		running: func() bool { return n.state.Load() == stateRunning }, system: n.serveKeys, roles: n.serveRoles,
+		now: func() int64 { return n.clk.Now().UnixNano() }}
 	l := n.cfg.CallLimits
 	s.rpc = rpc.NewServer(s.serveCall, rpc.ServerOptions{MaxFrameSize: n.cfg.MaxFrameSize, Logger: n.log,
 		FrameTimeout: l.FrameTimeout, IdleTimeout: l.IdleTimeout, MaxConns: l.MaxConns,
@@ -72,11 +75,19 @@ func (s *callServer) serveCall(ctx context.Context, req *rpc.Request) rpc.Respon
 	if r == nil && req.Service == keysService {
 		return s.system(req)
 	}
+	if r == nil && req.Service == rolesService {
+		return s.roles(req)
+	}
 	if r == nil || r.done.Load() {
 		return unavailable("instance %s/%s is not registered on node %s", req.Service, req.InstanceID, s.name)
 	}
 	if st := Status(r.status.Load()); st == StatusDraining || !s.running() {
 		return unavailable("instance %s/%s is draining", req.Service, req.InstanceID)
+	}
+	if r.svc.Role != RoleNone {
+		if ok, why := r.serving(s.now()); !ok {
+			return unavailable("instance %s/%s %s in role group %s", req.Service, req.InstanceID, why, r.group)
+		}
 	}
 	r.callStarted()
 	defer r.callFinished()
@@ -128,6 +139,9 @@ func cacheable(resp *rpc.Response) bool {
 func (s *callServer) runHandler(ctx context.Context, r *Registration, req *rpc.Request) (resp rpc.Response) {
 	areq := &Request{Service: req.Service, Method: req.Method, InstanceID: req.InstanceID,
 		MessageID: req.MessageID, Payload: req.Payload, Header: req.Header}
+	if r.svc.Role != RoleNone {
+		areq.Epoch = r.role.epoch.Load()
+	}
 	if s.tracer != nil {
 		var span trace.Span
 		ctx, span = startServerSpan(ctx, s.tracer, areq)
