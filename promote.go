@@ -178,7 +178,9 @@ func (n *Node) activeStep(r *Registration, g *groupState) {
 func (n *Node) standbyStep(r *Registration, g *groupState) {
 	c, ok := g.candidate()
 	st := &r.role
-	if !ok || c.ID != r.key.id {
+	// An instance whose heartbeats are paused or that reports itself not
+	// healthy looks healthy only to its own node: it does not stand.
+	if !ok || c.ID != r.key.id || r.paused.Load() || Status(r.status.Load()) != StatusHealthy {
 		st.mu.Lock()
 		st.pending = nil
 		st.mu.Unlock()
@@ -236,12 +238,17 @@ func (n *Node) setRole(r *Registration, role Role, epoch uint64, reason string) 
 	fns := slices.Clone(st.onChange)
 	st.mu.Unlock()
 
-	if rec, ok := n.reg.setLocalRole(r.key, role, epoch, reason); ok {
+	// Heartbeats carry the role (an instance whose heartbeats are paused
+	// tells nobody: it is unhealthy everywhere else anyway, and a record
+	// would count as a heartbeat). Without heartbeats, a newer record does.
+	rec, ok := n.reg.setLocalRole(r.key, role, epoch, reason, !n.cfg.HeartbeatEnabled)
+	if n.cfg.HeartbeatEnabled {
+		n.heartbeatRound(gossipAndDirect)
+	} else if ok {
 		if msg, err := wire.Encode(&rec); err == nil {
 			n.gossip.announce(recordName(r.key), msg)
 		}
 	}
-	n.heartbeatRound(gossipAndDirect)
 	n.log.Info("role changed", "service", r.key.service, "instance", r.key.id, "group", r.group.group,
 		"role", role.String(), "epoch", epoch, "reason", reason)
 	change := RoleChange{Role: role, Epoch: epoch, Reason: reason}

@@ -279,8 +279,8 @@ func (r *registry) setRoleLocked(e *entry, role uint8, epoch uint64, reason stri
 }
 
 // setLocalRole changes a local instance's role and epoch and returns its
-// record, one version newer, to announce.
-func (r *registry) setLocalRole(k instKey, role Role, epoch uint64, reason string) (wire.Record, bool) {
+// record; with bump, one version newer, to announce.
+func (r *registry) setLocalRole(k instKey, role Role, epoch uint64, reason string, bump bool) (wire.Record, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.entries[k]
@@ -288,8 +288,10 @@ func (r *registry) setLocalRole(k instKey, role Role, epoch uint64, reason strin
 		return wire.Record{}, false
 	}
 	now := r.clk.Now()
-	e.rec.Incarnation, e.rec.Seq = successor(e.rec.Incarnation, e.rec.Seq)
-	e.rec.Time = now.UnixNano()
+	if bump {
+		e.rec.Incarnation, e.rec.Seq = successor(e.rec.Incarnation, e.rec.Seq)
+		e.rec.Time = now.UnixNano()
+	}
 	r.setRoleLocked(e, uint8(role), epoch, reason, now)
 	return e.rec, true
 }

@@ -1,0 +1,396 @@
+package aegis
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis/internal/rpc"
+	"github.com/aegisipc/aegis/internal/testutil"
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+// roleRun is one handler run of the role service: which instance answered,
+// with which epoch, in the order runs started (across all nodes).
+type roleRun struct {
+	seq   int64
+	id    string
+	epoch uint64
+}
+
+// runLog records every handler run of the role service in a test.
+type runLog struct {
+	seq  atomic.Int64
+	mu   sync.Mutex
+	runs []roleRun
+}
+
+func (l *runLog) handler(id string) Handler {
+	return func(ctx context.Context, req *Request) ([]byte, error) {
+		s := l.seq.Add(1)
+		l.mu.Lock()
+		l.runs = append(l.runs, roleRun{seq: s, id: id, epoch: req.Epoch})
+		l.mu.Unlock()
+		return []byte(id), nil
+	}
+}
+
+// checkNoOverlap asserts that no handler run of an older epoch started after
+// one of a newer epoch: two actives never answered at once.
+func (l *runLog) checkNoOverlap(t *testing.T) map[uint64]int {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	byEpoch := map[uint64]int{}
+	owner := map[uint64]string{}
+	var high uint64
+	for _, r := range l.runs {
+		require.GreaterOrEqual(t, r.epoch, high, "run %d by %s with epoch %d after a run with epoch %d", r.seq, r.id, r.epoch, high)
+		high = r.epoch
+		byEpoch[r.epoch]++
+		if o, ok := owner[r.epoch]; ok {
+			require.Equal(t, o, r.id, "two instances answered with epoch %d", r.epoch)
+		}
+		owner[r.epoch] = r.id
+	}
+	return byEpoch
+}
+
+// roleConfig shortens every timeout that promotion waits for.
+func roleConfig(cfg *Config) {
+	cfg.HeartbeatInterval = 100 * time.Millisecond
+	cfg.HeartbeatTimeout = time.Second
+	cfg.RoleLeaseTimeout = 400 * time.Millisecond
+	cfg.AttemptTimeout = time.Second
+}
+
+// newRoleCluster starts n nodes and registers on node i an instance
+// "db-<i>" of service "db": node 0 active, the others standbys with
+// priority n-i (node 1 is promoted first).
+func newRoleCluster(t *testing.T, n int, mode PromotionMode, log *runLog) (*cluster, []*Registration) {
+	t.Helper()
+	c := newCluster(t, n, false, roleConfig)
+	c.waitConverged(10 * time.Second)
+	regs := make([]*Registration, n)
+	for i, nd := range c.nodes {
+		role := RoleStandby
+		if i == 0 {
+			role = RoleActive
+		}
+		id := fmt.Sprintf("db-%d", i)
+		reg, err := nd.Register(context.Background(), Service{Name: "db", InstanceID: id, Role: role,
+			Priority: int32(n - i), Promotion: mode, Handler: log.handler(id)})
+		require.NoError(t, err)
+		regs[i] = reg
+	}
+	waitActive(t, c.nodes, "db-0", 1)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, nd := range c.nodes {
+			if v := nd.Roles("db"); len(v[0].Standbys) != n-1 || v[0].Standbys[n-2].Status != StatusHealthy {
+				return false
+			}
+		}
+		return true
+	}, "every node sees every standby")
+	return c, regs
+}
+
+// waitActive waits until every node sees id as the active of "db" with
+// epoch.
+func waitActive(t *testing.T, nodes []*Node, id string, epoch uint64) {
+	t.Helper()
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		for _, nd := range nodes {
+			v := nd.Roles("db")
+			if len(v) != 1 || v[0].Active == nil || v[0].Active.ID != id || v[0].Epoch != epoch {
+				return false
+			}
+		}
+		return true
+	}, "every node sees %s active with epoch %d: %v", id, epoch, lazy(func() string { return rolesOf(nodes) }))
+}
+
+func rolesOf(nodes []*Node) string {
+	s := ""
+	for _, nd := range nodes {
+		for _, v := range nd.Roles("db") {
+			act := "none"
+			if v.Active != nil {
+				act = fmt.Sprintf("%s@%d", v.Active.ID, v.Active.Epoch)
+			}
+			s += fmt.Sprintf("%s: active %s epoch %d standbys %d; ", nd.Name(), act, v.Epoch, len(v.Standbys))
+		}
+	}
+	return s
+}
+
+// callLoop calls "db" from nd until stop is closed and counts outcomes.
+func callLoop(nd *Node, stop <-chan struct{}, ok, failed *atomic.Int64, lastErr *atomic.Value) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := nd.CallWithFailover(ctx, "db", "get", nil)
+		cancel()
+		if err != nil {
+			failed.Add(1)
+			lastErr.Store(err.Error())
+		} else {
+			ok.Add(1)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestRolesRouteToActiveAndEveryNodeAgrees(t *testing.T) {
+	var log runLog
+	c, regs := newRoleCluster(t, 3, PromoteWithMajority, &log)
+	for _, nd := range c.nodes {
+		v := nd.Roles("db")
+		require.Len(t, v, 1)
+		require.Equal(t, "db", v[0].Group)
+		require.Equal(t, PromoteWithMajority, v[0].Mode)
+		require.Equal(t, []string{"db-1", "db-2"}, []string{v[0].Standbys[0].ID, v[0].Standbys[1].ID}, "promotion order")
+		require.Equal(t, []Instance{*v[0].Active}, nd.HealthyInstances("db"), "only the active is routable")
+	}
+	role, epoch := regs[0].Role()
+	require.Equal(t, RoleActive, role)
+	require.Equal(t, uint64(1), epoch)
+	for i := 0; i < 30; i++ {
+		out, err := c.nodes[i%3].CallWithFailover(context.Background(), "db", "get", nil)
+		require.NoError(t, err)
+		require.Equal(t, "db-0", string(out))
+	}
+	require.Equal(t, map[uint64]int{1: 30}, log.checkNoOverlap(t), "every call carried epoch 1")
+
+	// A standby refuses calls addressed to it directly.
+	_, err := c.nodes[0].Call(context.Background(), "db", "get", nil, WithGroup("nope"))
+	require.ErrorIs(t, err, ErrServiceNotFound)
+	resp, err := c.nodes[0].caller.client.Call(context.Background(), c.nodes[1].tr.CallAddr(),
+		&rpc.Request{Service: "db", Method: "get", InstanceID: "db-1"})
+	require.NoError(t, err)
+	require.NotNil(t, resp.Err)
+	require.Contains(t, resp.Err.Message, "standby")
+}
+
+func TestRoleConflictAndValidation(t *testing.T) {
+	var log runLog
+	c, _ := newRoleCluster(t, 3, PromoteWithMajority, &log)
+	_, err := c.nodes[2].Register(context.Background(), Service{Name: "db", InstanceID: "db-x", Role: RoleActive, Handler: echoHandler})
+	require.ErrorIs(t, err, ErrRoleConflict)
+	require.Contains(t, err.Error(), "db-0")
+
+	bad := []struct {
+		svc  Service
+		want error
+	}{
+		{Service{Name: "db", Role: RoleStandby, Group: "a:b"}, ErrInvalidName},
+		{Service{Name: "db", Role: RoleStandby, Promotion: 7}, ErrInvalidService},
+		{Service{Name: "db", Group: "g"}, ErrInvalidService},
+		{Service{Name: "db", Priority: 3}, ErrInvalidService},
+	}
+	for _, b := range bad {
+		b.svc.Handler = echoHandler
+		_, err := c.nodes[0].Register(context.Background(), b.svc)
+		require.ErrorIs(t, err, b.want, "%+v", b.svc)
+	}
+}
+
+func TestPromotionOnCrashLosesNoCall(t *testing.T) {
+	for _, mode := range []PromotionMode{PromoteWithMajority, PromoteAlways} {
+		t.Run(mode.String(), func(t *testing.T) {
+			var log runLog
+			c, regs := newRoleCluster(t, 4, mode, &log)
+			var promoted atomic.Value
+			regs[1].OnRoleChange(func(ch RoleChange) { promoted.Store(ch) })
+			var ok, failed atomic.Int64
+			var lastErr atomic.Value
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for _, nd := range c.nodes[1:] {
+				wg.Go(func() { callLoop(nd, stop, &ok, &failed, &lastErr) })
+			}
+			testutil.Eventually(t, 5*time.Second, func() bool { return ok.Load() > 50 }, "calls flow")
+			require.NoError(t, c.nodes[0].Shutdown()) // abrupt: no Leave
+			waitActive(t, c.nodes[1:], "db-1", 2)
+			before := ok.Load()
+			testutil.Eventually(t, 5*time.Second, func() bool { return ok.Load() > before+50 }, "calls flow again")
+			close(stop)
+			wg.Wait()
+			require.Zero(t, failed.Load(), "failed calls; last: %v", lastErr.Load())
+			byEpoch := log.checkNoOverlap(t)
+			require.Positive(t, byEpoch[2], "the new active answered with epoch 2")
+			ch, _ := promoted.Load().(RoleChange)
+			require.Equal(t, RoleChange{Role: RoleActive, Epoch: 2, Reason: "promoted"}, ch)
+		})
+	}
+}
+
+func TestPromotionAfterHeartbeatTimeout(t *testing.T) {
+	var log runLog
+	c, regs := newRoleCluster(t, 3, PromoteWithMajority, &log)
+	logs := make([]*eventLog, len(c.nodes))
+	for i, nd := range c.nodes {
+		logs[i] = subscribeLog(nd)
+	}
+	regs[0].PauseHeartbeats() // its node stays up and keeps answering round trips
+	waitActive(t, c.nodes, "db-1", 2)
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		role, _ := regs[0].Role()
+		return role == RoleStandby
+	}, "the old active demoted itself")
+	for i := range c.nodes {
+		testutil.Eventually(t, 5*time.Second, func() bool { return logs[i].hasRole("db-1", "promoted") }, "promotion event on node %d", i)
+	}
+	regs[0].ResumeHeartbeats()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		for _, nd := range c.nodes {
+			v := nd.Roles("db")[0]
+			// db-0 has the highest priority: first among the standbys.
+			if v.Active == nil || v.Active.ID != "db-1" || len(v.Standbys) != 2 || v.Standbys[0].ID != "db-0" ||
+				v.Standbys[0].Status != StatusHealthy || v.Standbys[0].Role != RoleStandby {
+				return false
+			}
+		}
+		return true
+	}, "the old active is back as a healthy standby, without flapping back: %v", lazy(func() string { return rolesOf(c.nodes) }))
+	log.checkNoOverlap(t)
+}
+
+// partitionRoles cuts node 0 off from the others.
+func partitionRoles(c *cluster) {
+	addrs := func(nodes ...*Node) []string {
+		var out []string
+		for _, nd := range nodes {
+			out = append(out, nd.Addr(), nd.tr.CallAddr())
+		}
+		return out
+	}
+	c.net.Partition(addrs(c.nodes[0]), addrs(c.nodes[1:]...))
+}
+
+func TestPromoteWithMajorityFencesTheMinority(t *testing.T) {
+	var log runLog
+	c, regs := newRoleCluster(t, 3, PromoteWithMajority, &log)
+	fenced := make(chan RoleChange, 4)
+	regs[0].OnRoleChange(func(ch RoleChange) { fenced <- ch })
+	var ok, failed atomic.Int64
+	var lastErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, nd := range c.nodes { // the minority side calls too
+		wg.Go(func() { callLoop(nd, stop, &ok, &failed, &lastErr) })
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return ok.Load() > 50 }, "calls flow")
+	partitionRoles(c)
+	waitActive(t, c.nodes[1:], "db-1", 2)
+	select {
+	case ch := <-fenced:
+		require.Equal(t, RoleChange{Role: RoleStandby, Epoch: 1, Reason: "fenced"}, ch)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the minority's active did not fence itself")
+	}
+	before := ok.Load()
+	testutil.Eventually(t, 5*time.Second, func() bool { return ok.Load() > before+50 }, "the majority's calls flow")
+	c.net.Heal()
+	waitActive(t, c.nodes, "db-1", 2)
+	close(stop)
+	wg.Wait()
+	role, _ := regs[0].Role()
+	require.Equal(t, RoleStandby, role)
+	byEpoch := log.checkNoOverlap(t)
+	require.Positive(t, byEpoch[1])
+	require.Positive(t, byEpoch[2])
+	t.Logf("calls: %d answered, %d failed (the minority's callers wait, then time out or succeed after heal)", ok.Load(), failed.Load())
+}
+
+func TestPromoteAlwaysSplitBrainHealsToOne(t *testing.T) {
+	var log runLog
+	c, regs := newRoleCluster(t, 3, PromoteAlways, &log)
+	partitionRoles(c)
+	waitActive(t, c.nodes[1:], "db-1", 2)
+	// The minority side keeps its own active: the documented split brain.
+	role, epoch := regs[0].Role()
+	require.Equal(t, RoleActive, role)
+	require.Equal(t, uint64(1), epoch)
+	out, err := c.nodes[0].CallWithFailover(context.Background(), "db", "get", nil)
+	require.NoError(t, err)
+	require.Equal(t, "db-0", string(out))
+
+	logs := subscribeLog(c.nodes[0])
+	c.net.Heal()
+	waitActive(t, c.nodes, "db-1", 2)
+	testutil.Eventually(t, 5*time.Second, func() bool { r, _ := regs[0].Role(); return r == RoleStandby }, "db-0 demoted")
+	testutil.Eventually(t, 5*time.Second, func() bool { return logs.hasRole("db-0", "conflict") }, "conflict event")
+}
+
+func TestEpochFence(t *testing.T) {
+	var f EpochFence
+	require.NoError(t, f.Admit(0))
+	require.NoError(t, f.Admit(3))
+	require.NoError(t, f.Admit(3))
+	require.NoError(t, f.AdmitRequest(&Request{Epoch: 4}))
+	err := f.Admit(3)
+	require.ErrorIs(t, err, ErrStaleEpoch)
+	require.Contains(t, err.Error(), "epoch 4")
+	require.Equal(t, uint64(4), f.Highest())
+}
+
+func TestPromotionOrder(t *testing.T) {
+	rec := func(id string, prio int32, inc int64, epoch uint64) *wire.Record {
+		return &wire.Record{ID: id, Priority: prio, Incarnation: inc, Epoch: epoch}
+	}
+	cases := []struct {
+		a, b         *wire.Record
+		before, wins bool
+	}{
+		{rec("a", 2, 5, 0), rec("b", 1, 1, 0), true, true},  // priority first
+		{rec("a", 1, 1, 0), rec("b", 1, 5, 0), true, true},  // then earlier registration
+		{rec("b", 1, 1, 0), rec("a", 1, 1, 0), false, false}, // then ID
+		{rec("a", 0, 9, 3), rec("b", 9, 1, 2), false, true},  // an active's epoch beats the order
+	}
+	for i, c := range cases {
+		assert.Equal(t, c.before, promotesBefore(c.a, c.b), "case %d order", i)
+		assert.Equal(t, c.wins, activeBeats(c.a, c.b), "case %d conflict", i)
+	}
+}
+
+func TestRoleMessagesFromTheNetwork(t *testing.T) {
+	m := roleMsg{service: "db", group: "db", target: "db-1", from: "db-0", epoch: 7}
+	got, ok := decodeRoleMsg(encodeRoleMsg(m))
+	require.True(t, ok)
+	require.Equal(t, m, got)
+	b := encodeRoleMsg(m)
+	for _, bad := range [][]byte{nil, b[:7], b[:len(b)-1], append(append([]byte{}, b...), 0),
+		encodeRoleMsg(roleMsg{service: "db", group: "a b", target: "x", from: "y"}),
+		encodeRoleMsg(roleMsg{service: "db", group: "g", target: "x", from: "y", epoch: wire.MaxEpoch + 1})} {
+		_, ok := decodeRoleMsg(bad)
+		require.False(t, ok, "%x", bad)
+	}
+	rep := roleReply{granted: true, epoch: 3, ago: -1}
+	back, ok := decodeRoleReply(encodeRoleReply(rep))
+	require.True(t, ok)
+	require.Equal(t, rep, back)
+	_, ok = decodeRoleReply([]byte{2, 0})
+	require.False(t, ok)
+}
+
+func (l *eventLog) hasRole(id, reason string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.evs {
+		if e.Type == EventRoleChanged && e.Instance.ID == id && e.Reason == reason {
+			return true
+		}
+	}
+	return false
+}
