@@ -121,6 +121,9 @@ type State struct {
 
 	Node    string
 	Records []Record
+	// Claims are resource claims and releases; a state may carry only some
+	// of them (see the root package's push/pull).
+	Claims []Claim
 }
 
 // Newer reports whether version (inc, seq) is newer than (oinc, oseq).
@@ -144,7 +147,7 @@ var handle = func() *codec.MsgpackHandle {
 }()
 
 // Encode returns the framed encoding of v, which must be a *Record,
-// *HeartbeatBatch or *State.
+// *HeartbeatBatch, *State or *ClaimBatch.
 func Encode(v any) ([]byte, error) {
 	var t MsgType
 	switch v.(type) {
@@ -154,6 +157,8 @@ func Encode(v any) ([]byte, error) {
 		t = MsgHeartbeats
 	case *State:
 		t = MsgState
+	case *ClaimBatch:
+		t = MsgClaims
 	default:
 		return nil, fmt.Errorf("wire: cannot encode %T", v)
 	}
@@ -174,6 +179,7 @@ type Message struct {
 	Record     *Record
 	Heartbeats *HeartbeatBatch
 	State      *State
+	Claims     *ClaimBatch
 }
 
 // Decode is DecodeLimited with DefaultLimits.
@@ -215,6 +221,9 @@ func DecodeLimited(b []byte, l Limits) (Message, error) {
 	case MsgState:
 		msg.State = new(State)
 		target = msg.State
+	case MsgClaims:
+		msg.Claims = new(ClaimBatch)
+		target, limit = msg.Claims, l.MaxBatchSize
 	default:
 		return Message{}, fmt.Errorf("%w: %d", ErrUnknownType, b[1])
 	}

@@ -55,7 +55,7 @@ type Limits struct {
 	// Default 1400: a batch travels in one gossip packet.
 	MaxBatchSize int
 	// MaxBeats is the most heartbeats in a batch. Default 140, the default
-	// MaxBatchSize over 8, the encoded size of the smallest valid
+	// MaxBatchSize over 10, the encoded size of the smallest valid
 	// heartbeat.
 	MaxBeats int
 	// MaxMetaEntries is the most metadata entries in a record. Default 64.
@@ -71,6 +71,12 @@ type Limits struct {
 	// decoding a state may allocate, since an empty record takes one byte
 	// on the wire and about 150 in memory.
 	MaxStateRecords int
+	// MaxClaims is the most resource claims in a claim batch. Default 128
+	// (a batch travels in one gossip packet).
+	MaxClaims int
+	// MaxStateClaims is the most resource claims in a push/pull state.
+	// Default 131,072.
+	MaxStateClaims int
 }
 
 // DefaultLimits returns the limits used when a field is zero.
@@ -83,6 +89,8 @@ func DefaultLimits() Limits {
 		MaxMetaValueLen:  512,
 		MaxNonIdempotent: 64,
 		MaxStateRecords:  1 << 16,
+		MaxClaims:        128,
+		MaxStateClaims:   1 << 17,
 	}
 }
 
@@ -107,6 +115,8 @@ func (l Limits) orDefault() Limits {
 		MaxMetaValueLen:  pick(l.MaxMetaValueLen, d.MaxMetaValueLen),
 		MaxNonIdempotent: pick(l.MaxNonIdempotent, d.MaxNonIdempotent),
 		MaxStateRecords:  pick(l.MaxStateRecords, d.MaxStateRecords),
+		MaxClaims:        pick(l.MaxClaims, d.MaxClaims),
+		MaxStateClaims:   pick(l.MaxStateClaims, d.MaxStateClaims),
 	}
 }
 

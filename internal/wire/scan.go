@@ -48,6 +48,8 @@ func (s *scanner) message(t MsgType) error {
 		err = s.batch()
 	case MsgState:
 		err = s.state()
+	case MsgClaims:
+		err = s.claimBatch()
 	}
 	if err == nil && s.off != len(s.b) {
 		err = s.malformed("%d bytes after the message", len(s.b)-s.off)
@@ -106,6 +108,39 @@ func (s *scanner) beat() error {
 	return err
 }
 
+// claimBatch checks a ClaimBatch body.
+func (s *scanner) claimBatch() error {
+	n, err := s.structHeader("claim batch")
+	for i := 0; i < n && err == nil; i++ {
+		switch i {
+		case 0: // Node
+			err = s.str()
+		case 1:
+			err = s.claims(s.l.MaxClaims)
+		default:
+			err = s.skip(2)
+		}
+	}
+	return err
+}
+
+// claims checks an array of at most limit claims (nesting level 2).
+func (s *scanner) claims(limit int) error {
+	n, err := s.collection(kindArray, "Claims", limit)
+	for j := 0; j < n && err == nil; j++ {
+		var fields int
+		fields, err = s.structHeader("claim")
+		for i := 0; i < fields && err == nil; i++ {
+			if i < 4 { // Resource, Service, ID, Node
+				err = s.str()
+			} else {
+				err = s.skip(4)
+			}
+		}
+	}
+	return err
+}
+
 // state checks a State body.
 func (s *scanner) state() error {
 	n, err := s.structHeader("state")
@@ -119,6 +154,8 @@ func (s *scanner) state() error {
 			for j := 0; j < recs && err == nil; j++ {
 				err = s.record(3)
 			}
+		case 2:
+			err = s.claims(s.l.MaxStateClaims)
 		default:
 			err = s.skip(2)
 		}

@@ -24,6 +24,8 @@ func (m *Message) Validate(l Limits) error {
 		return m.Heartbeats.Validate(l)
 	case m.State != nil:
 		return m.State.Validate(l)
+	case m.Claims != nil:
+		return m.Claims.Validate(l)
 	}
 	return fmt.Errorf("%w: empty message", ErrInvalid)
 }
@@ -72,6 +74,14 @@ func (s *State) Validate(l Limits) error {
 		r := &s.Records[i]
 		if err := r.check(&l); err != nil {
 			return fmt.Errorf("%w: state from %s: Records[%d] %s/%s: %s", ErrInvalid, clip(s.Node), i, clip(r.Service), clip(r.ID), err)
+		}
+	}
+	if len(s.Claims) > l.MaxStateClaims {
+		return fmt.Errorf("%w: state from %s: %s", ErrInvalid, clip(s.Node), tooMany("Claims", len(s.Claims), l.MaxStateClaims))
+	}
+	for i := range s.Claims {
+		if err := s.Claims[i].check(); err != nil {
+			return fmt.Errorf("%w: state from %s: Claims[%d] %s: %s", ErrInvalid, clip(s.Node), i, clip(s.Claims[i].Resource), err)
 		}
 	}
 	return nil

@@ -137,7 +137,7 @@ func TestLimitsOverrideDefaults(t *testing.T) {
 	require.Equal(t, d, Limits{MaxBeats: -1}.orDefault())
 	require.Equal(t, Limits{
 		MaxRecordSize: 1024, MaxBatchSize: 1400, MaxBeats: 140, MaxMetaEntries: 64,
-		MaxMetaValueLen: 512, MaxNonIdempotent: 64, MaxStateRecords: 65536,
+		MaxMetaValueLen: 512, MaxNonIdempotent: 64, MaxStateRecords: 65536, MaxClaims: 128, MaxStateClaims: 131072,
 	}, d)
 }
 
