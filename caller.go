@@ -62,6 +62,9 @@ func (c *caller) pick(service, method string, o *callOptions) (Instance, error) 
 	if c.stopped() {
 		return Instance{}, ErrShutdown
 	}
+	if o.resource != "" {
+		return c.reg.owner(service, o.resource)
+	}
 	snap := c.reg.snaps.get(service)
 	if snap == nil {
 		return Instance{}, fmt.Errorf("%w: %q", ErrServiceNotFound, service)

@@ -154,6 +154,13 @@ type Config struct {
 	// deregistered ones) this node keeps about the whole cluster; records
 	// beyond it are dropped and counted. Default 100,000.
 	MaxInstances int
+	// MaxResourcesPerInstance bounds the resources one instance may own
+	// (Registration.Claim refuses more with ErrResourceLimit; claims
+	// received beyond it are dropped). Default 1,000.
+	MaxResourcesPerInstance int
+	// MaxResources bounds the resource claims this node keeps about the
+	// whole cluster. Default 100,000.
+	MaxResources int
 
 	// Gossip tunes memberlist. Default LANGossip().
 	Gossip GossipConfig
@@ -341,6 +348,8 @@ func DefaultConfig() *Config {
 		DedupMaxBytes:           64 << 20,
 		MaxInstancesPerNode:     10_000,
 		MaxInstances:            100_000,
+		MaxResourcesPerInstance: 1000,
+		MaxResources:            100_000,
 		CallLimits:              defaultCallLimits(),
 		Gossip:                  LANGossip(),
 	}
@@ -459,6 +468,8 @@ func (c *Config) validateCounts() error {
 		{"DedupMaxEntries", c.DedupMaxEntries, 0},
 		{"MaxInstancesPerNode", c.MaxInstancesPerNode, 1},
 		{"MaxInstances", c.MaxInstances, 1},
+		{"MaxResourcesPerInstance", c.MaxResourcesPerInstance, 1},
+		{"MaxResources", c.MaxResources, 1},
 		{"CallLimits.MaxConns", c.CallLimits.MaxConns, 1},
 		{"CallLimits.MaxConnsPerIP", c.CallLimits.MaxConnsPerIP, 1},
 		{"CallLimits.MaxInflightPerConn", c.CallLimits.MaxInflightPerConn, 1},

@@ -20,6 +20,7 @@ type callOptions struct {
 	messageID   string
 	header      map[string]string
 	group       string
+	resource    string
 }
 
 // WithExclude keeps the call away from the given instance IDs.
@@ -138,12 +139,18 @@ func (n *Node) CallWithFailover(ctx context.Context, service, method string, pay
 
 // call is Call after the options are applied.
 func (c *caller) call(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error) {
+	id := c.messageIDFor(o)
+	c.budget.Deposit()
+	return c.callOwner(ctx, service, method, payload, o, id)
+}
+
+// callOwner calls the instance routing picks (the owner, WithResource),
+// with same-instance retries only.
+func (c *caller) callOwner(ctx context.Context, service, method string, payload []byte, o *callOptions, id messageID) ([]byte, error) {
 	inst, err := c.pick(service, method, o)
 	if err != nil {
 		return nil, err
 	}
-	id := c.messageIDFor(o)
-	c.budget.Deposit()
 	out, _, err := c.tryInstance(ctx, &inst, method, payload, o, id, nil)
 	return out, err
 }
@@ -152,6 +159,10 @@ func (c *caller) call(ctx context.Context, service, method string, payload []byt
 func (c *caller) callWithFailover(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error) {
 	id := c.messageIDFor(o)
 	c.budget.Deposit()
+	if o.resource != "" {
+		// Only the owner may serve it: no other instance to move to.
+		return c.callOwner(ctx, service, method, payload, o, id)
+	}
 	if snap := c.reg.snaps.get(service); snap != nil && snap.groups != nil {
 		return c.callActive(ctx, service, method, payload, o, id)
 	}

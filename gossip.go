@@ -72,13 +72,20 @@ type gossiper struct {
 	joining atomic.Int32
 
 	lastPull atomic.Int64 // clock time (unix ns) of the last pull triggered by an unknown heartbeat
+
+	pushPulls        atomic.Uint64 // push/pull states sent (see LocalState)
+	pushPullInterval time.Duration // cfg.PushPullInterval
 }
+
+// claimsFullEvery: every claimsFullEvery-th push/pull state carries every
+// resource claim, the others only recent ones.
+const claimsFullEvery = 8
 
 // newGossiper builds the gossiper of n and starts memberlist (which may
 // call back into it before this returns).
 func newGossiper(n *Node) (*gossiper, error) {
 	g := &gossiper{
-		name: n.name, log: n.log, clk: n.clk, cfg: n.cfg.Gossip, reg: n.reg, stats: &n.stats, met: n.met,
+		name: n.name, log: n.log, clk: n.clk, cfg: n.cfg.Gossip, pushPullInterval: n.cfg.Gossip.PushPullInterval, reg: n.reg, stats: &n.stats, met: n.met,
 		stopCh: n.stopCh, spawn: n.spawn,
 		hosts:   func(k instKey) bool { return n.server.lookup(k.service, k.id) != nil },
 		limits:  wire.DefaultLimits(),
@@ -228,8 +235,17 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return append(out, d.g.hbQueue.GetBroadcasts(overhead, limit)...)
 }
 
+// LocalState is this node's registry for a push/pull. Resource claims, of
+// which there may be many more than instances, are sent whole on a join and
+// on every claimsFullEvery-th exchange; the others carry only the claims
+// stored in the last three push/pull intervals (gossip and direct sends
+// carry each claim when it is made; push/pull repairs what they missed).
 func (d *delegate) LocalState(join bool) []byte {
-	b, err := wire.Encode(&wire.State{Node: d.g.name, Records: d.g.reg.state()})
+	g := d.g
+	n := g.pushPulls.Add(1)
+	since := g.clk.Now().Add(-3 * g.pushPullInterval)
+	claims := g.reg.claimState(join || n%claimsFullEvery == 1, since)
+	b, err := wire.Encode(&wire.State{Node: g.name, Records: g.reg.state(), Claims: claims})
 	if err != nil {
 		d.g.log.Error("encode local state", "err", err)
 		return nil
@@ -249,6 +265,9 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	}
 	for i := range msg.State.Records {
 		g.applyRecord(&msg.State.Records[i])
+	}
+	for i := range msg.State.Claims {
+		g.reg.applyClaim(&msg.State.Claims[i])
 	}
 }
 
@@ -308,6 +327,14 @@ func (g *gossiper) handleGossip(b []byte) {
 		}
 	case wire.MsgHeartbeats:
 		g.applyHeartbeats(msg.Heartbeats, b, msg.Direct)
+	case wire.MsgClaims:
+		fresh := false
+		for i := range msg.Claims.Claims {
+			fresh = g.reg.applyClaim(&msg.Claims.Claims[i]) || fresh
+		}
+		if fresh && !msg.Direct && len(msg.Claims.Claims) > 0 {
+			g.enqueue(g.queue, claimBatchName(msg.Claims), append([]byte(nil), b...))
+		}
 	default:
 		g.dropGossip("message", errors.New("state message outside push/pull"))
 	}

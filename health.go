@@ -78,6 +78,10 @@ func (r *registry) check() {
 			delete(r.tombs, k)
 		}
 	}
+	if now.Sub(r.claimsSwept) > r.reap/16 {
+		r.claimsSwept = now
+		r.sweepClaimsLocked(now)
+	}
 }
 
 // ownBeating reports whether e is an instance of this node whose

@@ -32,11 +32,11 @@ func (n *Node) heartbeatRound(how delivery) {
 	}
 	n.hbMu.Lock()
 	defer n.hbMu.Unlock()
-	keys, statuses := n.beating()
+	keys, states := n.beating()
 	if len(keys) == 0 {
 		return
 	}
-	beats := n.reg.localHeartbeats(keys, statuses)
+	beats := n.reg.localHeartbeats(keys, states)
 	now := n.clk.Now().UnixNano()
 	for len(beats) > 0 {
 		k := batchLen(beats)
@@ -56,21 +56,29 @@ func (n *Node) heartbeatRound(how delivery) {
 	}
 }
 
-// beating returns the local instances whose heartbeats are due, with their
-// self-reported statuses.
-func (n *Node) beating() ([]instKey, []Status) {
+// beatState is what a local instance's heartbeat reports besides being
+// alive: its self-reported status and its role in its role group.
+type beatState struct {
+	status Status
+	role   Role
+	epoch  uint64
+}
+
+// beating returns the local instances whose heartbeats are due, with what
+// their heartbeats report.
+func (n *Node) beating() ([]instKey, []beatState) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	keys := make([]instKey, 0, len(n.local))
-	statuses := make([]Status, 0, len(n.local))
+	states := make([]beatState, 0, len(n.local))
 	for k, r := range n.local {
 		if r.paused.Load() || r.done.Load() {
 			continue
 		}
 		keys = append(keys, k)
-		statuses = append(statuses, Status(r.status.Load()))
+		states = append(states, beatState{status: Status(r.status.Load()), role: Role(r.role.cur.Load()), epoch: r.role.epoch.Load()})
 	}
-	return keys, statuses
+	return keys, states
 }
 
 // batchLen returns how many of beats fill one batch of up to maxBatchBytes
@@ -95,7 +103,7 @@ func batchName(b *wire.HeartbeatBatch) string {
 
 // localHeartbeats makes the next heartbeat of each local instance in keys
 // and applies it to the local view.
-func (r *registry) localHeartbeats(keys []instKey, statuses []Status) []wire.Heartbeat {
+func (r *registry) localHeartbeats(keys []instKey, states []beatState) []wire.Heartbeat {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.clk.Now()
@@ -113,8 +121,9 @@ func (r *registry) localHeartbeats(keys []instKey, statuses []Status) []wire.Hea
 			e.rec.Incarnation, e.rec.Seq = successor(e.rec.Incarnation, e.rec.Seq)
 		}
 		e.rec.Seq++
-		e.rec.Status = uint8(statuses[i])
+		e.rec.Status = uint8(states[i].status)
 		e.rec.Time = now.UnixNano()
+		r.setRoleLocked(e, uint8(states[i].role), states[i].epoch, "", now)
 		r.heartbeatLocked(e, now)
 		out = append(out, wire.Heartbeat{Service: k.service, ID: k.id, Incarnation: e.rec.Incarnation,
 			Seq: e.rec.Seq, Status: e.rec.Status, Role: e.rec.Role, Epoch: e.rec.Epoch})

@@ -176,14 +176,15 @@ func (n *Node) activeStep(r *Registration, g *groupState) {
 // promoted: at once under PromoteAlways, after a won candidacy and the
 // lease margin under PromoteWithMajority.
 func (n *Node) standbyStep(r *Registration, g *groupState) {
-	c, ok := g.candidate()
 	st := &r.role
 	// An instance whose heartbeats are paused or that reports itself not
 	// healthy looks healthy only to its own node: it does not stand.
-	if !ok || c.ID != r.key.id || r.paused.Load() || Status(r.status.Load()) != StatusHealthy {
-		st.mu.Lock()
-		st.pending = nil
-		st.mu.Unlock()
+	standing := !r.paused.Load() && Status(r.status.Load()) == StatusHealthy && g.active == nil
+	if n.finishCampaign(r, standing) {
+		return
+	}
+	c, ok := g.candidate()
+	if !standing || !ok || c.ID != r.key.id {
 		return
 	}
 	if r.svc.Promotion == PromoteAlways {
@@ -192,26 +193,42 @@ func (n *Node) standbyStep(r *Registration, g *groupState) {
 	}
 	now := n.clk.Now()
 	st.mu.Lock()
-	if p := st.pending; p != nil {
-		if st.promised != p.epoch || st.promisedTo != r.key.id {
-			st.pending = nil // a newer candidate holds this member's promise now
-		}
-		if st.pending == nil || now.Before(p.readyAt) {
-			st.mu.Unlock()
-			return
-		}
-		st.pending = nil
-		st.mu.Unlock()
-		n.setRole(r, RoleActive, p.epoch, "promoted")
-		n.kickRoles() // the first lease round, at once
-		return
-	}
 	start := !st.busy && !now.Before(st.nextTry)
 	st.busy = st.busy || start
 	st.mu.Unlock()
 	if start && !n.spawn(func() { n.candidacyRound(r, *g) }) {
 		n.roundDone(r)
 	}
+}
+
+// finishCampaign handles a won candidacy of r: it promotes r once the
+// margin has passed, as long as r still stands and holds its own promise
+// (a newer candidate may have taken this member's promise meanwhile). A
+// candidacy is not dropped because another standby briefly looked better
+// (a record arriving counts as a heartbeat): the majority's promises make
+// promoting it safe. It reports whether r had a campaign under way.
+func (n *Node) finishCampaign(r *Registration, standing bool) bool {
+	st := &r.role
+	st.mu.Lock()
+	p := st.pending
+	if p == nil {
+		st.mu.Unlock()
+		return false
+	}
+	if !standing || st.promised != p.epoch || st.promisedTo != r.key.id {
+		st.pending = nil
+		st.mu.Unlock()
+		return false
+	}
+	if n.clk.Now().Before(p.readyAt) {
+		st.mu.Unlock()
+		return true
+	}
+	st.pending = nil
+	st.mu.Unlock()
+	n.setRole(r, RoleActive, p.epoch, "promoted")
+	n.kickRoles() // the first lease round, at once
+	return true
 }
 
 func (n *Node) roundDone(r *Registration) {
@@ -238,9 +255,18 @@ func (n *Node) setRole(r *Registration, role Role, epoch uint64, reason string) 
 	fns := slices.Clone(st.onChange)
 	st.mu.Unlock()
 
-	// Heartbeats carry the role (an instance whose heartbeats are paused
-	// tells nobody: it is unhealthy everywhere else anyway, and a record
-	// would count as a heartbeat). Without heartbeats, a newer record does.
+	// Heartbeats carry the role. An instance whose heartbeats are paused
+	// tells nobody, not even this node's registry, until they resume: it
+	// is unhealthy everywhere else anyway, and a record (or a local record
+	// that differs from what peers hold at the same version, which this
+	// node would then re-assert) would count as a heartbeat. Without
+	// heartbeats, a newer record carries the role.
+	if n.cfg.HeartbeatEnabled && r.paused.Load() {
+		n.log.Info("role changed", "service", r.key.service, "instance", r.key.id, "group", r.group.group,
+			"role", role.String(), "epoch", epoch, "reason", reason, "announced", "when heartbeats resume")
+		n.notifyRole(fns, RoleChange{Role: role, Epoch: epoch, Reason: reason})
+		return
+	}
 	rec, ok := n.reg.setLocalRole(r.key, role, epoch, reason, !n.cfg.HeartbeatEnabled)
 	if n.cfg.HeartbeatEnabled {
 		n.heartbeatRound(gossipAndDirect)
@@ -251,7 +277,10 @@ func (n *Node) setRole(r *Registration, role Role, epoch uint64, reason string) 
 	}
 	n.log.Info("role changed", "service", r.key.service, "instance", r.key.id, "group", r.group.group,
 		"role", role.String(), "epoch", epoch, "reason", reason)
-	change := RoleChange{Role: role, Epoch: epoch, Reason: reason}
+	n.notifyRole(fns, RoleChange{Role: role, Epoch: epoch, Reason: reason})
+}
+
+func (n *Node) notifyRole(fns []func(RoleChange), change RoleChange) {
 	for _, f := range fns {
 		f(change)
 	}

@@ -298,8 +298,7 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		Service: svc.Name, ID: svc.InstanceID, Node: n.name, Addr: n.tr.CallAddr(),
 		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
-		NonIdempotent: svc.NonIdempotent,
-		Group: svc.Group, Priority: svc.Priority, Promotion: uint8(svc.Promotion),
+		NonIdempotent: svc.NonIdempotent, Group: svc.Group, Priority: svc.Priority, Promotion: uint8(svc.Promotion),
 	}
 	if svc.Role == RoleActive {
 		g, ok := n.reg.group(groupOf(&rec))
@@ -475,9 +474,8 @@ func (e *entry) instance() Instance {
 		Service: e.rec.Service, ID: e.rec.ID, Node: e.rec.Node, Addr: e.rec.Addr,
 		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
 		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
-		NonIdempotent: e.rec.NonIdempotent,
-		Priority:      e.rec.Priority, Promotion: PromotionMode(e.rec.Promotion), Epoch: e.rec.Epoch,
-		load:          e.load,
+		NonIdempotent: e.rec.NonIdempotent, Priority: e.rec.Priority, Promotion: PromotionMode(e.rec.Promotion),
+		Epoch: e.rec.Epoch, load: e.load,
 	}
 	if e.rec.Role != uint8(RoleNone) {
 		inst.Group = groupOf(&e.rec).group
@@ -575,7 +573,14 @@ type registry struct {
 	leaving map[string]bool     // nodes that said (by a tombstone) their instances left with them
 	pending map[instKey]bool    // local registrations in progress
 	epochs  map[groupKey]uint64 // the highest epoch seen per role group, kept after its holder is gone
-	snaps   *snapshots
+
+	claims        map[string]*claimEntry          // resource claims and releases, by resource
+	owned         map[instKey]map[string]struct{} // live claims by owner
+	maxClaims     int                             // Config.MaxResources
+	maxClaimsPer  int                             // Config.MaxResourcesPerInstance
+	claimsRefused uint64                          // claims refused by those caps
+	claimsSwept   time.Time                       // when check last swept old claims
+	snaps         *snapshots
 }
 
 func newRegistry(self string, clk clock.Clock, c *Config, emit func(Event)) *registry {
@@ -589,6 +594,10 @@ func newRegistry(self string, clk clock.Clock, c *Config, emit func(Event)) *reg
 		leaving: make(map[string]bool),
 		pending: make(map[instKey]bool),
 		epochs:  make(map[groupKey]uint64),
+		claims:  make(map[string]*claimEntry),
+		owned:   make(map[instKey]map[string]struct{}),
+
+		maxClaims: c.MaxResources, maxClaimsPer: c.MaxResourcesPerInstance,
 	}
 	r.snaps = newSnapshots(r)
 	return r
@@ -742,6 +751,7 @@ func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now 
 // business).
 func (r *registry) removeLocked(k instKey, e *entry, reason string, now time.Time) {
 	delete(r.entries, k)
+	r.releaseAllLocked(k, now)
 	if r.perNode[e.rec.Node]--; r.perNode[e.rec.Node] <= 0 {
 		delete(r.perNode, e.rec.Node)
 	}
