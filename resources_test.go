@@ -92,7 +92,10 @@ func TestClaimRouteTransferRelease(t *testing.T) {
 }
 
 func TestClaimsEndWhenOwnerNodeFails(t *testing.T) {
-	c := newCluster(t, 3, false, func(cfg *Config) { cfg.ReapTimeout, cfg.HeartbeatTimeout = 2*time.Second, time.Second; cfg.HeartbeatInterval = 200 * time.Millisecond })
+	c := newCluster(t, 3, false, func(cfg *Config) {
+		cfg.ReapTimeout, cfg.HeartbeatTimeout = 2*time.Second, time.Second
+		cfg.HeartbeatInterval = 200 * time.Millisecond
+	})
 	c.waitConverged(10 * time.Second)
 	require.NoError(t, c.regs[2].Claim(context.Background(), "job-9"))
 	ownerEverywhere(t, c.nodes, "job-9", "inst-2")
