@@ -1,7 +1,8 @@
 // Command aegis-bench measures an Aegis cluster running inside one process:
 // how fast registrations spread, how fast a cold cluster converges, how fresh
-// heartbeats stay, how fast a crashed node is noticed, and what idle gossip
-// costs. Every subcommand prints a Markdown report (settings first, then
+// heartbeats stay, how fast a crashed node is noticed, what idle gossip
+// costs, and how fast a role group's standby takes over from a crashed
+// active. Every subcommand prints a Markdown report (settings first, then
 // tables) on stdout and its progress on stderr.
 //
 // Usage:
@@ -11,6 +12,7 @@
 //	aegis-bench freshness [-n 50] [-instances 5] [-duration 60s]
 //	aegis-bench failure   [-n 5,20] [-runs 5]
 //	aegis-bench cost      [-n 50] [-instances 5] [-duration 30s]
+//	aegis-bench promotion [-runs 20] [-modes majority,always] [-lease 400ms]
 //
 // Common flags: -gossip lan|local, -mem, -cap, -settle, -seeds.
 package main
@@ -38,6 +40,7 @@ var subcommands = []subcommand{
 	{"freshness", "heartbeat age seen by every node for every instance over a long window", runFreshness},
 	{"failure", "one node crashes (Shutdown); time until every other node marks its instance unhealthy", runFailure},
 	{"cost", "steady-state gossip bytes and CPU per node per second", runCost},
+	{"promotion", "a role group's active crashes (Shutdown); time until a standby is promoted and answers calls", runPromotion},
 }
 
 func usage() {
