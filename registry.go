@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -131,7 +132,7 @@ type Service struct {
 	// should use the same.
 	Role      Role
 	Group     string
-	Priority  int32
+	Priority  int
 	Promotion PromotionMode
 }
 
@@ -159,7 +160,7 @@ type Instance struct {
 	// set); Epoch is the group's epoch at which the instance last became
 	// active (0: never).
 	Group     string
-	Priority  int32
+	Priority  int
 	Promotion PromotionMode
 	Epoch     uint64
 
@@ -198,6 +199,9 @@ func validateService(svc *Service) error {
 	}
 	if svc.Group != "" && (!validName(svc.Group, maxNameLen) || strings.Contains(svc.Group, ":")) {
 		return fmt.Errorf("%w: role group %q: use 1-128 letters, digits, '.', '_' or '-'", ErrInvalidName, svc.Group)
+	}
+	if svc.Priority < math.MinInt32 || svc.Priority > math.MaxInt32 {
+		return fmt.Errorf("%w: priority %d is outside the 32-bit range", ErrInvalidService, svc.Priority)
 	}
 	if svc.Role == RoleNone && (svc.Group != "" || svc.Priority != 0 || svc.Promotion != PromoteWithMajority) {
 		return fmt.Errorf("%w: service %q sets Group, Priority or Promotion without a Role", ErrInvalidService, svc.Name)
@@ -298,7 +302,7 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		Service: svc.Name, ID: svc.InstanceID, Node: n.name, Addr: n.tr.CallAddr(),
 		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
-		NonIdempotent: svc.NonIdempotent, Group: svc.Group, Priority: svc.Priority, Promotion: uint8(svc.Promotion),
+		NonIdempotent: svc.NonIdempotent, Group: svc.Group, Priority: int32(svc.Priority), Promotion: uint8(svc.Promotion),
 	}
 	if svc.Role == RoleActive {
 		g, ok := n.reg.group(groupOf(&rec))
@@ -474,7 +478,7 @@ func (e *entry) instance() Instance {
 		Service: e.rec.Service, ID: e.rec.ID, Node: e.rec.Node, Addr: e.rec.Addr,
 		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
 		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
-		NonIdempotent: e.rec.NonIdempotent, Priority: e.rec.Priority, Promotion: PromotionMode(e.rec.Promotion),
+		NonIdempotent: e.rec.NonIdempotent, Priority: int(e.rec.Priority), Promotion: PromotionMode(e.rec.Promotion),
 		Epoch: e.rec.Epoch, load: e.load,
 	}
 	if e.rec.Role != uint8(RoleNone) {

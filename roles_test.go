@@ -85,7 +85,7 @@ func newRoleCluster(t *testing.T, n int, mode PromotionMode, log *runLog) (*clus
 		}
 		id := fmt.Sprintf("db-%d", i)
 		reg, err := nd.Register(context.Background(), Service{Name: "db", InstanceID: id, Role: role,
-			Priority: int32(n - i), Promotion: mode, Handler: log.handler(id)})
+			Priority: n - i, Promotion: mode, Handler: log.handler(id)})
 		require.NoError(t, err)
 		regs[i] = reg
 	}
@@ -197,6 +197,7 @@ func TestRoleConflictAndValidation(t *testing.T) {
 		{Service{Name: "db", Role: RoleStandby, Promotion: 7}, ErrInvalidService},
 		{Service{Name: "db", Group: "g"}, ErrInvalidService},
 		{Service{Name: "db", Priority: 3}, ErrInvalidService},
+		{Service{Name: "db", Role: RoleStandby, Priority: 1 << 40}, ErrInvalidService},
 	}
 	for _, b := range bad {
 		b.svc.Handler = echoHandler
@@ -353,8 +354,8 @@ func TestPromotionOrder(t *testing.T) {
 		a, b         *wire.Record
 		before, wins bool
 	}{
-		{rec("a", 2, 5, 0), rec("b", 1, 1, 0), true, true},  // priority first
-		{rec("a", 1, 1, 0), rec("b", 1, 5, 0), true, true},  // then earlier registration
+		{rec("a", 2, 5, 0), rec("b", 1, 1, 0), true, true},   // priority first
+		{rec("a", 1, 1, 0), rec("b", 1, 5, 0), true, true},   // then earlier registration
 		{rec("b", 1, 1, 0), rec("a", 1, 1, 0), false, false}, // then ID
 		{rec("a", 0, 9, 3), rec("b", 9, 1, 2), false, true},  // an active's epoch beats the order
 	}
