@@ -27,7 +27,10 @@ import (
 //	                                               (SetStatus, draining before Deregister or Leave)
 //	ejected         unchanged                      "consecutive-failures" (this node's routing only)
 //	reinstated      unchanged                      "ejection-expired"
-//	role-changed    (not emitted yet)              reserved for active/standby promotion
+//	role-changed    unchanged                      on the instance's own node: "promoted", "conflict",
+//	                                               "superseded", "fenced" (see RoleChange);
+//	                                               on other nodes: "promoted" or "demoted"
+//	                                               (Instance.Role and Instance.Epoch are the new ones)
 type EventType int
 
 // Event types.
@@ -42,9 +45,11 @@ const (
 	// EventStatusChanged: the instance's status changed. Reasons:
 	// "heartbeat-timeout", "node-failed", "recovered", "self-reported".
 	EventStatusChanged
-	// EventRoleChanged: the instance's role changed. Reserved for
-	// active/standby promotion; no release emits it yet (an instance's role
-	// is fixed at registration).
+	// EventRoleChanged: the instance's role in its role group changed
+	// (Service.Role): a standby was promoted, or an active demoted. On the
+	// instance's own node the reason says why ("promoted", "conflict",
+	// "superseded", "fenced"); other nodes learn the role from its
+	// heartbeats and say "promoted" or "demoted".
 	EventRoleChanged
 	// EventEjected: passive failure tracking took the instance out of this
 	// node's routing pool for a while (reason "consecutive-failures"). Only

@@ -228,3 +228,93 @@ func ExampleNode_Keys() {
 	// 3 nodes answered, 0 failed
 	// nodes using the new key: 3
 }
+
+// An active and a standby of one role group: calls reach only the active;
+// when it is deregistered, the standby is promoted with the next epoch,
+// which its handler sees as a fencing token.
+func ExampleNode_Roles() {
+	ctx := context.Background()
+	cfg := aegis.DefaultConfig()
+	cfg.NodeName = "solo"
+	cfg.Transport = transport.NewNetwork().NewTransport("10.0.0.1:7946")
+	cfg.RoleLeaseTimeout = 200 * time.Millisecond
+	n, err := aegis.New(cfg)
+	if err != nil {
+		panic(err)
+	}
+	defer n.Shutdown()
+
+	member := func(id string, role aegis.Role) *aegis.Registration {
+		reg, err := n.Register(ctx, aegis.Service{Name: "ledger", InstanceID: id, Role: role,
+			Handler: func(_ context.Context, req *aegis.Request) ([]byte, error) {
+				return fmt.Appendf(nil, "%s at epoch %d", id, req.Epoch), nil
+			}})
+		if err != nil {
+			panic(err)
+		}
+		return reg
+	}
+	primary := member("ledger-a", aegis.RoleActive)
+	member("ledger-b", aegis.RoleStandby)
+
+	call := func() string {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		out, err := n.CallWithFailover(ctx, "ledger", "get", nil)
+		if err != nil {
+			panic(err)
+		}
+		return string(out)
+	}
+	fmt.Println(call())
+	_ = primary.Deregister(ctx)
+	fmt.Println(call()) // waits for the promotion
+	v := n.Roles("ledger")[0]
+	fmt.Println("active:", v.Active.ID, "epoch:", v.Epoch, "mode:", v.Mode)
+	// Output:
+	// ledger-a at epoch 1
+	// ledger-b at epoch 2
+	// active: ledger-b epoch: 2 mode: majority
+}
+
+// Resources: an instance claims IDs, and calls WithResource reach the owner.
+func ExampleRegistration_Claim() {
+	ctx := context.Background()
+	cfg := aegis.DefaultConfig()
+	cfg.NodeName = "solo"
+	cfg.Transport = transport.NewNetwork().NewTransport("10.0.0.1:7946")
+	n, err := aegis.New(cfg)
+	if err != nil {
+		panic(err)
+	}
+	defer n.Shutdown()
+	register := func(id string) *aegis.Registration {
+		reg, err := n.Register(ctx, aegis.Service{Name: "orders", InstanceID: id,
+			Handler: func(context.Context, *aegis.Request) ([]byte, error) { return []byte(id), nil }})
+		if err != nil {
+			panic(err)
+		}
+		return reg
+	}
+	a, b := register("orders-a"), register("orders-b")
+	if err := b.Claim(ctx, "order-17", "order-18"); err != nil {
+		panic(err)
+	}
+	out, _ := n.Call(ctx, "orders", "get", nil, aegis.WithResource("order-17"))
+	fmt.Println("order-17 is served by", string(out))
+
+	err = a.Claim(ctx, "order-17", "bad id")
+	var ce *aegis.ClaimError
+	if errors.As(err, &ce) {
+		fmt.Println(errors.Is(ce.Failed["order-17"], aegis.ErrResourceClaimed), errors.Is(ce.Failed["bad id"], aegis.ErrInvalidResource))
+	}
+	if err := a.Transfer(ctx, "order-17"); err != nil {
+		panic(err)
+	}
+	owner, _ := n.Owner("order-17")
+	fmt.Println("now owned by", owner.ID)
+	// Output:
+	// order-17 is served by orders-b
+	// true true
+	// now owned by orders-a
+}

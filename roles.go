@@ -76,8 +76,9 @@ type RoleView struct {
 type RoleChange struct {
 	Role  Role
 	Epoch uint64 // the group's epoch at which the instance became active; unchanged on demotion
-	// Reason: "promoted" (a standby took over), "registered" (registered as
-	// active), "conflict" (another active with a higher epoch was found),
+	// Reason: "promoted" (a standby took over), "conflict" (another active
+	// with a higher epoch, or the same epoch and earlier in promotion
+	// order, was found),
 	// "superseded" (a member answered with a newer epoch), "fenced" (a
 	// majority could not be confirmed for RoleLeaseTimeout).
 	Reason string
