@@ -109,16 +109,16 @@ func New(cfg *Config) (*Node, error) {
 // in; memberlist is already running when it returns, nothing else is.
 func newNode(c Config) (*Node, error) {
 	n := &Node{
-		cfg:    c,
-		name:   c.NodeName,
-		log:    c.Logger.With("node", c.NodeName),
-		clk:    c.clock,
-		local:  make(map[instKey]*Registration),
+		cfg:      c,
+		name:     c.NodeName,
+		log:      c.Logger.With("node", c.NodeName),
+		clk:      c.clock,
+		local:    make(map[instKey]*Registration),
 		stopCh:   make(chan struct{}),
 		roleKick: make(chan struct{}, 1),
 		met:      newNodeMetrics(c.MeterProvider),
-		bus:    newEventBus(),
-		tracer: tracerFor(c.TracerProvider),
+		bus:      newEventBus(),
+		tracer:   tracerFor(c.TracerProvider),
 	}
 	n.reg = newRegistry(n.name, n.clk, &n.cfg, func(ev Event) {
 		n.bus.publish(ev)
