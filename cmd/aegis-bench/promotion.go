@@ -215,7 +215,7 @@ func promotionRun(o *promotionOpts, mode aegis.PromotionMode, lease time.Duratio
 	for i := 1; i <= 3; i++ {
 		id := fmt.Sprintf("ledger-%d", i)
 		svc := aegis.Service{Name: "ledger", InstanceID: id, Handler: rr.handler(id),
-			Role: aegis.RoleStandby, Priority: int32(4 - i), Promotion: mode}
+			Role: aegis.RoleStandby, Priority: 4 - i, Promotion: mode}
 		if i == 1 {
 			svc.Role = aegis.RoleActive
 		}

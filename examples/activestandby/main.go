@@ -244,7 +244,7 @@ func (c *cluster) start(ctx context.Context) error {
 	for i, s := range c.servers {
 		id := fmt.Sprintf("ledger-%d", i)
 		svc := aegis.Service{Name: service, InstanceID: id, Handler: c.runs.handler(id),
-			Role: aegis.RoleStandby, Priority: int32(3 - i), Promotion: aegis.PromoteWithMajority}
+			Role: aegis.RoleStandby, Priority: 3 - i, Promotion: aegis.PromoteWithMajority}
 		if i == 0 {
 			svc.Role = aegis.RoleActive
 		}
