@@ -395,3 +395,59 @@ func (l *eventLog) hasRole(id, reason string) bool {
 	}
 	return false
 }
+
+func TestGroupsWithinOneService(t *testing.T) {
+	c := newCluster(t, 2, false, roleConfig)
+	c.waitConverged(10 * time.Second)
+	ctx := context.Background()
+	for i, g := range []string{"shard-a", "shard-b"} {
+		for j, nd := range c.nodes {
+			role := RoleStandby
+			if i == j {
+				role = RoleActive
+			}
+			id := fmt.Sprintf("%s-%d", g, j)
+			_, err := nd.Register(ctx, Service{Name: "db", InstanceID: id, Role: role, Group: g, Promotion: PromoteAlways,
+				Handler: func(context.Context, *Request) ([]byte, error) { return []byte(id), nil }})
+			require.NoError(t, err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, nd := range c.nodes {
+			v := nd.Roles("db")
+			if len(v) != 2 || v[0].Active == nil || v[1].Active == nil || len(v[0].Standbys) != 1 || len(v[1].Standbys) != 1 {
+				return false
+			}
+		}
+		return true
+	}, "both groups have an active on every node")
+	v := c.nodes[0].Roles("db")
+	require.Equal(t, []string{"shard-a", "shard-b"}, []string{v[0].Group, v[1].Group})
+	require.Equal(t, "shard-a-0", v[0].Active.ID)
+	require.Equal(t, "shard-b-1", v[1].Active.ID)
+	for _, nd := range c.nodes {
+		out, err := nd.CallWithFailover(ctx, "db", "get", nil, WithGroup("shard-b"))
+		require.NoError(t, err)
+		require.Equal(t, "shard-b-1", string(out))
+		out, err = nd.Call(ctx, "db", "get", nil, WithGroup("shard-a"))
+		require.NoError(t, err)
+		require.Equal(t, "shard-a-0", string(out))
+	}
+	_, err := c.nodes[0].Call(ctx, "db", "get", nil, WithGroup("shard-c"))
+	require.ErrorIs(t, err, ErrServiceNotFound)
+	require.Len(t, c.nodes[0].HealthyInstances("db"), 2, "one active per group")
+}
+
+func FuzzDecodeRoleMsg(f *testing.F) {
+	f.Add(encodeRoleMsg(roleMsg{service: "db", group: "db", target: "db-1", from: "db-0", epoch: 7}))
+	f.Add([]byte{})
+	f.Add(encodeRoleReply(roleReply{granted: true, epoch: 1, ago: 5}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if m, ok := decodeRoleMsg(b); ok {
+			require.Equal(t, b, encodeRoleMsg(m), "a decoded message encodes back to the same bytes")
+		}
+		if r, ok := decodeRoleReply(b); ok {
+			require.Equal(t, b, encodeRoleReply(r))
+		}
+	})
+}

@@ -120,6 +120,7 @@ func runCost(args []string) error {
 	per := fs.Int("instances", 5, "instances registered on each node")
 	dur := fs.Duration("duration", 30*time.Second, "measurement window")
 	warm := fs.Duration("warm", 5*time.Second, "extra wait after -settle before the window, so registration gossip has drained")
+	claims := fs.Int("claims", 0, "resource claims made (spread over one extra instance per node) before the window, to measure what ownership costs at rest")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -147,6 +148,11 @@ func runCost(args []string) error {
 	} else {
 		time.Sleep(opt.settle)
 	}
+	if *claims > 0 {
+		if err := claimSpread(ctx, c, *claims); err != nil {
+			return err
+		}
+	}
 	progress("  warm %v, then measuring %v", *warm, *dur)
 	time.Sleep(*warm)
 	a := c.costSnap()
@@ -166,6 +172,7 @@ func runCost(args []string) error {
 		fmt.Sprintf("procedure: start %d nodes, join them, register %d instances of service \"svc\" on each (%d in all), wait until every node sees all of them, sleep -settle %v and -warm %v; then measure for %v", *n, *per, *n**per, opt.settle, *warm, roundD(b.at.Sub(a.at))),
 		"each node's transport is created by this program and wrapped in a counter: UDP = payload bytes of every gossip packet sent (WriteTo/WriteToAddress); TCP = payload bytes both ways on the gossip streams a node dials (DialTimeout/DialAddressTimeout: push/pull, joins), i.e. every stream counted once; IP/UDP/TCP headers not included",
 		"CPU = process user+system time (getrusage) over the window, divided by nodes and seconds: it includes the Go runtime (GC) and this program, which sleeps during the window",
+		fmt.Sprintf("resource claims: %d, spread evenly over one extra instance (service \"owners\") per node, made and converged on every node before -warm", *claims),
 		fmt.Sprintf("heartbeats: every instance heartbeats every %v, so %d instances × N / %v = %.1f heartbeats/s originate cluster-wide", def.HeartbeatInterval, *per, def.HeartbeatInterval, float64(*n**per)/def.HeartbeatInterval.Seconds()),
 		fmt.Sprintf("push/pull: memberlist runs a node's first periodic push/pull a random 0..%v plus one interval after it starts, then every %v at this N (PushPullInterval, scaled above 32 nodes); the window ran from %v to %v after the nodes started, so it holds %s; pulls Aegis triggers itself and joins are counted whenever they fall in the window; use -warm to move the window later",
 			g.PushPullInterval, pp, roundD(a.at.Sub(started)), roundD(b.at.Sub(started)), ppNote(a.at.Sub(started), b.at.Sub(started), g.PushPullInterval, pp)),
@@ -186,6 +193,44 @@ func runCost(args []string) error {
 		{"GossipDropped in window (all nodes)", fmt.Sprintf("%d", b.stats.GossipDropped-a.stats.GossipDropped), ""},
 	}
 	table([]string{"per node per second", "aegis (this run)", "plain memberlist idle, reference measured earlier on this machine"}, rows)
+	return nil
+}
+
+// claimSpread registers an "owners" instance on every node, has them claim
+// total resources between them, and waits until every node knows every
+// owner.
+func claimSpread(ctx context.Context, c *cluster, total int) error {
+	n := len(c.nodes)
+	var names []string
+	for i := range c.nodes {
+		r, err := c.register(ctx, i, "owners", fmt.Sprintf("owner-%d", i))
+		if err != nil {
+			return err
+		}
+		var mine []string
+		for j := i; j < total; j += n {
+			mine = append(mine, fmt.Sprintf("resource-%d", j))
+		}
+		if err := r.Claim(ctx, mine...); err != nil {
+			return fmt.Errorf("node %d: claim: %w", i, err)
+		}
+		names = append(names, mine...)
+	}
+	t0 := time.Now()
+	for _, nd := range c.nodes {
+		for _, res := range names {
+			for {
+				if _, ok := nd.Owner(res); ok {
+					break
+				}
+				if time.Since(t0) > c.opt.cap {
+					return fmt.Errorf("node %s does not know the owner of %s after %v", nd.Name(), res, c.opt.cap)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	}
+	progress("  %d claims known on all %d nodes after %v", total, n, roundD(time.Since(t0)))
 	return nil
 }
 

@@ -26,6 +26,9 @@ func seedValues() []any {
 		ptr(goodBatch()), ptr(smallBeats(1)), ptr(smallBeats(20)), &HeartbeatBatch{Node: "n"},
 		&HeartbeatBatch{Node: "n", Beats: []Heartbeat{{Service: "s", ID: "i", Incarnation: MaxIncarnation, Seq: MaxSeq, Status: 3}}},
 		&State{Node: "n", Records: []Record{r, tomb, minimal}}, &State{Node: "n"}, &State{Node: "n", Records: []Record{bad}},
+		&ClaimBatch{Node: "n", Claims: []Claim{{Resource: "order-1", Service: "s", ID: "i", Node: "n", Gen: 2, Time: 9}}},
+		&ClaimBatch{Node: "n", Claims: []Claim{{Resource: "a/b", Service: "s", ID: "i", Node: "m", Gen: 0, Released: true}}},
+		&State{Node: "n", Records: []Record{r}, Claims: []Claim{{Resource: "r", Service: "s", ID: "i", Node: "n", Gen: 1}}},
 	}
 }
 
@@ -85,8 +88,21 @@ func value(m *Message) any {
 		return m.Record
 	case m.Heartbeats != nil:
 		return m.Heartbeats
+	case m.Claims != nil:
+		return m.Claims
 	}
 	return m.State
+}
+
+// FuzzClaims feeds claim batches, as gossiped or sent directly.
+func FuzzClaims(f *testing.F) {
+	for _, b := range seeds(f, MsgClaims, true) {
+		f.Add(b, false)
+		f.Add(b, true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, direct bool) {
+		checkMessage(t, withFrame(MsgClaims, direct, body))
+	})
 }
 
 // FuzzDecode feeds whole frames: any version, type and flags.
