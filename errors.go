@@ -74,6 +74,9 @@ const (
 	CodePanic = "panic"
 	// CodeUnknownMethod: no handler for the method (see Mux).
 	CodeUnknownMethod = "unknown-method"
+	// CodeNoHandler: the instance registered Endpoints but no Handler; it
+	// is discovered through Aegis and called through its own protocol.
+	CodeNoHandler = "no-handler"
 	// CodeTooLarge: the request or the response exceeded MaxFrameSize.
 	CodeTooLarge = "too-large"
 	// CodeDeadline: the handler gave up because the call's deadline (the

@@ -134,6 +134,17 @@ type Service struct {
 	Group     string
 	Priority  int
 	Promotion PromotionMode
+
+	// Endpoints advertises addresses the instance serves other protocols
+	// on, by protocol name, for clients that discover instances through
+	// Aegis but call them with their own RPC (the integrations resolve
+	// "grpc" and "http"): e.g. {"grpc": "10.0.0.5:50051", "http":
+	// "http://10.0.0.5:8080"}. At most 16; names follow the metadata key
+	// rule up to 32 bytes, addresses are 1-256 bytes of printable ASCII
+	// without spaces; they count toward MaxRecordSize. An instance with
+	// Endpoints may have no Handler (discovery and health only); Aegis
+	// calls to it then fail with CodeNoHandler.
+	Endpoints map[string]string
 }
 
 // MaxRecordSize is the largest encoded instance record (names, address,
@@ -163,6 +174,9 @@ type Instance struct {
 	Priority  int
 	Promotion PromotionMode
 	Epoch     uint64
+	// Endpoints are the other protocols' addresses the instance advertised
+	// (Service.Endpoints).
+	Endpoints map[string]string
 
 	load *instLoad // this node's in-flight calls and failures; nil in copies made by users
 }
@@ -206,8 +220,11 @@ func validateService(svc *Service) error {
 	if svc.Role == RoleNone && (svc.Group != "" || svc.Priority != 0 || svc.Promotion != PromoteWithMajority) {
 		return fmt.Errorf("%w: service %q sets Group, Priority or Promotion without a Role", ErrInvalidService, svc.Name)
 	}
-	if svc.Handler == nil {
-		return fmt.Errorf("%w: service %q has a nil Handler", ErrInvalidService, svc.Name)
+	if svc.Handler == nil && len(svc.Endpoints) == 0 {
+		return fmt.Errorf("%w: service %q has a nil Handler and no Endpoints", ErrInvalidService, svc.Name)
+	}
+	if err := wire.CheckEndpoints(svc.Endpoints); err != nil {
+		return fmt.Errorf("%w: service %q: %w", ErrInvalidService, svc.Name, err)
 	}
 	return nil
 }
@@ -259,7 +276,7 @@ func (r *Registration) waitIdle(ctx context.Context) error {
 // starts its heartbeats. It returns ErrDuplicateInstance if an instance with
 // the same service name and ID is already known, ErrInvalidName for names
 // breaking the rules on Service, ErrInvalidService for a nil Handler or an
-// unknown Role, ErrRecordTooLarge when the record would not fit a gossip
+// unknown Role (or neither a Handler nor Endpoints), ErrRecordTooLarge when the record would not fit a gossip
 // packet, and ErrShutdown once the node is leaving.
 func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error) {
 	if err := ctx.Err(); err != nil {
@@ -272,6 +289,7 @@ func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error)
 		svc.InstanceID = svc.Name + "-" + randomHex(6)
 	}
 	svc.Metadata = copyMeta(svc.Metadata)
+	svc.Endpoints = copyMeta(svc.Endpoints)
 	svc.NonIdempotent = slices.Clone(svc.NonIdempotent)
 	key := instKey{svc.Name, svc.InstanceID}
 
@@ -303,6 +321,7 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
 		NonIdempotent: svc.NonIdempotent, Group: svc.Group, Priority: int32(svc.Priority), Promotion: uint8(svc.Promotion),
+		Endpoints: svc.Endpoints,
 	}
 	if svc.Role == RoleActive {
 		g, ok := n.reg.group(groupOf(&rec))
@@ -479,7 +498,7 @@ func (e *entry) instance() Instance {
 		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
 		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
 		NonIdempotent: e.rec.NonIdempotent, Priority: int(e.rec.Priority), Promotion: PromotionMode(e.rec.Promotion),
-		Epoch: e.rec.Epoch, load: e.load,
+		Epoch: e.rec.Epoch, Endpoints: copyMeta(e.rec.Endpoints), load: e.load,
 	}
 	if e.rec.Role != uint8(RoleNone) {
 		inst.Group = groupOf(&e.rec).group
@@ -721,7 +740,7 @@ func (r *registry) applyLocked(rec *wire.Record, reason string) bool {
 // address, role, metadata) changed.
 func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 	routed := e.rec.Addr != rec.Addr || e.rec.Role != rec.Role || !maps.Equal(e.rec.Meta, rec.Meta) ||
-		!slices.Equal(e.rec.NonIdempotent, rec.NonIdempotent)
+		!slices.Equal(e.rec.NonIdempotent, rec.NonIdempotent) || !maps.Equal(e.rec.Endpoints, rec.Endpoints)
 	if e.rec.Addr != rec.Addr {
 		// Failures and ejections were the old address's.
 		e.load, e.ejectedUntil, e.ejections = &instLoad{}, time.Time{}, 0
@@ -729,6 +748,7 @@ func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 	r.setRoleLocked(e, rec.Role, rec.Epoch, "", now)
 	e.rec = *rec
 	e.rec.Meta = copyMeta(rec.Meta)
+	e.rec.Endpoints = copyMeta(rec.Endpoints)
 	r.heartbeatLocked(e, now)
 	if routed {
 		r.snaps.markStale(rec.Service)
@@ -739,6 +759,7 @@ func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now time.Time) {
 	e := &entry{rec: *rec, lastHeartbeat: now, load: &instLoad{}}
 	e.rec.Meta = copyMeta(rec.Meta)
+	e.rec.Endpoints = copyMeta(rec.Endpoints)
 	r.noteEpochLocked(rec)
 	if d, dead := r.dead[rec.Node]; dead && d.owns(rec) {
 		e.nodeFailed, e.badSince = true, now
@@ -826,7 +847,7 @@ func sameContents(a, b *wire.Record) bool {
 	return a.Node == b.Node && a.Addr == b.Addr && a.Role == b.Role && a.Status == b.Status &&
 		a.Deleted == b.Deleted && a.Heartbeats == b.Heartbeats && maps.Equal(a.Meta, b.Meta) &&
 		slices.Equal(a.NonIdempotent, b.NonIdempotent) && a.Group == b.Group && a.Priority == b.Priority &&
-		a.Promotion == b.Promotion && a.Epoch == b.Epoch
+		a.Promotion == b.Promotion && a.Epoch == b.Epoch && maps.Equal(a.Endpoints, b.Endpoints)
 }
 
 // left reports whether node announced that it is leaving (its instances'

@@ -154,6 +154,10 @@ func (s *callServer) runHandler(ctx context.Context, r *Registration, req *rpc.R
 			resp = rpc.Response{Err: &rpc.ErrorInfo{Code: CodePanic, Message: fmt.Sprintf("handler for %s.%s panicked: %v", req.Service, req.Method, p)}}
 		}
 	}()
+	if r.svc.Handler == nil {
+		return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeNoHandler,
+			Message: fmt.Sprintf("instance %s/%s serves no Aegis calls (it registered only Endpoints)", req.Service, req.InstanceID)}}
+	}
 	out, err := r.svc.Handler(ctx, areq)
 	if err != nil {
 		return errorResponse(ctx, err)

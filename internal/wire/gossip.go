@@ -69,6 +69,9 @@ type Record struct {
 	// active (0: never). Heartbeats carry it too, with Role: both change
 	// while the record's other fields do not.
 	Epoch uint64
+	// Endpoints are addresses the instance serves other protocols on, by
+	// protocol name (e.g. "grpc" → "10.0.0.5:50051").
+	Endpoints map[string]string
 }
 
 // Why a tombstone deleted an instance, carried in its Status.

@@ -68,6 +68,8 @@ func (s *scanner) record(depth int) error {
 			err = s.strMap("Meta", s.l.MaxMetaEntries)
 		case 12:
 			err = s.strArray("NonIdempotent", s.l.MaxNonIdempotent)
+		case 17:
+			err = s.strMap("Endpoints", MaxEndpoints)
 		default:
 			err = s.skip(depth + 1)
 		}

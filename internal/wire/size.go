@@ -16,21 +16,25 @@ const frameSize = 2
 
 // recordSize returns len(Encode(r)).
 func recordSize(r *Record) int {
-	n := frameSize + arrayHeaderSize(17)
+	n := frameSize + arrayHeaderSize(18)
 	n += strSize(r.Service) + strSize(r.ID) + strSize(r.Node) + strSize(r.Addr)
 	n += uintSize(uint64(r.Role)) + uintSize(uint64(r.Status))
-	if r.Meta == nil {
-		n++
-	} else {
-		n += mapHeaderSize(len(r.Meta))
-		for k, v := range r.Meta {
-			n += strSize(k) + strSize(v)
-		}
-	}
+	n += strMapSize(r.Meta)
 	n += intSize(r.Incarnation) + uintSize(r.Seq) + intSize(r.Time)
 	n += 2 // Deleted, Heartbeats
 	n += strsSize(r.NonIdempotent)
 	n += strSize(r.Group) + intSize(int64(r.Priority)) + uintSize(uint64(r.Promotion)) + uintSize(r.Epoch)
+	return n + strMapSize(r.Endpoints)
+}
+
+func strMapSize(m map[string]string) int {
+	if m == nil {
+		return 1
+	}
+	n := mapHeaderSize(len(m))
+	for k, v := range m {
+		n += strSize(k) + strSize(v)
+	}
 	return n
 }
 

@@ -127,6 +127,9 @@ func (r *Record) check(l *Limits) error {
 	if err := checkMethods(r.NonIdempotent, l); err != nil {
 		return err
 	}
+	if err := CheckEndpoints(r.Endpoints); err != nil {
+		return err
+	}
 	if n := recordSize(r); n > l.MaxRecordSize {
 		return fmt.Errorf("encodes to %d bytes, more than %d", n, l.MaxRecordSize)
 	}
@@ -288,4 +291,34 @@ func clip(s string) string {
 		return fmt.Sprintf("%q", s)
 	}
 	return fmt.Sprintf("%q...(%d bytes)", s[:keep], len(s))
+}
+
+// Endpoint limits: at most MaxEndpoints per instance, protocol names of the
+// ValidName rule up to MaxEndpointName bytes, addresses up to
+// MaxEndpointAddr bytes of printable ASCII without spaces.
+const (
+	MaxEndpoints    = 16
+	MaxEndpointName = 32
+	MaxEndpointAddr = 256
+)
+
+// CheckEndpoints applies the endpoint limits.
+func CheckEndpoints(eps map[string]string) error {
+	if len(eps) > MaxEndpoints {
+		return tooMany("Endpoints", len(eps), MaxEndpoints)
+	}
+	for k, v := range eps {
+		if !ValidName(k, MaxEndpointName) {
+			return fmt.Errorf("Endpoints key %s: use 1-%d letters, digits, '.', '_', '-' or ':'", clip(k), MaxEndpointName)
+		}
+		if v == "" || len(v) > MaxEndpointAddr {
+			return fmt.Errorf("Endpoints[%s]: use 1-%d bytes", k, MaxEndpointAddr)
+		}
+		for i := 0; i < len(v); i++ {
+			if v[i] <= ' ' || v[i] >= 0x7f {
+				return fmt.Errorf("Endpoints[%s] %s: printable ASCII without spaces only", k, clip(v))
+			}
+		}
+	}
+	return nil
 }
