@@ -77,9 +77,6 @@ type gossiper struct {
 	pushPullInterval time.Duration // cfg.PushPullInterval
 }
 
-// claimsFullEvery: every claimsFullEvery-th push/pull state carries every
-// resource claim, the others only recent ones.
-const claimsFullEvery = 8
 
 // newGossiper builds the gossiper of n and starts memberlist (which may
 // call back into it before this returns).
@@ -236,15 +233,16 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 }
 
 // LocalState is this node's registry for a push/pull. Resource claims, of
-// which there may be many more than instances, are sent whole on a join and
-// on every claimsFullEvery-th exchange; the others carry only the claims
-// stored in the last three push/pull intervals (gossip and direct sends
-// carry each claim when it is made; push/pull repairs what they missed).
+// which there may be many more than instances, are sent whole on a join
+// only; other exchanges carry the claims stored in the last push/pull
+// interval and one part of the rest in turn, so that every claim travels
+// about once per claimCycle (see claimParts). Gossip and direct sends carry
+// each claim when it is made; push/pull repairs what they missed.
 func (d *delegate) LocalState(join bool) []byte {
 	g := d.g
+	parts := claimParts(g.pushPullInterval)
 	n := g.pushPulls.Add(1)
-	since := g.clk.Now().Add(-3 * g.pushPullInterval)
-	claims := g.reg.claimState(join || n%claimsFullEvery == 1, since)
+	claims := g.reg.claimState(join, g.clk.Now().Add(-g.pushPullInterval), n%parts, parts)
 	b, err := wire.Encode(&wire.State{Node: g.name, Records: g.reg.state(), Claims: claims})
 	if err != nil {
 		d.g.log.Error("encode local state", "err", err)

@@ -353,15 +353,32 @@ func (r *registry) ownedBy(k instKey) []string {
 }
 
 // claimState returns the claims for a push/pull: all of them, or those
-// stored since since.
-func (r *registry) claimState(all bool, since time.Time) []wire.Claim {
+// stored since since plus the part (slice of parts, by resource hash) due
+// in this exchange.
+func (r *registry) claimState(all bool, since time.Time, slice, parts uint64) []wire.Claim {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	out := make([]wire.Claim, 0, len(r.claims))
-	for _, cur := range r.claims {
-		if all || !cur.at.Before(since) {
+	out := make([]wire.Claim, 0, min(len(r.claims), 64))
+	for res, cur := range r.claims {
+		if all || !cur.at.Before(since) || hashString(res)%parts == slice {
 			out = append(out, cur.c)
 		}
 	}
 	return out
+}
+
+// claimCycle is how long push/pull takes to carry every resource claim
+// once, a part per exchange, besides carrying each new claim for one
+// push/pull interval (claims are gossiped and sent to every member when
+// made; this repairs what those missed).
+const claimCycle = 10 * time.Minute
+
+// claimParts is how many parts the claims are cut into so that, at one
+// push/pull state every half interval (a node starts one exchange and
+// answers about one per interval), a cycle takes about claimCycle.
+func claimParts(pushPull time.Duration) uint64 {
+	if pushPull <= 0 {
+		return 1
+	}
+	return uint64(max(1, claimCycle/(pushPull/2)))
 }

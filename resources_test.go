@@ -189,3 +189,19 @@ func TestManyClaimsConverge(t *testing.T) {
 		require.Equal(t, "y", string(out))
 	}
 }
+
+func TestClaimsMissedInAPartitionArriveAfterHeal(t *testing.T) {
+	c := newCluster(t, 3, false, func(cfg *Config) {
+		cfg.HeartbeatInterval, cfg.HeartbeatTimeout = 200*time.Millisecond, 2*time.Second
+	})
+	c.waitConverged(10 * time.Second)
+	partitionRoles(c) // node 0 | nodes 1, 2
+	testutil.Eventually(t, 15*time.Second, func() bool { return status(c.nodes[0], "inst-1") == StatusUnhealthy }, "partitioned")
+	require.NoError(t, c.regs[1].Claim(context.Background(), "seen-late"))
+	ownerEverywhere(t, c.nodes[1:], "seen-late", "inst-1")
+	time.Sleep(2 * c.nodes[0].cfg.Gossip.PushPullInterval) // no longer a recent claim
+	_, ok := c.nodes[0].Owner("seen-late")
+	require.False(t, ok, "the partitioned node cannot know yet")
+	c.net.Heal()
+	ownerEverywhere(t, c.nodes, "seen-late", "inst-1")
+}
