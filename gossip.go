@@ -77,7 +77,6 @@ type gossiper struct {
 	pushPullInterval time.Duration // cfg.PushPullInterval
 }
 
-
 // newGossiper builds the gossiper of n and starts memberlist (which may
 // call back into it before this returns).
 func newGossiper(n *Node) (*gossiper, error) {
