@@ -45,11 +45,14 @@ type promotionResult struct {
 	mode  aegis.PromotionMode
 	lease time.Duration
 	// From just before the old active's node's Shutdown() to: its instance
-	// unhealthy on the new active's node (event time); the new active's
-	// OnRoleChange; the first call the client got answered by the new
-	// active. -1 when not reached.
+	// unhealthy on the new active's node (event time; negative when it was
+	// already unhealthy there at the crash, detectOK false when never);
+	// the new active's OnRoleChange; the first call the client got
+	// answered by the new active. -1 when not reached.
 	detect, promoted, answered time.Duration
+	detectOK                   bool
 	detectReason               string
+	suspicions                 int    // ledger-1 turned unhealthy on node 2 or 3 before the crash
 	newActive                  string // "ledger-2@2"
 	calls, callErrs            int
 	firstErr                   error
@@ -106,7 +109,7 @@ func runPromotion(args []string) error {
 					progress("  run FAILED: %v", pr.err)
 				} else {
 					progress("  detected %s ms (%s), promoted %s ms, first answer by %s %s ms; %d calls, %d errors",
-						fmtPct(pr.detect), pr.detectReason, fmtPct(pr.promoted), pr.newActive, fmtPct(pr.answered), pr.calls, pr.callErrs)
+						fmtDetect(pr), pr.detectReason, fmtPct(pr.promoted), pr.newActive, fmtPct(pr.answered), pr.calls, pr.callErrs)
 				}
 				results = append(results, pr)
 				time.Sleep(200 * time.Millisecond)
@@ -201,12 +204,20 @@ func seesActive(nd *aegis.Node) bool {
 // node 1 and measures.
 func promotionRun(o *promotionOpts, mode aegis.PromotionMode, lease time.Duration) promotionResult {
 	ctx := context.Background()
-	pr := promotionResult{mode: mode, lease: lease, detect: -1, promoted: -1, answered: -1}
+	pr := promotionResult{mode: mode, lease: lease, promoted: -1, answered: -1}
 	c := newCluster(&o.common, 4, false)
 	defer c.shutdown()
 	if err := c.startAll(ctx, o.tweak(lease)); err != nil {
 		pr.err = err
 		return pr
+	}
+	trail := &statusTrail{marks: map[int][]statusMark{}}
+	for _, i := range []int{2, 3} {
+		c.nodes[i].Subscribe(func(ev aegis.Event) { // Shutdown cancels it
+			if ev.Type == aegis.EventStatusChanged && ev.Instance.Service == "ledger" && ev.Instance.ID == "ledger-1" {
+				trail.add(i, ev)
+			}
+		})
 	}
 	rr := &runRecorder{owner: map[uint64]string{}}
 	var promotedAt sync.Map // instance ID -> time.Time of its OnRoleChange to active
@@ -328,11 +339,8 @@ func promotionRun(o *promotionOpts, mode aegis.PromotionMode, lease time.Duratio
 		pr.promoted = at.(time.Time).Sub(crash)
 	}
 	idx, _ := strconv.Atoi(strings.TrimPrefix(newID, "ledger-"))
-	if idx >= 1 && idx <= 3 {
-		if b, ok := c.views[idx].bad(instKey{"ledger", "ledger-1"}); ok {
-			pr.detect, pr.detectReason = b.at.Sub(crash), b.reason
-		}
-	}
+	pr.detect, pr.detectReason, pr.detectOK = trail.detection(idx, crash)
+	pr.suspicions = trail.before(crash)
 	return pr
 }
 
@@ -356,7 +364,7 @@ func printPromotion(o *promotionOpts, results []promotionResult) {
 	fmt.Fprintf(w, "- RoleLeaseTimeout: %s\n", strings.Join(ls, "; "))
 	fmt.Fprintf(w, "- procedure: per run a fresh cluster of 4 nodes (node 0 the client, nodes 1-3 servers; %s); \"ledger-1\" registered RoleActive on node 1, \"ledger-2\" (priority 2) and \"ledger-3\" (priority 1) RoleStandby on nodes 2 and 3 (%s), all with the run's PromotionMode; wait until every node sees ledger-1 active and both standbys healthy, sleep -settle (%v); %d callers on node 0 call CallWithFailover in a loop (1 ms pause, deadline per call max(30s, 4 × (HeartbeatTimeout + RoleLeaseTimeout))); after 300 ms, Shutdown() node 1 (abrupt: no Leave); stop 200 ms after the first answer from the new active\n",
 		o.joinName(), registerOrder(o.atOnce), o.settle, o.callers)
-	fmt.Fprintf(w, "- measured from just before Shutdown(): detection = the new active's node marks ledger-1 unhealthy (event time, reason listed); promoted = the new active's OnRoleChange to RoleActive; first answer = a caller on node 0 gets an answer from the new active. Caller errors are calls CallWithFailover returned an error for; \"overlap\" counts runs where a handler ran with an older epoch after one with a newer epoch, or two instances ran with one epoch; role changes before the crash are OnRoleChange calls during set-up (there should be none)\n")
+	fmt.Fprintf(w, "- measured from just before Shutdown(): detection = the new active's node marks ledger-1 unhealthy (event time, reason listed; negative when a false suspicion before the crash was still standing at it); promoted = the new active's OnRoleChange to RoleActive; first answer = a caller on node 0 gets an answer from the new active. Caller errors are calls CallWithFailover returned an error for; \"overlap\" counts runs where a handler ran with an older epoch after one with a newer epoch, or two instances ran with one epoch; role changes before the crash are OnRoleChange calls during set-up (there should be none)\n")
 	fmt.Fprintf(w, "- %d runs per lease and mode; times in ms\n\n", o.runs)
 
 	var rows [][]string
@@ -370,17 +378,20 @@ func printPromotion(o *promotionOpts, results []promotionResult) {
 		case pr.callErrs > 0:
 			res = fmt.Sprintf("caller errors, first: %v", pr.firstErr)
 		}
+		if pr.suspicions > 0 {
+			res += fmt.Sprintf("; ledger-1 falsely unhealthy %d× on nodes 2-3 before the crash", pr.suspicions)
+		}
 		if pr.early > 0 {
 			res += fmt.Sprintf("; %d role changes before the crash", pr.early)
 		}
 		rows = append(rows, []string{pr.lease.String(), pr.mode.String(), strconv.Itoa(i%o.runs + 1),
-			fmtPct(pr.detect), pr.detectReason, fmtPct(pr.promoted), fmtPct(pr.answered), fmtGap(pr.answered, pr.detect),
+			fmtDetect(pr), pr.detectReason, fmtPct(pr.promoted), fmtPct(pr.answered), fmtGap(pr),
 			pr.newActive, strconv.Itoa(pr.calls), strconv.Itoa(pr.callErrs), ms(pr.longest), res})
 	}
 	table([]string{"lease", "mode", "run", "detection (ms)", "reason", "promoted (ms)", "first answer (ms)", "answer − detection (ms)",
 		"new active", "calls", "caller errors", "longest call (ms)", "result"}, rows)
 
-	fmt.Fprintln(w, "Summary (min / median / max over complete runs):")
+	fmt.Fprintln(w, "Summary (min / median / max over complete runs; detection and answer − detection over the runs where the new active's node saw ledger-1 healthy at the crash):")
 	fmt.Fprintln(w)
 	rows = nil
 	for _, lease := range o.leases {
@@ -398,18 +409,20 @@ func printPromotion(o *promotionOpts, results []promotionResult) {
 					overlaps++
 				}
 				early += pr.early
-				if pr.err != nil || pr.detect < 0 || pr.promoted < 0 {
+				if pr.err != nil || pr.promoted < 0 {
 					continue
 				}
-				det, prom, ans = append(det, pr.detect), append(prom, pr.promoted), append(ans, pr.answered)
-				gap = append(gap, pr.answered-pr.detect)
+				prom, ans = append(prom, pr.promoted), append(ans, pr.answered)
+				if pr.detectOK && pr.detect >= 0 {
+					det, gap = append(det, pr.detect), append(gap, pr.answered-pr.detect)
+				}
 			}
-			rows = append(rows, []string{lease.String(), mode.String(), fmt.Sprintf("%d/%d", len(ans), n),
+			rows = append(rows, []string{lease.String(), mode.String(), fmt.Sprintf("%d/%d (%d)", len(ans), n, len(det)),
 				statString(det), statString(prom), statString(ans), statString(gap),
 				strconv.Itoa(calls), strconv.Itoa(errs), strconv.Itoa(overlaps), strconv.Itoa(early)})
 		}
 	}
-	table([]string{"lease", "mode", "complete runs", "detection (ms)", "promoted (ms)", "first answer (ms)", "answer − detection (ms)",
+	table([]string{"lease", "mode", "complete runs (with detection after the crash)", "detection (ms)", "promoted (ms)", "first answer (ms)", "answer − detection (ms)",
 		"calls", "caller errors", "overlap", "role changes before the crash"}, rows)
 }
 
@@ -421,12 +434,79 @@ func statString(d []time.Duration) string {
 	return fmt.Sprintf("%s / %s / %s", ms(s.min), ms(s.med), ms(s.max))
 }
 
-// fmtGap formats a-b in ms, or "—" when either was not reached.
-func fmtGap(a, b time.Duration) string {
-	if a < 0 || b < 0 {
+// fmtGap formats answered − detect in ms, or "—" when either is missing.
+func fmtGap(pr promotionResult) string {
+	if pr.answered < 0 || !pr.detectOK {
 		return "—"
 	}
-	return ms(a - b)
+	return ms(pr.answered - pr.detect)
+}
+
+func fmtDetect(pr promotionResult) string {
+	if !pr.detectOK {
+		return "—"
+	}
+	return ms(pr.detect)
+}
+
+// statusMark is one status change of ledger-1 on a node.
+type statusMark struct {
+	at     time.Time
+	st     aegis.Status
+	reason string
+}
+
+// statusTrail records ledger-1's status changes on nodes 2 and 3.
+type statusTrail struct {
+	mu    sync.Mutex
+	marks map[int][]statusMark // by node index
+}
+
+func (t *statusTrail) add(i int, ev aegis.Event) {
+	t.mu.Lock()
+	t.marks[i] = append(t.marks[i], statusMark{ev.Time, ev.NewStatus, ev.Reason})
+	t.mu.Unlock()
+}
+
+// detection returns when node i saw ledger-1 unhealthy relative to the
+// crash: the change standing at the crash if ledger-1 was unhealthy then
+// (negative), else the first change to unhealthy after it.
+func (t *statusTrail) detection(i int, crash time.Time) (time.Duration, string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var standing *statusMark
+	for k := range t.marks[i] {
+		m := &t.marks[i][k]
+		if m.at.Before(crash) {
+			standing = m
+			continue
+		}
+		if standing != nil && standing.st == aegis.StatusUnhealthy {
+			break
+		}
+		if m.st == aegis.StatusUnhealthy {
+			return m.at.Sub(crash), m.reason, true
+		}
+	}
+	if standing != nil && standing.st == aegis.StatusUnhealthy {
+		return standing.at.Sub(crash), standing.reason + ", before the crash", true
+	}
+	return 0, "", false
+}
+
+// before counts changes to unhealthy before the crash on nodes 2 and 3.
+func (t *statusTrail) before(crash time.Time) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, ms := range t.marks {
+		for _, m := range ms {
+			if m.at.Before(crash) && m.st == aegis.StatusUnhealthy {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func registerOrder(atOnce bool) string {
