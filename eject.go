@@ -67,3 +67,23 @@ func (r *registry) reinstateLocked(e *entry, now time.Time) {
 func ejected(l *instLoad) bool {
 	return l != nil && l.ejected.Load()
 }
+
+// ReportResult feeds this node's passive failure tracking with the outcome
+// of a call made to instance (service, id) outside Aegis, by a client that
+// discovers instances through Aegis but calls them with its own protocol
+// (Service.Endpoints). ok=false means the instance did not answer
+// (connection refused or reset, timeout, 502/503/504): EjectAfterFailures
+// such reports in a row eject it from this node's routing
+// (HealthyInstances, EventEjected) for a while. ok=true means it answered,
+// which clears the count. Reports for unknown instances are ignored.
+func (n *Node) ReportResult(service, id string, ok bool) {
+	inst, known := n.reg.get(instKey{service, id})
+	if !known {
+		return
+	}
+	if ok {
+		n.caller.observe(&inst, outcomeOK)
+	} else {
+		n.caller.observe(&inst, outcomeUnavailable)
+	}
+}

@@ -57,3 +57,21 @@ func ids(insts []Instance) []string {
 	}
 	return out
 }
+
+func TestReportResultEjects(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	nd := c.nodes[0]
+	nd.ReportResult("svc", "nope", false) // unknown: ignored
+	for range nd.cfg.EjectAfterFailures - 1 {
+		nd.ReportResult("svc", "inst-1", false)
+	}
+	nd.ReportResult("svc", "inst-1", true) // an answer clears the count
+	for range nd.cfg.EjectAfterFailures - 1 {
+		nd.ReportResult("svc", "inst-1", false)
+	}
+	require.Len(t, nd.HealthyInstances("svc"), 2)
+	nd.ReportResult("svc", "inst-1", false)
+	require.Len(t, nd.HealthyInstances("svc"), 1, "ejected after EjectAfterFailures failures in a row")
+	require.Equal(t, "inst-0", nd.HealthyInstances("svc")[0].ID)
+}
