@@ -451,3 +451,39 @@ func FuzzDecodeRoleMsg(f *testing.F) {
 		}
 	})
 }
+
+// The active's heartbeats stop while its node stays up: on the fake clock,
+// nothing happens at exactly HeartbeatTimeout, and one second later every
+// node promotes the same standby.
+func TestPromotionAfterHeartbeatTimeoutOnTheClock(t *testing.T) {
+	c := newCluster(t, 3, true)
+	c.waitConverged(10 * time.Second)
+	var log runLog
+	regs := make([]*Registration, 3)
+	for i, nd := range c.nodes {
+		role := RoleStandby
+		if i == 0 {
+			role = RoleActive
+		}
+		id := fmt.Sprintf("db-%d", i)
+		reg, err := nd.Register(context.Background(), Service{Name: "db", InstanceID: id, Role: role,
+			Priority: 3 - i, Promotion: PromoteAlways, Handler: log.handler(id)})
+		require.NoError(t, err)
+		regs[i] = reg
+	}
+	waitActive(t, c.nodes, "db-0", 1)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		for _, nd := range c.nodes {
+			if v := nd.Roles("db"); len(v[0].Standbys) != 2 {
+				return false
+			}
+		}
+		return true
+	}, "every node sees both standbys")
+	c.settle()
+	regs[0].PauseHeartbeats()
+	c.advance(30*time.Second, nil)
+	waitActive(t, c.nodes, "db-0", 1) // still: the timeout is "older than"
+	c.advance(time.Second, nil)
+	waitActive(t, c.nodes, "db-1", 2)
+}
