@@ -187,6 +187,12 @@ func (n *Node) standbyStep(r *Registration, g *groupState) {
 	if !standing || !ok || c.ID != r.key.id {
 		return
 	}
+	// A standby registered a moment ago may not know its group yet (an
+	// active registered elsewhere is still on its way): it waits one
+	// RoleLeaseTimeout before it stands.
+	if n.clk.Now().Sub(r.regTime) < n.cfg.RoleLeaseTimeout {
+		return
+	}
 	if r.svc.Promotion == PromoteAlways {
 		n.setRole(r, RoleActive, g.epoch+1, "promoted")
 		return

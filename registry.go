@@ -123,6 +123,9 @@ type Service struct {
 	// RoleNone (the default) is an ordinary peer. Registering RoleActive
 	// while the group has a healthy active fails with ErrRoleConflict;
 	// register standbys and let promotion choose, or register one active.
+	// A group without an active promotes a standby that has been
+	// registered for at least Config.RoleLeaseTimeout (younger ones may
+	// not know their group yet), so register the intended active first.
 	// See PromotionMode for what happens under partitions.
 	// Group narrows the role group within the service (default: the
 	// service itself is the group); it follows the service-name rule.
