@@ -27,6 +27,7 @@ type promotionOpts struct {
 	attempt     time.Duration
 	callers     int
 	atOnce      bool
+	crash       string // "shutdown" or "blackhole"
 }
 
 // tweak applies the heartbeat, lease and attempt settings to a node.
@@ -78,6 +79,7 @@ func runPromotion(args []string) error {
 	fs.DurationVar(&o.healthCheck, "health-check", 50*time.Millisecond, "Config.HealthCheckInterval")
 	fs.DurationVar(&o.attempt, "attempt-timeout", time.Second, "Config.AttemptTimeout")
 	fs.IntVar(&o.callers, "callers", 2, "concurrent CallWithFailover loops on the client node")
+	fs.StringVar(&o.crash, "crash", "shutdown", "how the active's node fails: shutdown (Shutdown(), no Leave: its sockets close, peers' dials are refused) or blackhole (needs -mem: the node is cut off from every other node by a partition and keeps running, as a host that lost power or network would look; dials to it hang until their timeout)")
 	fs.BoolVar(&o.atOnce, "register-at-once", false, "register the standbys right after the active, without waiting until their nodes see it")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -90,6 +92,9 @@ func runPromotion(args []string) error {
 	}
 	if o.runs < 1 || o.callers < 1 {
 		return fmt.Errorf("-runs and -callers must be at least 1")
+	}
+	if o.crash != "shutdown" && (o.crash != "blackhole" || !o.mem) {
+		return fmt.Errorf("-crash must be shutdown, or blackhole with -mem")
 	}
 	var err error
 	if o.modes, err = parseModes(*modes); err != nil {
@@ -309,7 +314,12 @@ func promotionRun(o *promotionOpts, mode aegis.PromotionMode, lease time.Duratio
 	pr.early = int(early.Load())
 	crashed.Store(true)
 	crash := time.Now()
-	_ = c.nodes[1].Shutdown()
+	if o.crash == "blackhole" {
+		others := []string{c.nodes[0].Addr(), c.nodes[2].Addr(), c.nodes[3].Addr()}
+		c.nw.Partition([]string{c.nodes[1].Addr()}, others)
+	} else {
+		_ = c.nodes[1].Shutdown()
+	}
 	for deadline := crash.Add(o.cap); ; time.Sleep(5 * time.Millisecond) {
 		mu.Lock()
 		got := !firstNew.IsZero()
@@ -362,9 +372,9 @@ func printPromotion(o *promotionOpts, results []promotionResult) {
 		ls = append(ls, fmt.Sprintf("%v (majority margin 1.5 × = %v)", l, l*3/2))
 	}
 	fmt.Fprintf(w, "- RoleLeaseTimeout: %s\n", strings.Join(ls, "; "))
-	fmt.Fprintf(w, "- procedure: per run a fresh cluster of 4 nodes (node 0 the client, nodes 1-3 servers; %s); \"ledger-1\" registered RoleActive on node 1, \"ledger-2\" (priority 2) and \"ledger-3\" (priority 1) RoleStandby on nodes 2 and 3 (%s), all with the run's PromotionMode; wait until every node sees ledger-1 active and both standbys healthy, sleep -settle (%v); %d callers on node 0 call CallWithFailover in a loop (1 ms pause, deadline per call max(30s, 4 × (HeartbeatTimeout + RoleLeaseTimeout))); after 300 ms, Shutdown() node 1 (abrupt: no Leave); stop 200 ms after the first answer from the new active\n",
-		o.joinName(), registerOrder(o.atOnce), o.settle, o.callers)
-	fmt.Fprintf(w, "- measured from just before Shutdown(): detection = the new active's node marks ledger-1 unhealthy (event time, reason listed; negative when a false suspicion before the crash was still standing at it); promoted = the new active's OnRoleChange to RoleActive; first answer = a caller on node 0 gets an answer from the new active. Caller errors are calls CallWithFailover returned an error for; \"overlap\" counts runs where a handler ran with an older epoch after one with a newer epoch, or two instances ran with one epoch; role changes before the crash are OnRoleChange calls during set-up (there should be none)\n")
+	fmt.Fprintf(w, "- procedure: per run a fresh cluster of 4 nodes (node 0 the client, nodes 1-3 servers; %s); \"ledger-1\" registered RoleActive on node 1, \"ledger-2\" (priority 2) and \"ledger-3\" (priority 1) RoleStandby on nodes 2 and 3 (%s), all with the run's PromotionMode; wait until every node sees ledger-1 active and both standbys healthy, sleep -settle (%v); %d callers on node 0 call CallWithFailover in a loop (1 ms pause, deadline per call max(30s, 4 × (HeartbeatTimeout + RoleLeaseTimeout))); after 300 ms, %s; stop 200 ms after the first answer from the new active\n",
+		o.joinName(), registerOrder(o.atOnce), o.settle, o.callers, crashName(o.crash))
+	fmt.Fprintf(w, "- measured from just before the crash: detection = the new active's node marks ledger-1 unhealthy (event time, reason listed; negative when a false suspicion before the crash was still standing at it); promoted = the new active's OnRoleChange to RoleActive; first answer = a caller on node 0 gets an answer from the new active. Caller errors are calls CallWithFailover returned an error for; \"overlap\" counts runs where a handler ran with an older epoch after one with a newer epoch, or two instances ran with one epoch; role changes before the crash are OnRoleChange calls during set-up (there should be none)\n")
 	fmt.Fprintf(w, "- %d runs per lease and mode; times in ms\n\n", o.runs)
 
 	var rows [][]string
@@ -524,4 +534,11 @@ func waitUntil(limit time.Duration, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+func crashName(crash string) string {
+	if crash == "blackhole" {
+		return "cut node 1 off from every other node (-crash blackhole: a partition on the in-memory network; node 1 keeps running, isolated)"
+	}
+	return "Shutdown() node 1 (abrupt: no Leave)"
 }
