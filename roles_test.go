@@ -70,13 +70,21 @@ func roleConfig(cfg *Config) {
 	cfg.AttemptTimeout = time.Second
 }
 
-// newRoleCluster starts n nodes and registers on node i an instance
-// "db-<i>" of service "db": node 0 active, the others standbys with
-// priority n-i (node 1 is promoted first).
+// newRoleCluster starts n nodes with roleConfig and registers the members
+// of "db" on them (see addRoleMembers).
 func newRoleCluster(t *testing.T, n int, mode PromotionMode, log *runLog) (*cluster, []*Registration) {
 	t.Helper()
 	c := newCluster(t, n, false, roleConfig)
 	c.waitConverged(10 * time.Second)
+	return c, addRoleMembers(t, c, mode, log)
+}
+
+// addRoleMembers registers on node i an instance "db-<i>" of service "db":
+// node 0 active, the others standbys with priority n-i (node 1 is promoted
+// first), and waits until every node sees them all, db-0 active.
+func addRoleMembers(t *testing.T, c *cluster, mode PromotionMode, log *runLog) []*Registration {
+	t.Helper()
+	n := len(c.nodes)
 	regs := make([]*Registration, n)
 	for i, nd := range c.nodes {
 		role := RoleStandby
@@ -98,7 +106,7 @@ func newRoleCluster(t *testing.T, n int, mode PromotionMode, log *runLog) (*clus
 		}
 		return true
 	}, "every node sees every standby")
-	return c, regs
+	return regs
 }
 
 // waitActive waits until every node sees id as the active of "db", with
@@ -471,27 +479,7 @@ func TestPromotionAfterHeartbeatTimeoutOnTheClock(t *testing.T) {
 	c := newCluster(t, 3, true)
 	c.waitConverged(10 * time.Second)
 	var log runLog
-	regs := make([]*Registration, 3)
-	for i, nd := range c.nodes {
-		role := RoleStandby
-		if i == 0 {
-			role = RoleActive
-		}
-		id := fmt.Sprintf("db-%d", i)
-		reg, err := nd.Register(context.Background(), Service{Name: "db", InstanceID: id, Role: role,
-			Priority: 3 - i, Promotion: PromoteAlways, Handler: log.handler(id)})
-		require.NoError(t, err)
-		regs[i] = reg
-	}
-	waitActive(t, c.nodes, "db-0", 1)
-	testutil.Eventually(t, 10*time.Second, func() bool {
-		for _, nd := range c.nodes {
-			if v := nd.Roles("db"); len(v[0].Standbys) != 2 {
-				return false
-			}
-		}
-		return true
-	}, "every node sees both standbys")
+	regs := addRoleMembers(t, c, PromoteAlways, &log)
 	c.settle()
 	regs[0].PauseHeartbeats()
 	c.advance(30*time.Second, nil)
