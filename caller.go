@@ -83,6 +83,10 @@ func (c *caller) attempt(ctx context.Context, inst *Instance, method string, pay
 		inst.load.inflight.Add(1)
 		defer inst.load.inflight.Add(-1)
 	}
+	var start time.Time
+	if o.onAttempt != nil {
+		start = time.Now()
+	}
 	timeout := c.cfg.AttemptTimeout
 	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID.prefix, MessageSeq: msgID.seq,
 		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: timeout}
@@ -102,6 +106,9 @@ func (c *caller) attempt(ctx context.Context, inst *Instance, method string, pay
 		o2, err = classifyRemote(inst, resp.Err, callerBound, timeout)
 	}
 	c.observe(inst, o2)
+	if o.onAttempt != nil {
+		o.onAttempt(Attempt{InstanceID: inst.ID, Node: inst.Node, Err: err, Duration: time.Since(start), Try: try, Hedge: o.hedge})
+	}
 	if err != nil {
 		return nil, o2, err
 	}
@@ -127,3 +134,4 @@ func (c *caller) observe(inst *Instance, o outcome) {
 		}
 	}
 }
+

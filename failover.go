@@ -18,6 +18,8 @@ type callOptions struct {
 	key         string
 	messageID   string
 	header      map[string]string
+	onAttempt   func(Attempt) // WithAttemptObserver; nil: none
+	hedge       bool          // the tries are a hedge's
 }
 
 // WithExclude keeps the call away from the given instance IDs.
@@ -58,6 +60,16 @@ func WithHeader(key, value string) CallOption {
 		}
 		o.header[key] = value
 	}
+}
+
+// WithAttemptObserver calls fn after every try of the call, successful or
+// not, with the instance, its node, the error (nil on success), the
+// duration and whether it was a same-instance retry or a hedge: a tool can
+// show how a call found its way. fn runs on the calling goroutine, or on
+// a hedge's goroutine (concurrently with the call) when the call is
+// hedged; it must be quick and safe for concurrent use.
+func WithAttemptObserver(fn func(Attempt)) CallOption {
+	return func(o *callOptions) { o.onAttempt = fn }
 }
 
 // applyOptions applies opts to a copy of o on the heap only when there are
@@ -230,7 +242,7 @@ func (c *caller) tryInstanceFrom(ctx context.Context, inst *Instance, method str
 			return out, oc, nil
 		}
 		if attempts != nil {
-			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
+			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Node: inst.Node, Err: err, Duration: time.Since(start), Try: same, Hedge: o.hedge})
 		}
 		if !c.retryAgain(ctx, inst, method, oc, same) {
 			return nil, oc, err
