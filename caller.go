@@ -134,4 +134,3 @@ func (c *caller) observe(inst *Instance, o outcome) {
 		}
 	}
 }
-
