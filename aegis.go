@@ -117,7 +117,7 @@ func newNode(c Config) (*Node, error) {
 		bus:    newEventBus(),
 		tracer: tracerFor(c.TracerProvider),
 	}
-	n.reg = newRegistry(n.name, n.clk, &n.cfg, n.bus.publish)
+	n.reg = newRegistry(n.name, n.clk, &n.cfg, n.emit)
 	n.reg.beating = n.beatingNow
 	tr := c.Transport
 	if tr == nil {
@@ -149,6 +149,7 @@ func newNode(c Config) (*Node, error) {
 		return nil, fmt.Errorf("aegis: start gossip: %w", err)
 	}
 	n.gossip = g
+	n.met.observe(c.MeterProvider, n)
 	return n, nil
 }
 
@@ -402,6 +403,7 @@ func (n *Node) shutdown() error {
 		_ = n.server.rpc.Close()
 		_ = n.caller.client.Close()
 		n.wg.Wait()
+		n.met.unobserve()
 		n.bus.close()
 		n.log.Info("aegis node stopped")
 	})

@@ -106,6 +106,7 @@ func (c *caller) attempt(ctx context.Context, inst *Instance, method string, pay
 		o2, err = classifyRemote(inst, resp.Err, callerBound, timeout)
 	}
 	c.observe(inst, o2)
+	c.met.recordAttempt(ctx, inst, o, try, o2)
 	if o.onAttempt != nil {
 		o.onAttempt(Attempt{InstanceID: inst.ID, Node: inst.Node, Err: err, Duration: time.Since(start), Try: try, Hedge: o.hedge})
 	}

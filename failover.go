@@ -20,6 +20,7 @@ type callOptions struct {
 	header      map[string]string
 	onAttempt   func(Attempt) // WithAttemptObserver; nil: none
 	hedge       bool          // the tries are a hedge's
+	failover    bool          // the tries are on a second or later instance
 }
 
 // WithExclude keeps the call away from the given instance IDs.
@@ -96,8 +97,8 @@ func applyOptions(o callOptions, opts []CallOption) callOptions {
 // ErrMessageTooLarge (all wrapped) or the handler's *RemoteError.
 func (n *Node) Call(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{}, opts)
-	if n.tracer != nil {
-		return n.traced(ctx, "Call", service, method, payload, o, n.caller.call)
+	if n.tracer != nil || n.met.callsOn(ctx) {
+		return n.instrumented(ctx, "Call", service, method, payload, o, n.caller.call)
 	}
 	return n.caller.call(ctx, service, method, payload, &o)
 }
@@ -133,8 +134,8 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 // candidates ran out, ErrRetryBudgetExhausted when the budget stopped it).
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{maxAttempts: n.cfg.MaxAttempts}, opts)
-	if n.tracer != nil {
-		return n.traced(ctx, "CallWithFailover", service, method, payload, o, n.caller.callWithFailover)
+	if n.tracer != nil || n.met.callsOn(ctx) {
+		return n.instrumented(ctx, "CallWithFailover", service, method, payload, o, n.caller.callWithFailover)
 	}
 	return n.caller.callWithFailover(ctx, service, method, payload, &o)
 }
@@ -165,9 +166,11 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 		// budget, so that one hung instance does not turn the calls that
 		// were waiting on it into errors once the budget is spent.
 		if distinct > 0 && !ejected(prev) && !c.budget.Withdraw() {
+			c.met.budgetRefused.Add(bg, 1, c.met.refusedFailover)
 			stopErr = ErrRetryBudgetExhausted
 			break
 		}
+		o.failover = distinct > 0
 		inst, err := c.pick(service, method, o)
 		if err != nil {
 			if len(attempts) == 0 {
@@ -254,7 +257,11 @@ func (c *caller) tryInstanceFrom(ctx context.Context, inst *Instance, method str
 // followed by a retry on the same instance, and if so takes a retry
 // budget token and waits the backoff (false if ctx ends meanwhile).
 func (c *caller) retryAgain(ctx context.Context, inst *Instance, method string, oc outcome, same int) bool {
-	if same >= c.cfg.SameInstanceRetries || ctx.Err() != nil || !oc.retrySame(inst.idempotent(method)) || !c.budget.Withdraw() {
+	if same >= c.cfg.SameInstanceRetries || ctx.Err() != nil || !oc.retrySame(inst.idempotent(method)) {
+		return false
+	}
+	if !c.budget.Withdraw() {
+		c.met.budgetRefused.Add(bg, 1, c.met.refusedRetry)
 		return false
 	}
 	c.stats.sameRetries.Add(1)

@@ -191,7 +191,12 @@ func (c *caller) putHedge(h *hedge) {
 // it picks another instance and runs the hedge attempt on it.
 func (h *hedge) fire() {
 	c := h.c
-	if h.ctx.Err() != nil || !c.budget.Withdraw() {
+	if h.ctx.Err() != nil {
+		h.wg.Done()
+		return
+	}
+	if !c.budget.Withdraw() {
+		c.met.budgetRefused.Add(bg, 1, c.met.refusedHdg)
 		h.wg.Done()
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -66,8 +67,20 @@ func unavailable(format string, args ...any) rpc.Response {
 	return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeUnavailable, Message: fmt.Sprintf(format, args...), Retryable: true}}
 }
 
-// serveCall runs one incoming call on the addressed local instance.
+// serveCall runs one incoming call on the addressed local instance,
+// measuring it when the server duration metric is wanted.
 func (s *callServer) serveCall(ctx context.Context, req *rpc.Request) rpc.Response {
+	if !s.met.serverDur.Enabled(ctx) {
+		return s.serve(ctx, req)
+	}
+	start := time.Now()
+	resp := s.serve(ctx, req)
+	s.met.recordServer(ctx, req, s.lookup(req.Service, req.InstanceID) != nil, &resp, time.Since(start))
+	return resp
+}
+
+// serve runs one incoming call on the addressed local instance.
+func (s *callServer) serve(ctx context.Context, req *rpc.Request) rpc.Response {
 	r := s.lookup(req.Service, req.InstanceID)
 	if r == nil && req.Service == keysService {
 		return s.system(req)

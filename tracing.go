@@ -6,6 +6,7 @@ package aegis
 
 import (
 	"context"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -32,13 +33,23 @@ func tracerFor(tp trace.TracerProvider) trace.Tracer {
 // callFunc is the caller's Call or CallWithFailover after options.
 type callFunc func(ctx context.Context, service, method string, payload []byte, o *callOptions) ([]byte, error)
 
-// traced runs call inside a client span named after api. It takes the
+// instrumented runs call inside a client span named after api (when
+// tracing is on) and records its metrics (when wanted). It takes the
 // options by value: a pointer to the caller's would make them escape to
-// the heap on every call, traced or not.
-func (n *Node) traced(ctx context.Context, api, service, method string, payload []byte, o callOptions, call callFunc) ([]byte, error) {
-	ctx, span := n.startCallSpan(ctx, api, service, method, &o)
+// the heap on every call, instrumented or not.
+func (n *Node) instrumented(ctx context.Context, api, service, method string, payload []byte, o callOptions, call callFunc) ([]byte, error) {
+	start := time.Now()
+	var span trace.Span
+	if n.tracer != nil {
+		ctx, span = n.startCallSpan(ctx, api, service, method, &o)
+	}
 	out, err := call(ctx, service, method, payload, &o)
-	endSpan(span, err)
+	if n.met.callsOn(ctx) {
+		n.met.recordCall(ctx, service, method, err, time.Since(start))
+	}
+	if span != nil {
+		endSpan(span, err)
+	}
 	return out, err
 }
 
