@@ -175,7 +175,7 @@ func newCaller(n *Node) *caller {
 			return n.secureDial(ctx, conn, addr)
 		}})
 	return &caller{
-		cfg: &n.cfg, reg: n.reg, client: client, stats: &n.stats, met: n.met, tracer: n.tracer,
+		cfg: &n.cfg, reg: n.reg, client: client, stats: &n.stats, met: n.met, tracer: n.tracer, prop: c.Propagator,
 		budget:    budget.New(c.RetryBudgetRatio, c.RetryBudgetMinPerSecond, n.clk.Now),
 		msgPrefix: n.name + "-" + randomHex(4) + "-",
 		stopped:   func() bool { return n.state.Load() == stateStopped },

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aegisipc/aegis/internal/rpc"
@@ -27,7 +29,8 @@ type callServer struct {
 	log     *slog.Logger
 	stats   *nodeStats
 	met     *nodeMetrics
-	tracer  trace.Tracer                        // nil: tracing off
+	tracer  trace.Tracer // nil: tracing off
+	prop    propagation.TextMapPropagator
 	running func() bool                         // the node neither leaves nor has stopped
 	system  func(req *rpc.Request) rpc.Response // answers keysService
 
@@ -35,7 +38,7 @@ type callServer struct {
 }
 
 func newCallServer(n *Node) *callServer {
-	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer,
+	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer, prop: n.cfg.Propagator,
 		running: func() bool { return n.state.Load() == stateRunning }, system: n.serveKeys}
 	l := n.cfg.CallLimits
 	s.rpc = rpc.NewServer(s.serveCall, rpc.ServerOptions{MaxFrameSize: n.cfg.MaxFrameSize, Logger: n.log,
@@ -67,15 +70,26 @@ func unavailable(format string, args ...any) rpc.Response {
 	return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeUnavailable, Message: fmt.Sprintf(format, args...), Retryable: true}}
 }
 
-// serveCall runs one incoming call on the addressed local instance,
-// measuring it when the server duration metric is wanted.
+// serveCall runs one incoming call on the addressed local instance, in a
+// server span when tracing is on, measuring it when the server duration
+// metric is wanted.
 func (s *callServer) serveCall(ctx context.Context, req *rpc.Request) rpc.Response {
-	if !s.met.serverDur.Enabled(ctx) {
+	measure := s.met.serverDur.Enabled(ctx)
+	if s.tracer == nil && !measure {
 		return s.serve(ctx, req)
 	}
 	start := time.Now()
+	var span trace.Span
+	if s.tracer != nil {
+		ctx, span = startServerSpan(ctx, s.tracer, s.prop, req)
+	}
 	resp := s.serve(ctx, req)
-	s.met.recordServer(ctx, req, s.lookup(req.Service, req.InstanceID) != nil, &resp, time.Since(start))
+	if measure {
+		s.met.recordServer(ctx, req, s.lookup(req.Service, req.InstanceID) != nil, &resp, time.Since(start))
+	}
+	if span != nil {
+		endServerSpan(span, resp.Err)
+	}
 	return resp
 }
 
@@ -102,6 +116,9 @@ func (s *callServer) serve(ctx context.Context, req *rpc.Request) rpc.Response {
 		// execution, waiting for it if it is still running.
 		s.stats.duplicates.Add(1)
 		s.met.duplicates.Add(bg, 1)
+		if s.tracer != nil {
+			trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("aegis.dedup_hit", true))
+		}
 		select {
 		case <-e.Done():
 			return *e.Result()
@@ -141,11 +158,6 @@ func cacheable(resp *rpc.Response) bool {
 func (s *callServer) runHandler(ctx context.Context, r *Registration, req *rpc.Request) (resp rpc.Response) {
 	areq := &Request{Service: req.Service, Method: req.Method, InstanceID: req.InstanceID,
 		MessageID: req.MessageID, Payload: req.Payload, Header: req.Header}
-	if s.tracer != nil {
-		var span trace.Span
-		ctx, span = startServerSpan(ctx, s.tracer, areq)
-		defer func() { endServerSpan(span, resp.Err) }()
-	}
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("handler panicked", "service", req.Service, "method", req.Method, "instance", req.InstanceID,
