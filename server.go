@@ -160,8 +160,8 @@ func (s *callServer) runHandler(ctx context.Context, r *Registration, req *rpc.R
 		MessageID: req.MessageID, Payload: req.Payload, Header: req.Header}
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("handler panicked", "service", req.Service, "method", req.Method, "instance", req.InstanceID,
-				"panic", p, "stack", string(debug.Stack()))
+			s.log.ErrorContext(ctx, "handler panicked", append(traceLogAttrs(ctx), "service", req.Service, "method", req.Method,
+				"instance", req.InstanceID, "message_id", req.MessageID, "panic", p, "stack", string(debug.Stack()))...)
 			resp = rpc.Response{Err: &rpc.ErrorInfo{Code: CodePanic, Message: fmt.Sprintf("handler for %s.%s panicked: %v", req.Service, req.Method, p)}}
 		}
 	}()

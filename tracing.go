@@ -114,3 +114,14 @@ func endServerSpan(span trace.Span, e *rpc.ErrorInfo) {
 	}
 	span.End()
 }
+
+// traceLogAttrs returns the trace_id and span_id of ctx's span as log
+// attributes, so a call-related log record can be found from its trace
+// (none when ctx carries no valid span).
+func traceLogAttrs(ctx context.Context) []any {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return nil
+	}
+	return []any{"trace_id", sc.TraceID().String(), "span_id", sc.SpanID().String()}
+}

@@ -1,7 +1,11 @@
 package aegis
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,3 +104,51 @@ func TestTraceAcrossAFailover(t *testing.T) {
 		return false
 	}, "a server span marked as a dedup hit")
 }
+
+// TestPanicLogCarriesTraceID: the log record of a handler's panic names
+// the trace of the call, so it can be found from the trace and back.
+func TestPanicLogCarriesTraceID(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	var logs syncBuf
+	c := newCluster(t, 2, false, func(cfg *Config) {
+		cfg.TracerProvider = tp
+		cfg.Propagator = propagation.TraceContext{}
+		cfg.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	c.waitConverged(10 * time.Second)
+	_, err := c.nodes[1].Register(context.Background(), Service{Name: "boom", InstanceID: "boom-1",
+		Handler: func(context.Context, *Request) ([]byte, error) { panic("kaboom") }})
+	require.NoError(t, err)
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(c.nodes[0].HealthyInstances("boom")) == 1 }, "boom visible")
+	_, err = c.nodes[0].Call(context.Background(), "boom", "m", nil)
+	require.Error(t, err)
+
+	var tid string
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		for _, s := range rec.Ended() {
+			if s.Name() == "boom/m" && s.SpanKind() == trace.SpanKindClient {
+				tid = s.SpanContext().TraceID().String()
+			}
+		}
+		return tid != ""
+	}, "client span ended")
+	var found bool
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, `"msg":"handler panicked"`) {
+			found = true
+			assert.Contains(t, line, `"trace_id":"`+tid+`"`)
+		}
+	}
+	assert.True(t, found, "a handler-panicked record:\n%s", logs.String())
+}
+
+// syncBuf is a bytes.Buffer safe for concurrent writers.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
