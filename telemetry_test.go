@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -231,4 +232,25 @@ func keyFor(t *testing.T, nd *Node, id string) string {
 	}
 	t.Fatalf("no key routes to %s", id)
 	return ""
+}
+
+// BenchmarkDisabledInstrumentation measures what one call pays for
+// metrics when no SDK is installed (the otel global provider before
+// SetMeterProvider): the Enabled checks of the client, attempt and server
+// paths.
+func BenchmarkDisabledInstrumentation(b *testing.B) {
+	nm := newNodeMetrics(otel.GetMeterProvider())
+	inst := &Instance{Service: "svc", ID: "i", Node: "n"}
+	o := &callOptions{}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if nm.callsOn(ctx) {
+			b.Fatal("enabled without an SDK")
+		}
+		nm.recordAttempt(ctx, inst, o, 0, outcomeOK)
+		if nm.serverDur.Enabled(ctx) {
+			b.Fatal("enabled without an SDK")
+		}
+	}
 }
