@@ -35,6 +35,9 @@ const rpcSystem = rpcconv.SystemNameAttr("aegis")
 // an instrumentation does not recognise).
 const maxMethodLabels = 1000
 
+// maxOptSets bounds the cached attribute options (see optSets).
+const maxOptSets = 20000
+
 // nodeMetrics are the OpenTelemetry instruments of a Node.
 type nodeMetrics struct {
 	gossipDropped  metric.Int64Counter
@@ -63,6 +66,8 @@ type nodeMetrics struct {
 
 	methods    sync.Map     // "service/method" → struct{}: labels in use
 	numMethods atomic.Int64 // entries in methods
+	optSets    sync.Map     // optKey → *optSet
+	numOptSets atomic.Int64 // entries in optSets
 	reg        metric.Registration
 }
 
@@ -199,19 +204,66 @@ func (nm *nodeMetrics) methodLabel(service, method string) string {
 	return label
 }
 
+// optKey identifies one combination of attribute values; optSets caches
+// the options recording them, so that a measurement allocates nothing for
+// its attributes after the first with the same values. Its size is bounded
+// like the values: services × capped methods × fixed outcome lists.
+type optKey struct {
+	kind         uint8 // which instrument(s): optCall, optAttempt, optServer
+	service, sub string
+	outcome      string
+}
+
+const (
+	optCall uint8 = iota
+	optAttempt
+	optServer
+)
+
+// optSet is the cached options of one optKey.
+type optSet struct {
+	record []metric.RecordOption // for a duration histogram
+	add    []metric.AddOption    // for a counter
+}
+
+// options returns the cached options of k, building them with attrs the
+// first time.
+func (nm *nodeMetrics) options(k optKey, attrs func() (hist, counter []attribute.KeyValue)) *optSet {
+	if v, ok := nm.optSets.Load(k); ok {
+		return v.(*optSet)
+	}
+	h, c := attrs()
+	set := &optSet{record: []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(h...))},
+		add: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(c...))}}
+	// Keys carry raw method names (a peer chooses those of the calls it
+	// sends): past the bound, options are built for each measurement and
+	// not kept.
+	if nm.numOptSets.Add(1) > maxOptSets {
+		nm.numOptSets.Add(-1)
+		return set
+	}
+	v, loaded := nm.optSets.LoadOrStore(k, set)
+	if loaded {
+		nm.numOptSets.Add(-1)
+	}
+	return v.(*optSet)
+}
+
 // recordCall records one finished Call or CallWithFailover.
 func (nm *nodeMetrics) recordCall(ctx context.Context, service, method string, err error, d time.Duration) {
-	label := nm.methodLabel(service, method)
 	outcome := errorType(err)
-	if err == nil {
-		nm.clientDur.Record(ctx, d.Seconds(), rpcSystem, attribute.String("rpc.method", label))
-	} else {
-		nm.clientDur.Record(ctx, d.Seconds(), rpcSystem, attribute.String("rpc.method", label), attribute.String("error.type", outcome))
-	}
-	if nm.calls.Enabled(ctx) {
-		nm.calls.Add(ctx, 1, metric.WithAttributes(attribute.String("aegis.service", service),
-			attribute.String("aegis.method", label), attribute.String("aegis.outcome", outcome)))
-	}
+	opts := nm.options(optKey{kind: optCall, service: service, sub: method, outcome: outcome}, func() (h, c []attribute.KeyValue) {
+		label := nm.methodLabel(service, method)
+		h = []attribute.KeyValue{attribute.String("rpc.system.name", string(rpcSystem)), attribute.String("rpc.method", label)}
+		if err != nil {
+			h = append(h, attribute.String("error.type", outcome))
+		}
+		c = []attribute.KeyValue{attribute.String("aegis.service", service), attribute.String("aegis.method", label),
+			attribute.String("aegis.outcome", outcome)}
+		return h, c
+	})
+	nm.clientDur.Inst().Record(ctx, d.Seconds(), opts.record...)
+	nm.calls.Add(ctx, 1, opts.add...)
 	var fe *FailoverError
 	if err != nil && errors.As(err, &fe) && nm.exhausted.Enabled(ctx) {
 		nm.exhausted.Add(ctx, 1, metric.WithAttributes(attribute.String("aegis.service", service),
@@ -224,8 +276,12 @@ func (nm *nodeMetrics) recordAttempt(ctx context.Context, inst *Instance, o *cal
 	if !nm.attempts.Enabled(ctx) {
 		return
 	}
-	nm.attempts.Add(ctx, 1, metric.WithAttributes(attribute.String("aegis.service", inst.Service),
-		attribute.String("aegis.attempt", attemptKind(o, try)), attribute.String("aegis.outcome", oc.String())))
+	kind := attemptKind(o, try)
+	opts := nm.options(optKey{kind: optAttempt, service: inst.Service, sub: kind, outcome: oc.String()}, func() (h, c []attribute.KeyValue) {
+		return nil, []attribute.KeyValue{attribute.String("aegis.service", inst.Service),
+			attribute.String("aegis.attempt", kind), attribute.String("aegis.outcome", oc.String())}
+	})
+	nm.attempts.Add(ctx, 1, opts.add...)
 }
 
 // attemptKind names a try: "first", "retry" (same instance, same message
@@ -243,19 +299,28 @@ func attemptKind(o *callOptions, try int) string {
 }
 
 // recordServer records one call served by a local instance; known says
-// whether the addressed instance is served here (else the method is not
-// reported).
+// whether the addressed instance is served here (else neither its service
+// nor its method is reported).
 func (nm *nodeMetrics) recordServer(ctx context.Context, req *rpc.Request, known bool, resp *rpc.Response, d time.Duration) {
-	label := "_OTHER"
+	service, method, errType := "", "", ""
 	if known {
-		label = nm.methodLabel(req.Service, req.Method)
+		service, method = req.Service, req.Method
 	}
-	if resp.Err == nil {
-		nm.serverDur.Record(ctx, d.Seconds(), rpcSystem, attribute.String("rpc.method", label))
-		return
+	if resp.Err != nil {
+		errType = remoteCodeLabel(resp.Err.Code)
 	}
-	nm.serverDur.Record(ctx, d.Seconds(), rpcSystem, attribute.String("rpc.method", label),
-		attribute.String("error.type", remoteCodeLabel(resp.Err.Code)))
+	opts := nm.options(optKey{kind: optServer, service: service, sub: method, outcome: errType}, func() (h, c []attribute.KeyValue) {
+		label := "_OTHER"
+		if known {
+			label = nm.methodLabel(service, method)
+		}
+		h = []attribute.KeyValue{attribute.String("rpc.system.name", string(rpcSystem)), attribute.String("rpc.method", label)}
+		if errType != "" {
+			h = append(h, attribute.String("error.type", errType))
+		}
+		return h, nil
+	})
+	nm.serverDur.Inst().Record(ctx, d.Seconds(), opts.record...)
 }
 
 // remoteCodes are the remote error codes reported as themselves; others

@@ -3,6 +3,7 @@ package aegis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/aegisipc/aegis/internal/rpc"
 	"github.com/aegisipc/aegis/internal/testutil"
 )
 
@@ -197,6 +199,23 @@ func TestMethodLabelsBounded(t *testing.T) {
 	}
 	assert.Equal(t, "_OTHER", nm.methodLabel("s", "one-too-many"))
 	assert.Equal(t, "s/a\x00", nm.methodLabel("s", "a\x00"), "a known label stays")
+}
+
+// TestOptionCacheBounded: a peer sending calls with ever new method names
+// to a served instance cannot grow the cached attribute options without
+// bound; their measurements still count, under "_OTHER".
+func TestOptionCacheBounded(t *testing.T) {
+	m, mp := newMeterReader(t)
+	nm := newNodeMetrics(mp)
+	ctx := context.Background()
+	for i := range maxOptSets + maxMethodLabels {
+		req := &rpc.Request{Service: "svc", Method: fmt.Sprintf("m%d", i)}
+		nm.recordServer(ctx, req, true, &rpc.Response{}, time.Millisecond)
+	}
+	assert.Equal(t, int64(maxOptSets), nm.numOptSets.Load(), "the cache stops at its bound")
+	assert.Equal(t, int64(maxOptSets+maxMethodLabels), m.value("rpc.server.call.duration"), "every call counted")
+	assert.Equal(t, int64(maxOptSets), m.value("rpc.server.call.duration", str("rpc.method", "_OTHER")),
+		"methods past the label cap reported as _OTHER")
 }
 
 func TestErrorType(t *testing.T) {
