@@ -193,6 +193,7 @@ func (n *Node) start() {
 		}
 	})
 	n.gossip.start()
+	n.logEvents()
 	// Tickers are made here, not in the goroutines, so that a test's fake
 	// clock cannot move before they exist.
 	if n.cfg.HeartbeatEnabled {

@@ -267,6 +267,7 @@ func (d *delegate) NotifyJoin(node *memberlist.Node) {
 		return
 	}
 	g.failed.remove(node.Name)
+	g.log.Info("node joined", "peer", node.Name, "addr", node.Address())
 	peer := g.setPeer(node)
 	g.reg.nodeAlive(node.Name)
 	// Introduce our instances to the newcomer straight away instead of
