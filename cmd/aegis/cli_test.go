@@ -12,7 +12,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -271,7 +273,7 @@ func testCLIErrors(t *testing.T, c *procCluster, join []string) {
 	assert.Equal(t, 2, r.code)
 	assert.Contains(t, r.stderr, "missing PAYLOAD")
 
-	r = c.runCLI(append([]string{"members"}, "-join", closedPort(t), "-join-timeout", "1s", "-timeout", "1s")...)
+	r = c.runCLI("members", "-join", closedPort(t), "-join-timeout", "1s")
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "check -join, the secret key and -gossip")
 }
@@ -287,5 +289,36 @@ func TestInspectHelp(t *testing.T) {
 		assert.Contains(t, out, "Examples:\n\n  aegis "+name+" ", name)
 		assert.Contains(t, out, "-json", name)
 		assert.Empty(t, stderr.String())
+	}
+}
+
+// TestParseArgs: positional arguments may sit before, between or after
+// the flags.
+func TestParseArgs(t *testing.T) {
+	tests := []struct {
+		args    []string
+		wantPos []string
+		wantKey string
+		wantErr string
+	}{
+		{[]string{"svc", "-key", "k"}, []string{"svc"}, "k", ""},
+		{[]string{"-key", "k", "svc"}, []string{"svc"}, "k", ""},
+		{[]string{"-json", "svc", "-key=k"}, []string{"svc"}, "k", ""},
+		{[]string{"-key", "k"}, nil, "", "missing SERVICE"},
+		{[]string{"svc", "extra"}, nil, "", `unexpected argument "extra"`},
+		{[]string{"--", "-svc"}, []string{"-svc"}, "", ""},
+	}
+	for _, tt := range tests {
+		o := &observeFlags{}
+		var key string
+		fs := newInspect(inspectCommand{name: "route", flags: func(fs *flag.FlagSet) { fs.StringVar(&key, "key", "", "") }}, o)
+		pos, err := parseArgs(fs, tt.args, &o.node.config, io.Discard, "SERVICE")
+		if tt.wantErr != "" {
+			require.ErrorContains(t, err, tt.wantErr, "%v", tt.args)
+			continue
+		}
+		require.NoError(t, err, "%v", tt.args)
+		assert.Equal(t, tt.wantPos, pos, "%v", tt.args)
+		assert.Equal(t, tt.wantKey, key, "%v", tt.args)
 	}
 }

@@ -107,7 +107,8 @@ var servicesCommand = inspectCommand{
 	about: `Lists every known service instance (or SERVICE's only): its status,
 role, node, call address, the age of its newest heartbeat and whether the
 reporting node's passive ejection keeps it out of routing (and for how
-long).`,
+long). Ages are on the reporting node's clock: an observer (-join) has
+just learned of every instance, so its ages start from its join.`,
 	example: `  aegis services -admin http://127.0.0.1:8080
   aegis services billing -join 127.0.0.1:7946 -gossip local -secret "$AEGIS_KEY"`,
 }

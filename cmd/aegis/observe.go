@@ -50,11 +50,13 @@ text; -json prints JSON instead.`
 func (f *observeFlags) register(fs *flag.FlagSet, withAdmin bool) {
 	f.node.keyFlag = "secret"
 	f.node.register(fs, "127.0.0.1:0")
+	f.node.joinTimeout = 10 * time.Second
+	fs.Lookup("join-timeout").DefValue = f.node.joinTimeout.String()
 	if withAdmin {
 		fs.StringVar(&f.admin, "admin", "", "`URL` of a node's admin endpoint (http://127.0.0.1:8080), instead of -join")
 	}
 	fs.BoolVar(&f.json, "json", false, "print JSON instead of aligned text")
-	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "bound on joining and each request")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "bound on each request to the admin endpoint")
 }
 
 // check reports a usage error unless exactly one source is given; fs is
@@ -190,7 +192,7 @@ func (f *observeFlags) startObserver(ctx context.Context, stderr io.Writer, tune
 	if err != nil {
 		return nil, err
 	}
-	if _, err := joinSeeds(ctx, node, f.node.join, f.timeout, slog.New(slog.DiscardHandler)); err != nil {
+	if _, err := joinSeeds(ctx, node, f.node.join, f.node.joinTimeout, slog.New(slog.DiscardHandler)); err != nil {
 		_ = node.Shutdown()
 		return nil, fmt.Errorf("%w (check -join, the secret key and -gossip against the cluster's nodes)", err)
 	}
