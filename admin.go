@@ -89,10 +89,11 @@ type AdminInstance struct {
 	// Ejected: the reporting node's passive ejection keeps the instance out
 	// of its routing pool for EjectedForSeconds more (it returns after a
 	// fresh heartbeat once that time is up).
-	Ejected           bool              `json:"ejected"`
-	EjectedForSeconds float64           `json:"ejected_for_s,omitempty"`
-	InFlight          int64             `json:"in_flight"`
-	Metadata          map[string]string `json:"metadata,omitempty"`
+	Ejected           bool    `json:"ejected"`
+	EjectedForSeconds float64 `json:"ejected_for_s,omitempty"`
+	// InFlight counts the calls the reporting node has in flight to it.
+	InFlight int64             `json:"in_flight"`
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // AdminServices is the body of /services.
