@@ -273,3 +273,40 @@ func BenchmarkDisabledInstrumentation(b *testing.B) {
 		}
 	}
 }
+
+// TestHedgeAttemptsCounted: a hedged try is counted as such, with the
+// hedge counter.
+func TestHedgeAttemptsCounted(t *testing.T) {
+	m, mp := newMeterReader(t)
+	c := newCluster(t, 3, false, func(cfg *Config) {
+		cfg.HedgeDelay = 20 * time.Millisecond
+		cfg.Balancer = ConsistentHash()
+		if cfg.NodeName == "node-00" {
+			cfg.MeterProvider = mp
+		}
+	})
+	c.waitConverged(10 * time.Second)
+	c.counting(func(ctx context.Context, req *Request) ([]byte, error) {
+		if req.InstanceID == "c-1" {
+			select {
+			case <-ctx.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+		return req.Payload, nil
+	})
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := fmt.Sprintf("k%d", i)
+		ri, err := c.nodes[0].Route("count", "echo", WithKey(k))
+		require.NoError(t, err)
+		if ri.Instance == "c-1" {
+			key = k
+		}
+	}
+	_, err := c.nodes[0].CallWithFailover(context.Background(), "count", "echo", []byte("x"), WithKey(key))
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), m.value("aegis.call.hedges"))
+	assert.Equal(t, int64(1), m.value("aegis.call.attempts", str("aegis.service", "count"), str("aegis.attempt", "hedge"), str("aegis.outcome", "ok")))
+	assert.Equal(t, int64(1), m.value("aegis.call.attempts", str("aegis.attempt", "first"), str("aegis.outcome", "canceled")))
+}
