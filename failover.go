@@ -166,7 +166,7 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 		// budget, so that one hung instance does not turn the calls that
 		// were waiting on it into errors once the budget is spent.
 		if distinct > 0 && !ejected(prev) && !c.budget.Withdraw() {
-			c.met.budgetRefused.Add(bg, 1, c.met.refusedFailover)
+			c.met.budgetRefused.Add(bg, 1, c.met.refusedFailover...)
 			stopErr = ErrRetryBudgetExhausted
 			break
 		}
@@ -261,7 +261,7 @@ func (c *caller) retryAgain(ctx context.Context, inst *Instance, method string, 
 		return false
 	}
 	if !c.budget.Withdraw() {
-		c.met.budgetRefused.Add(bg, 1, c.met.refusedRetry)
+		c.met.budgetRefused.Add(bg, 1, c.met.refusedRetry...)
 		return false
 	}
 	c.stats.sameRetries.Add(1)

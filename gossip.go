@@ -217,7 +217,7 @@ func (d *delegate) NodeMeta(limit int) []byte {
 }
 
 func (d *delegate) NotifyMsg(b []byte) {
-	d.g.met.gossipBytes.Add(bg, int64(len(b)), d.g.met.bytesIn)
+	d.g.met.gossipBytes.Add(bg, int64(len(b)), d.g.met.bytesIn...)
 	d.g.handleGossip(b)
 }
 
@@ -230,7 +230,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	}
 	out = append(out, d.g.hbQueue.GetBroadcasts(overhead, limit)...)
 	if n := sentBytes(out); n > 0 {
-		d.g.met.gossipBytes.Add(bg, n, d.g.met.bytesOut)
+		d.g.met.gossipBytes.Add(bg, n, d.g.met.bytesOut...)
 	}
 	return out
 }
@@ -241,13 +241,13 @@ func (d *delegate) LocalState(join bool) []byte {
 		d.g.log.Error("encode local state", "err", err)
 		return nil
 	}
-	d.g.met.gossipBytes.Add(bg, int64(len(b)), d.g.met.bytesOut)
+	d.g.met.gossipBytes.Add(bg, int64(len(b)), d.g.met.bytesOut...)
 	return b
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	g := d.g
-	g.met.gossipBytes.Add(bg, int64(len(buf)), g.met.bytesIn)
+	g.met.gossipBytes.Add(bg, int64(len(buf)), g.met.bytesIn...)
 	msg, ok := g.receive(buf, "push-pull")
 	if !ok {
 		return

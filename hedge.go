@@ -196,7 +196,7 @@ func (h *hedge) fire() {
 		return
 	}
 	if !c.budget.Withdraw() {
-		c.met.budgetRefused.Add(bg, 1, c.met.refusedHdg)
+		c.met.budgetRefused.Add(bg, 1, c.met.refusedHdg...)
 		h.wg.Done()
 		return
 	}

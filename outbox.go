@@ -119,7 +119,7 @@ func (g *gossiper) deliver(m outMsg) {
 			g.log.Debug("direct send failed", "peer", t.Name, "err", err)
 			continue
 		}
-		g.met.gossipBytes.Add(bg, int64(len(m.msg)), g.met.bytesOut)
+		g.met.gossipBytes.Add(bg, int64(len(m.msg)), g.met.bytesOut...)
 	}
 }
 
@@ -136,6 +136,6 @@ func (g *gossiper) introduce(to *memberlist.Node) {
 			g.log.Debug("introduce failed", "peer", to.Name, "err", err)
 			return
 		}
-		g.met.gossipBytes.Add(bg, int64(len(msg)), g.met.bytesOut)
+		g.met.gossipBytes.Add(bg, int64(len(msg)), g.met.bytesOut...)
 	}
 }

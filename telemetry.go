@@ -59,10 +59,10 @@ type nodeMetrics struct {
 	clientDur      rpcconv.ClientCallDuration
 	serverDur      rpcconv.ServerCallDuration
 
-	// Attribute options fixed at construction, so that recording them
-	// allocates nothing.
-	bytesIn, bytesOut                         metric.AddOption
-	refusedFailover, refusedRetry, refusedHdg metric.AddOption
+	// Attribute options fixed at construction, passed as slices
+	// (opts...), so that recording them allocates nothing.
+	bytesIn, bytesOut                         []metric.AddOption
+	refusedFailover, refusedRetry, refusedHdg []metric.AddOption
 
 	methods    sync.Map     // "service/method" → struct{}: labels in use
 	numMethods atomic.Int64 // entries in methods
@@ -111,9 +111,9 @@ func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
 	return nm
 }
 
-// addAttr returns an AddOption with one fixed attribute.
-func addAttr(key, value string) metric.AddOption {
-	return metric.WithAttributeSet(attribute.NewSet(attribute.String(key, value)))
+// addAttr returns the AddOptions of one fixed attribute.
+func addAttr(key, value string) []metric.AddOption {
+	return []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String(key, value)))}
 }
 
 // observe registers the callback of the observable gauges, which read n's
