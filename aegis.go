@@ -120,12 +120,7 @@ func newNode(c Config) (*Node, error) {
 		bus:      newEventBus(),
 		tracer:   tracerFor(c.TracerProvider),
 	}
-	n.reg = newRegistry(n.name, n.clk, &n.cfg, func(ev Event) {
-		n.bus.publish(ev)
-		if ev.Instance.Role != RoleNone || ev.Type == EventRoleChanged {
-			n.kickRoles() // a role group changed: promotion may be due
-		}
-	})
+	n.reg = newRegistry(n.name, n.clk, &n.cfg, n.emit)
 	n.reg.beating = n.beatingNow
 	tr := c.Transport
 	if tr == nil {
@@ -157,6 +152,7 @@ func newNode(c Config) (*Node, error) {
 		return nil, fmt.Errorf("aegis: start gossip: %w", err)
 	}
 	n.gossip = g
+	n.met.observe(c.MeterProvider, n)
 	return n, nil
 }
 
@@ -182,7 +178,7 @@ func newCaller(n *Node) *caller {
 			return n.secureDial(ctx, conn, addr)
 		}})
 	return &caller{
-		cfg: &n.cfg, reg: n.reg, client: client, stats: &n.stats, met: n.met, tracer: n.tracer,
+		cfg: &n.cfg, reg: n.reg, client: client, stats: &n.stats, met: n.met, tracer: n.tracer, prop: c.Propagator,
 		budget:    budget.New(c.RetryBudgetRatio, c.RetryBudgetMinPerSecond, n.clk.Now),
 		msgPrefix: n.name + "-" + randomHex(4) + "-",
 		stopped:   func() bool { return n.state.Load() == stateStopped },
@@ -200,6 +196,7 @@ func (n *Node) start() {
 		}
 	})
 	n.gossip.start()
+	n.logEvents()
 	// Tickers are made here, not in the goroutines, so that a test's fake
 	// clock cannot move before they exist.
 	if n.cfg.HeartbeatEnabled {
@@ -411,6 +408,7 @@ func (n *Node) shutdown() error {
 		_ = n.server.rpc.Close()
 		_ = n.caller.client.Close()
 		n.wg.Wait()
+		n.met.unobserve()
 		n.bus.close()
 		n.log.Info("aegis node stopped")
 	})

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aegisipc/aegis/internal/budget"
@@ -28,7 +29,8 @@ type caller struct {
 	budget  *budget.Budget
 	stats   *nodeStats
 	met     *nodeMetrics
-	tracer  trace.Tracer           // nil: tracing off
+	tracer  trace.Tracer // nil: tracing off
+	prop    propagation.TextMapPropagator
 	stopped func() bool            // the node has shut down
 	alive   func(node string) bool // pings a member; nil in tests that build a caller alone
 	spawn   func(func()) bool      // Node.spawn: a goroutine Shutdown waits for
@@ -110,9 +112,18 @@ func (c *caller) attempt(ctx context.Context, inst *Instance, method string, pay
 		inst.load.inflight.Add(1)
 		defer inst.load.inflight.Add(-1)
 	}
+	var start time.Time
+	if o.onAttempt != nil {
+		start = time.Now()
+	}
+	header := o.header
+	var span trace.Span
+	if c.tracer != nil {
+		ctx, span, header = c.startAttemptSpan(ctx, inst, o, try)
+	}
 	timeout := c.cfg.AttemptTimeout
 	req := rpc.Request{Service: inst.Service, Method: method, InstanceID: inst.ID, MessageID: msgID.prefix, MessageSeq: msgID.seq,
-		Header: o.header, Payload: payload, Attempt: uint32(try), Timeout: timeout, Epoch: inst.Epoch}
+		Header: header, Payload: payload, Attempt: uint32(try), Timeout: timeout, Epoch: inst.Epoch}
 	// Whether the handler's deadline will be the caller's rather than the
 	// attempt timeout (only a deadline context costs a clock read; context
 	// deadlines are wall-clock).
@@ -129,6 +140,13 @@ func (c *caller) attempt(ctx context.Context, inst *Instance, method string, pay
 		o2, err = classifyRemote(inst, resp.Err, callerBound, timeout)
 	}
 	c.observe(inst, o2)
+	c.met.recordAttempt(ctx, inst, o, try, o2)
+	if span != nil {
+		endAttemptSpan(span, o2, err)
+	}
+	if o.onAttempt != nil {
+		o.onAttempt(Attempt{InstanceID: inst.ID, Node: inst.Node, Err: err, Duration: time.Since(start), Try: try, Hedge: o.hedge})
+	}
 	if err != nil {
 		return nil, o2, err
 	}

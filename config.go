@@ -15,6 +15,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aegisipc/aegis/internal/clock"
@@ -197,10 +198,17 @@ type Config struct {
 	// MeterProvider receives metrics. Default: the otel global provider.
 	MeterProvider metric.MeterProvider
 	// TracerProvider, when set, receives a client span for every Call and
-	// CallWithFailover and a server span for every call a local instance
-	// handles; the trace context travels in the request headers through
-	// the otel global propagator. Default: the otel global provider.
+	// CallWithFailover, a child span per attempt (instance, node, outcome;
+	// first try, same-instance retry, failover or hedge) and a server span
+	// for every call a local instance handles (marked when answered from
+	// the dedup cache). Default: the otel global provider. Tracing is off,
+	// at no cost to calls, while the provider hands out spans that record
+	// nothing.
 	TracerProvider trace.TracerProvider
+	// Propagator carries the trace context across nodes in each attempt's
+	// request headers (W3C trace context with propagation.TraceContext).
+	// Default: the otel global propagator (otel.GetTextMapPropagator).
+	Propagator propagation.TextMapPropagator
 
 	// clock is the node's time source (see "How the code is organised" in
 	// doc.go); tests inject a fake one. Nil: the wall clock.
@@ -546,8 +554,8 @@ func checkHostPort(addr string) error {
 
 // withDefaults returns a validated copy of cfg (DefaultConfig() when nil)
 // with every unset optional field filled in: a generated node name, a
-// discarding logger, RoundRobin, the otel global providers and the wall
-// clock.
+// discarding logger, RoundRobin, the otel global providers and
+// propagator, and the wall clock.
 func withDefaults(cfg *Config) (Config, error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
@@ -578,6 +586,9 @@ func withDefaults(cfg *Config) (Config, error) {
 	}
 	if c.TracerProvider == nil {
 		c.TracerProvider = otel.GetTracerProvider()
+	}
+	if c.Propagator == nil {
+		c.Propagator = otel.GetTextMapPropagator()
 	}
 	if c.clock == nil {
 		c.clock = clock.Real{}

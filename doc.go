@@ -31,6 +31,13 @@ package aegis
 // lifecycle: New = withDefaults (config.go) + newNode (construction) +
 // start (goroutines); Leave drains and deregisters, then shuts down.
 //
+// Observability reads the parts without owning any: telemetry.go holds the
+// OpenTelemetry instruments each part records into (Enabled checks keep
+// the call path free without an SDK; the observable gauges' callback reads
+// the registry and members at collection), tracing.go the call, attempt
+// and server spans, logs.go the health log lines, admin.go and
+// routeinfo.go the read-only JSON views of AdminHandler and Node.Route.
+//
 // Goroutines, counted by Node.wg (started through Node.spawn) and stopped
 // by Node.stopCh or by closing what they read; Shutdown waits for all:
 //
@@ -42,8 +49,10 @@ package aegis
 //   - the heartbeat loop (when HeartbeatEnabled) and the health loop;
 //   - one goroutine per Join (it returns when memberlist's join does).
 //
-// Each subscriber runs on a goroutine of its own, owned by the event bus;
-// memberlist runs its own goroutines.
+// Each subscriber runs on a goroutine of its own, owned by the event bus
+// (so does the health logger of logs.go, when the logger takes Info);
+// memberlist runs its own goroutines. An AdminHandler's /events stream
+// subscribes for as long as its request lasts.
 //
 // Lock order, outermost first (also written on Node): Node.hbMu →
 // Node.mu → registry.mu → eventBus.mu → subscriber.mu. The gossiper's

@@ -133,11 +133,22 @@ func (e *RemoteError) Error() string {
 	return fmt.Sprintf("aegis: remote error %s: %s", e.Code, e.Message)
 }
 
-// Attempt records one try of a CallWithFailover.
+// Attempt records one try of a CallWithFailover (in FailoverError, and
+// for WithAttemptObserver).
 type Attempt struct {
 	InstanceID string
-	Err        error
-	Duration   time.Duration
+	// Node is the node hosting the instance.
+	Node string
+	// Err is the try's error; nil for a successful try (reported only to
+	// WithAttemptObserver).
+	Err      error
+	Duration time.Duration
+	// Try counts the tries on this instance before this one: 0 for the
+	// first, more for a same-instance retry with the same message ID.
+	Try int
+	// Hedge marks a hedged try (see Config.HedgeDelay), sent while an
+	// earlier one was still unanswered.
+	Hedge bool
 }
 
 // FailoverError is returned by CallWithFailover when every attempt failed.

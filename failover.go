@@ -21,6 +21,9 @@ type callOptions struct {
 	header      map[string]string
 	group       string
 	resource    string
+	onAttempt   func(Attempt) // WithAttemptObserver; nil: none
+	hedge       bool          // the tries are a hedge's
+	failover    bool          // the tries are on a second or later instance
 }
 
 // WithExclude keeps the call away from the given instance IDs.
@@ -70,6 +73,16 @@ func WithHeader(key, value string) CallOption {
 	}
 }
 
+// WithAttemptObserver calls fn after every try of the call, successful or
+// not, with the instance, its node, the error (nil on success), the
+// duration and whether it was a same-instance retry or a hedge: a tool can
+// show how a call found its way. fn runs on the calling goroutine, or on
+// a hedge's goroutine (concurrently with the call) when the call is
+// hedged; it must be quick and safe for concurrent use.
+func WithAttemptObserver(fn func(Attempt)) CallOption {
+	return func(o *callOptions) { o.onAttempt = fn }
+}
+
 // applyOptions applies opts to a copy of o on the heap only when there are
 // options (an option function makes its argument escape), so that a call
 // without options allocates nothing for them.
@@ -94,8 +107,8 @@ func applyOptions(o callOptions, opts []CallOption) callOptions {
 // ErrMessageTooLarge (all wrapped) or the handler's *RemoteError.
 func (n *Node) Call(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{}, opts)
-	if n.tracer != nil {
-		return n.traced(ctx, "Call", service, method, payload, o, n.caller.call)
+	if n.tracer != nil || n.met.callsOn(ctx) {
+		return n.instrumented(ctx, "Call", service, method, payload, o, n.caller.call)
 	}
 	return n.caller.call(ctx, service, method, payload, &o)
 }
@@ -131,8 +144,8 @@ func (n *Node) Call(ctx context.Context, service, method string, payload []byte,
 // candidates ran out, ErrRetryBudgetExhausted when the budget stopped it).
 func (n *Node) CallWithFailover(ctx context.Context, service, method string, payload []byte, opts ...CallOption) ([]byte, error) {
 	o := applyOptions(callOptions{maxAttempts: n.cfg.MaxAttempts}, opts)
-	if n.tracer != nil {
-		return n.traced(ctx, "CallWithFailover", service, method, payload, o, n.caller.callWithFailover)
+	if n.tracer != nil || n.met.callsOn(ctx) {
+		return n.instrumented(ctx, "CallWithFailover", service, method, payload, o, n.caller.callWithFailover)
 	}
 	return n.caller.callWithFailover(ctx, service, method, payload, &o)
 }
@@ -176,9 +189,11 @@ func (c *caller) callWithFailover(ctx context.Context, service, method string, p
 		// budget, so that one hung instance does not turn the calls that
 		// were waiting on it into errors once the budget is spent.
 		if distinct > 0 && !ejected(prev) && !c.budget.Withdraw() {
+			c.met.budgetRefused.Add(bg, 1, c.met.refusedFailover...)
 			stopErr = ErrRetryBudgetExhausted
 			break
 		}
+		o.failover = distinct > 0
 		inst, err := c.pick(service, method, o)
 		if err != nil {
 			if len(attempts) == 0 {
@@ -253,7 +268,7 @@ func (c *caller) tryInstanceFrom(ctx context.Context, inst *Instance, method str
 			return out, oc, nil
 		}
 		if attempts != nil {
-			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
+			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Node: inst.Node, Err: err, Duration: time.Since(start), Try: same, Hedge: o.hedge})
 		}
 		if !c.retryAgain(ctx, inst, method, oc, same) {
 			return nil, oc, err
@@ -265,7 +280,11 @@ func (c *caller) tryInstanceFrom(ctx context.Context, inst *Instance, method str
 // followed by a retry on the same instance, and if so takes a retry
 // budget token and waits the backoff (false if ctx ends meanwhile).
 func (c *caller) retryAgain(ctx context.Context, inst *Instance, method string, oc outcome, same int) bool {
-	if same >= c.cfg.SameInstanceRetries || ctx.Err() != nil || !oc.retrySame(inst.idempotent(method)) || !c.budget.Withdraw() {
+	if same >= c.cfg.SameInstanceRetries || ctx.Err() != nil || !oc.retrySame(inst.idempotent(method)) {
+		return false
+	}
+	if !c.budget.Withdraw() {
+		c.met.budgetRefused.Add(bg, 1, c.met.refusedRetry...)
 		return false
 	}
 	c.stats.sameRetries.Add(1)

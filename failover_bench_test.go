@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
 // benchPair starts two nodes on loopback TCP, registers an echo instance of
@@ -51,15 +53,22 @@ func BenchmarkCall(b *testing.B) {
 		name     string
 		dedup    bool
 		failover bool
+		sdk      bool // an SDK meter provider with a reader on both nodes
 	}{
-		{"Call/dedup", true, false},
-		{"Call/nodedup", false, false},
-		{"CallWithFailover/dedup", true, true},
+		{"Call/dedup", true, false, false},
+		{"Call/nodedup", false, false, false},
+		{"CallWithFailover/dedup", true, true, false},
+		{"CallWithFailover/dedup/sdk-metrics", true, true, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			caller := benchPair(b, func(cfg *Config) {
 				if !bc.dedup {
 					cfg.DedupMaxEntries = 0
+				}
+				if bc.sdk {
+					mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+					b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+					cfg.MeterProvider = mp
 				}
 			})
 			ctx := context.Background()

@@ -357,3 +357,34 @@ func TestHeadersAndKeysThroughANode(t *testing.T) {
 	}
 	require.Len(t, seen, 3, "keys spread over every instance")
 }
+
+// TestAttemptObserver: every try is reported, failed and successful, with
+// its instance, node, same-instance retry count and error.
+func TestAttemptObserver(t *testing.T) {
+	c := newCluster(t, 3, false)
+	c.counting(func(ctx context.Context, req *Request) ([]byte, error) {
+		if req.InstanceID != "c-2" {
+			return nil, Retryable(errors.New("busy"))
+		}
+		return []byte("ok"), nil
+	})
+	var mu sync.Mutex
+	var seen []Attempt
+	observe := func(a Attempt) { mu.Lock(); seen = append(seen, a); mu.Unlock() }
+	out, err := c.nodes[0].CallWithFailover(context.Background(), "count", "m", nil,
+		WithExclude("c-0"), WithKey(""), WithAttemptObserver(observe))
+	require.NoError(t, err)
+	require.Equal(t, "ok", string(out))
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, seen)
+	last := seen[len(seen)-1]
+	require.Equal(t, "c-2", last.InstanceID)
+	require.Equal(t, "node-02", last.Node)
+	require.NoError(t, last.Err)
+	for _, a := range seen[:len(seen)-1] {
+		require.Equal(t, "c-1", a.InstanceID)
+		require.ErrorContains(t, a.Err, "busy")
+		require.Zero(t, a.Try, "a retryable handler error moves on at once")
+	}
+}

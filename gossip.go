@@ -219,7 +219,10 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return []byte(d.g.callAddr)
 }
 
-func (d *delegate) NotifyMsg(b []byte) { d.g.handleGossip(b) }
+func (d *delegate) NotifyMsg(b []byte) {
+	d.g.met.gossipBytes.Add(bg, int64(len(b)), d.g.met.bytesIn...)
+	d.g.handleGossip(b)
+}
 
 // GetBroadcasts fills a gossip packet: records and tombstones first, then
 // heartbeat batches in the space left.
@@ -228,7 +231,11 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	for _, b := range out {
 		limit -= overhead + len(b)
 	}
-	return append(out, d.g.hbQueue.GetBroadcasts(overhead, limit)...)
+	out = append(out, d.g.hbQueue.GetBroadcasts(overhead, limit)...)
+	if n := sentBytes(out); n > 0 {
+		d.g.met.gossipBytes.Add(bg, n, d.g.met.bytesOut...)
+	}
+	return out
 }
 
 // LocalState is this node's registry for a push/pull. Resource claims, of
@@ -247,11 +254,13 @@ func (d *delegate) LocalState(join bool) []byte {
 		d.g.log.Error("encode local state", "err", err)
 		return nil
 	}
+	d.g.met.gossipBytes.Add(bg, int64(len(b)), d.g.met.bytesOut...)
 	return b
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	g := d.g
+	g.met.gossipBytes.Add(bg, int64(len(buf)), g.met.bytesIn...)
 	msg, ok := g.receive(buf, "push-pull")
 	if !ok {
 		return
@@ -274,6 +283,7 @@ func (d *delegate) NotifyJoin(node *memberlist.Node) {
 		return
 	}
 	g.failed.remove(node.Name)
+	g.log.Info("node joined", "peer", node.Name, "addr", node.Address())
 	peer := g.setPeer(node)
 	g.reg.nodeAlive(node.Name)
 	// Introduce our instances to the newcomer straight away instead of
@@ -399,6 +409,7 @@ func (g *gossiper) applyHeartbeats(batch *wire.HeartbeatBatch, b []byte, direct 
 		}
 		fresh, unknown := g.reg.heartbeat(hb, batch.Node, batch.Time)
 		g.stats.heartbeatsReceived.Add(1)
+		g.met.heartbeatsRecv.Add(bg, 1)
 		if unknown {
 			g.stats.heartbeatsUnknown.Add(1)
 			g.requestPull(batch.Node)
@@ -584,4 +595,13 @@ func (g *gossiper) waitQueueDrained(ctx context.Context, limit time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// sentBytes is the size of the messages in msgs.
+func sentBytes(msgs [][]byte) int64 {
+	var n int64
+	for _, b := range msgs {
+		n += int64(len(b))
+	}
+	return n
 }

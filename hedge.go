@@ -129,7 +129,7 @@ func (c *caller) tryHedged(ctx context.Context, inst *Instance, method string, p
 			return out, oc, nil, nil
 		}
 		if attempts != nil {
-			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
+			*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Node: inst.Node, Err: err, Duration: time.Since(start)})
 		}
 		if !c.retryAgain(ctx, inst, method, oc, 0) {
 			return nil, oc, nil, err
@@ -138,7 +138,7 @@ func (c *caller) tryHedged(ctx context.Context, inst *Instance, method string, p
 		return out, oc, nil, err
 	}
 	if err != nil && attempts != nil {
-		*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Err: err, Duration: time.Since(start)})
+		*attempts = append(*attempts, Attempt{InstanceID: inst.ID, Node: inst.Node, Err: err, Duration: time.Since(start)})
 	}
 	if err == nil {
 		cancel() // the hedge loses
@@ -191,7 +191,12 @@ func (c *caller) putHedge(h *hedge) {
 // it picks another instance and runs the hedge attempt on it.
 func (h *hedge) fire() {
 	c := h.c
-	if h.ctx.Err() != nil || !c.budget.Withdraw() {
+	if h.ctx.Err() != nil {
+		h.wg.Done()
+		return
+	}
+	if !c.budget.Withdraw() {
+		c.met.budgetRefused.Add(bg, 1, c.met.refusedHdg...)
 		h.wg.Done()
 		return
 	}
@@ -200,7 +205,7 @@ func (h *hedge) fire() {
 		ex[k] = struct{}{}
 	}
 	ex[h.primary.ID] = struct{}{}
-	o := callOptions{exclude: ex, key: h.o.key, header: h.o.header}
+	o := callOptions{exclude: ex, key: h.o.key, header: h.o.header, onAttempt: h.o.onAttempt, hedge: true}
 	inst, err := c.pick(h.primary.Service, h.method, &o)
 	if err != nil {
 		h.wg.Done()

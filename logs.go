@@ -1,6 +1,6 @@
 // This file adapts memberlist's log lines ("[ERR] memberlist: ...") to the
 // node's slog.Logger at their own level, rate-limited where a peer can
-// cause them.
+// cause them, and logs the node's view of instance health.
 
 package aegis
 
@@ -54,4 +54,37 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 		w.log.Log(context.Background(), level, string(line))
 	}
 	return len(p), nil
+}
+
+// logEvents logs the node's view of instance health from a subscriber of
+// its events, off the registry's lock: status changes at Info (Warn when
+// an instance turns unhealthy), ejections and reinstatements at Info,
+// instances learned or gone at Debug. Nothing is subscribed when the
+// logger drops Info records.
+func (n *Node) logEvents() {
+	if !n.log.Enabled(bg, slog.LevelInfo) {
+		return
+	}
+	n.bus.subscribe(func(e Event) {
+		level, msg := slog.LevelDebug, ""
+		switch e.Type {
+		case EventStatusChanged:
+			level, msg = slog.LevelInfo, "health changed"
+			if e.NewStatus == StatusUnhealthy {
+				level = slog.LevelWarn
+			}
+		case EventEjected:
+			level, msg = slog.LevelInfo, "ejected from routing"
+		case EventReinstated:
+			level, msg = slog.LevelInfo, "back in routing"
+		case EventRegistered:
+			msg = "learned of an instance"
+		case EventDeregistered:
+			msg = "instance gone"
+		default:
+			return
+		}
+		n.log.Log(bg, level, msg, "service", e.Instance.Service, "instance", e.Instance.ID, "instance_node", e.Instance.Node,
+			"from", e.OldStatus.String(), "to", e.NewStatus.String(), "reason", e.Reason)
+	})
 }

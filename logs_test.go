@@ -2,12 +2,16 @@ package aegis
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis/internal/testutil"
 )
 
 func slogStderr() *slog.Logger {
@@ -39,3 +43,33 @@ func TestMemberlistLinesKeepTheirLevel(t *testing.T) {
 	}
 	require.Equal(t, 10, strings.Count(buf.String(), "\n"), "errors a peer can cause are rate-limited")
 }
+
+// TestHealthChangesLogged: at Info, a node logs members joining and
+// instances changing health, and nothing per call or per heartbeat.
+func TestHealthChangesLogged(t *testing.T) {
+	var logs syncBuf
+	c := newCluster(t, 2, false, func(cfg *Config) {
+		if cfg.NodeName == "node-00" {
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		}
+	})
+	c.waitConverged(10 * time.Second)
+	for range 20 {
+		_, err := c.nodes[0].Call(context.Background(), "svc", "echo", nil)
+		require.NoError(t, err)
+	}
+	c.regs[1].SetStatus(StatusUnhealthy)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), `level=WARN msg="health changed" node=node-00 service=svc instance=inst-1 instance_node=node-01 from=healthy to=unhealthy reason=self-reported`)
+	}, "the change to unhealthy logged at Warn:\n%s", lazyText(logs.String))
+	out := logs.String()
+	require.Contains(t, out, `level=INFO msg="node joined" node=node-00 peer=node-01`)
+	require.NotContains(t, out, "learned of an instance", "Debug records stay out at Info")
+	require.NotContains(t, out, "level=DEBUG")
+	require.LessOrEqual(t, strings.Count(out, "\n"), 10, "no per-call or per-heartbeat lines:\n%s", out)
+}
+
+// lazyText prints f's result when formatted.
+type lazyText func() string
+
+func (l lazyText) String() string { return l() }

@@ -1,5 +1,5 @@
-// This file holds the node's counters (Stats) and its OpenTelemetry
-// instruments.
+// This file holds the node's counters (Stats). Its OpenTelemetry
+// instruments are in telemetry.go.
 
 package aegis
 
@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 
 	"github.com/aegisipc/aegis/internal/rpc"
-
-	"go.opentelemetry.io/otel/metric"
 )
 
 // Stats are counters of one Node since it started.
@@ -101,26 +99,4 @@ type nodeStats struct {
 	duplicates, sameRetries, dedupEvictions                atomic.Uint64
 	reconnects, refutations, tlsRefused, broadcastsRefused atomic.Uint64
 	hedges, hedgesWon                                      atomic.Uint64
-}
-
-// nodeMetrics are the OpenTelemetry instruments of a Node.
-type nodeMetrics struct {
-	gossipDropped  metric.Int64Counter
-	heartbeatsSent metric.Int64Counter
-	duplicates     metric.Int64Counter
-	sameRetries    metric.Int64Counter
-	dedupEvictions metric.Int64Counter
-	hedges         metric.Int64Counter
-}
-
-func newNodeMetrics(mp metric.MeterProvider) *nodeMetrics {
-	m := mp.Meter("github.com/aegisipc/aegis")
-	// Instrument creation only fails on invalid names; ours are constant.
-	gd, _ := m.Int64Counter("aegis.gossip.dropped", metric.WithDescription("gossip messages dropped as malformed or of an unknown version"))
-	hs, _ := m.Int64Counter("aegis.heartbeat.sent", metric.WithDescription("heartbeats originated by this node"))
-	du, _ := m.Int64Counter("aegis.call.duplicates", metric.WithDescription("calls answered from the dedup cache instead of running the handler again"))
-	sr, _ := m.Int64Counter("aegis.call.same_instance_retries", metric.WithDescription("retries on the same instance with the same message ID"))
-	de, _ := m.Int64Counter("aegis.call.dedup_evictions", metric.WithDescription("dedup entries evicted by the window or the bound"))
-	he, _ := m.Int64Counter("aegis.call.hedges", metric.WithDescription("hedged attempts sent to a second instance"))
-	return &nodeMetrics{gossipDropped: gd, heartbeatsSent: hs, duplicates: du, sameRetries: sr, dedupEvictions: de, hedges: he}
 }

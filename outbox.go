@@ -117,7 +117,9 @@ func (g *gossiper) deliver(m outMsg) {
 	for _, t := range targets {
 		if err := g.ml.SendBestEffort(t, m.msg); err != nil {
 			g.log.Debug("direct send failed", "peer", t.Name, "err", err)
+			continue
 		}
+		g.met.gossipBytes.Add(bg, int64(len(m.msg)), g.met.bytesOut...)
 	}
 }
 
@@ -129,9 +131,11 @@ func (g *gossiper) introduce(to *memberlist.Node) {
 		if err != nil {
 			continue
 		}
-		if err := g.ml.SendBestEffort(to, wire.Direct(b)); err != nil {
+		msg := wire.Direct(b)
+		if err := g.ml.SendBestEffort(to, msg); err != nil {
 			g.log.Debug("introduce failed", "peer", to.Name, "err", err)
 			return
 		}
+		g.met.gossipBytes.Add(bg, int64(len(msg)), g.met.bytesOut...)
 	}
 }

@@ -10,7 +10,10 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aegisipc/aegis/internal/rpc"
@@ -26,7 +29,8 @@ type callServer struct {
 	log     *slog.Logger
 	stats   *nodeStats
 	met     *nodeMetrics
-	tracer  trace.Tracer                        // nil: tracing off
+	tracer  trace.Tracer // nil: tracing off
+	prop    propagation.TextMapPropagator
 	running func() bool                         // the node neither leaves nor has stopped
 	system  func(req *rpc.Request) rpc.Response // answers keysService
 	roles   func(req *rpc.Request) rpc.Response // answers rolesService
@@ -36,7 +40,7 @@ type callServer struct {
 }
 
 func newCallServer(n *Node) *callServer {
-	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer,
+	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer, prop: n.cfg.Propagator,
 		running: func() bool { return n.state.Load() == stateRunning }, system: n.serveKeys, roles: n.serveRoles,
 		now: func() int64 { return n.clk.Now().UnixNano() }}
 	l := n.cfg.CallLimits
@@ -69,8 +73,31 @@ func unavailable(format string, args ...any) rpc.Response {
 	return rpc.Response{Err: &rpc.ErrorInfo{Code: CodeUnavailable, Message: fmt.Sprintf(format, args...), Retryable: true}}
 }
 
-// serveCall runs one incoming call on the addressed local instance.
+// serveCall runs one incoming call on the addressed local instance, in a
+// server span when tracing is on, measuring it when the server duration
+// metric is wanted.
 func (s *callServer) serveCall(ctx context.Context, req *rpc.Request) rpc.Response {
+	measure := s.met.serverDur.Enabled(ctx)
+	if s.tracer == nil && !measure {
+		return s.serve(ctx, req)
+	}
+	start := time.Now()
+	var span trace.Span
+	if s.tracer != nil {
+		ctx, span = startServerSpan(ctx, s.tracer, s.prop, req)
+	}
+	resp := s.serve(ctx, req)
+	if measure {
+		s.met.recordServer(ctx, req, s.lookup(req.Service, req.InstanceID) != nil, &resp, time.Since(start))
+	}
+	if span != nil {
+		endServerSpan(span, resp.Err)
+	}
+	return resp
+}
+
+// serve runs one incoming call on the addressed local instance.
+func (s *callServer) serve(ctx context.Context, req *rpc.Request) rpc.Response {
 	r := s.lookup(req.Service, req.InstanceID)
 	if r == nil && req.Service == keysService {
 		return s.system(req)
@@ -100,6 +127,9 @@ func (s *callServer) serveCall(ctx context.Context, req *rpc.Request) rpc.Respon
 		// execution, waiting for it if it is still running.
 		s.stats.duplicates.Add(1)
 		s.met.duplicates.Add(bg, 1)
+		if s.tracer != nil {
+			trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("aegis.dedup_hit", true))
+		}
 		select {
 		case <-e.Done():
 			return *e.Result()
@@ -142,15 +172,10 @@ func (s *callServer) runHandler(ctx context.Context, r *Registration, req *rpc.R
 	if r.svc.Role != RoleNone {
 		areq.Epoch = r.role.epoch.Load()
 	}
-	if s.tracer != nil {
-		var span trace.Span
-		ctx, span = startServerSpan(ctx, s.tracer, areq)
-		defer func() { endServerSpan(span, resp.Err) }()
-	}
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("handler panicked", "service", req.Service, "method", req.Method, "instance", req.InstanceID,
-				"panic", p, "stack", string(debug.Stack()))
+			s.log.ErrorContext(ctx, "handler panicked", append(traceLogAttrs(ctx), "service", req.Service, "method", req.Method,
+				"instance", req.InstanceID, "message_id", req.MessageID, "panic", p, "stack", string(debug.Stack()))...)
 			resp = rpc.Response{Err: &rpc.ErrorInfo{Code: CodePanic, Message: fmt.Sprintf("handler for %s.%s panicked: %v", req.Service, req.Method, p)}}
 		}
 	}()

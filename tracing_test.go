@@ -81,8 +81,8 @@ func (s *recSpan) SetAttributes(...attribute.KeyValue)     {}
 func (s *recSpan) TracerProvider() trace.TracerProvider    { return s.r }
 
 // TestTracing: with a recording TracerProvider, a call makes a client span
-// on the caller and a server span on the callee in the same trace, the
-// server span a child of the client span.
+// on the caller, an attempt span under it, and a server span on the callee
+// in the same trace, the server span a child of the attempt span.
 func TestTracing(t *testing.T) {
 	prev := otel.GetTextMapPropagator()
 	otel.SetTextMapPropagator(propagation.TraceContext{})
@@ -96,7 +96,7 @@ func TestTracing(t *testing.T) {
 	_, err = c.nodes[0].Call(context.Background(), "nope", "echo", nil)
 	require.ErrorIs(t, err, ErrServiceNotFound)
 
-	var client, server, failed *recSpan
+	var client, server, failed, attempt *recSpan
 	testutil.Eventually(t, 5*time.Second, func() bool {
 		for _, s := range rec.ended() {
 			switch {
@@ -106,12 +106,15 @@ func TestTracing(t *testing.T) {
 				server = s
 			case s.name == "nope/echo":
 				failed = s
+			case s.name == "aegis.attempt svc":
+				attempt = s
 			}
 		}
-		return client != nil && server != nil && failed != nil
+		return client != nil && server != nil && failed != nil && attempt != nil
 	}, "client, server and failed spans ended")
 	require.Equal(t, client.sc.TraceID(), server.sc.TraceID(), "one trace across nodes")
-	require.Equal(t, client.sc.SpanID(), server.parent.SpanID(), "the server span is the client span's child")
+	require.Equal(t, client.sc.SpanID(), attempt.parent.SpanID(), "the attempt span is the client span's child")
+	require.Equal(t, attempt.sc.SpanID(), server.parent.SpanID(), "the server span is the attempt span's child")
 	require.Equal(t, codes.Error, failed.status)
 	for _, s := range rec.ended() {
 		require.NotEqual(t, "aegis.probe", s.name, "the probe span is never ended")

@@ -24,7 +24,10 @@
 // After the systems, each round also measures aegis Call, CallWithFailover
 // and Call with dedup off interleaved, taking turns every 64 calls or 50 ms
 // (see paired.go): their differences are a few percent, less than what
-// drifts between two separate runs. Turn it off with -paired=false.
+// drifts between two separate runs. Turn it off with -paired=false. With
+// -otel it also measures Call from nodes whose providers are the
+// OpenTelemetry SDK (metrics; metrics and traces), to report what
+// instrumentation costs.
 //
 // With -split every system's server runs in a child process (this program
 // with -serve <system>), as it would in a deployment: the client and the
@@ -64,6 +67,7 @@ type options struct {
 	cpuprofile string
 	memprofile string
 	paired     bool   // run the interleaved measurement of aegis variants
+	otel       bool   // add the OpenTelemetry SDK variants to it
 	split      bool   // servers in child processes
 	serve      string // child mode: serve this system until stdin closes
 }
@@ -79,6 +83,7 @@ func main() {
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&o.memprofile, "memprofile", "", "write an allocation profile (every allocation sampled) to this file at the end")
 	flag.BoolVar(&o.paired, "paired", true, "also measure Call, CallWithFailover and Call with dedup off interleaved, taking turns (targets on their ratios use it; not with -split)")
+	flag.BoolVar(&o.otel, "otel", false, "add Call with the OpenTelemetry SDK (metrics; metrics and traces with an exporter) to the interleaved measurement, to report its overhead (its backlog slows the variant after it: leave it off for the targets)")
 	flag.BoolVar(&o.split, "split", false, "run each system's server in a child process instead of this one")
 	flag.StringVar(&o.serve, "serve", "", "internal (used by -split): serve this system, print its address, stop when stdin closes")
 	flag.Parse()

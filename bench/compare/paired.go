@@ -39,7 +39,7 @@ type pairedFigures struct {
 // startVariants starts server node B (dedup on, service "echo"), server
 // node C (dedup off, service "echo-nodedup") and caller node A, and returns
 // the variants, all calling from A.
-func startVariants() ([]variant, func(), error) {
+func startVariants(otel bool) ([]variant, func(), error) {
 	b, err := startEchoNode("b", "echo", true)
 	if err != nil {
 		return nil, nil, err
@@ -60,7 +60,7 @@ func startVariants() ([]variant, func(), error) {
 		_ = c.Shutdown()
 		_ = b.Shutdown()
 	}
-	return []variant{
+	vs := []variant{
 		{"call", "Call", func(ctx context.Context, p []byte) ([]byte, error) { return a.Call(ctx, "echo", "echo", p) }},
 		{"failover", "CallWithFailover", func(ctx context.Context, p []byte) ([]byte, error) {
 			return a.CallWithFailover(ctx, "echo", "echo", p)
@@ -68,13 +68,44 @@ func startVariants() ([]variant, func(), error) {
 		{"nodedup", "Call, dedup off", func(ctx context.Context, p []byte) ([]byte, error) {
 			return a.Call(ctx, "echo-nodedup", "echo", p)
 		}},
-	}, stop, nil
+	}
+	if !otel {
+		return vs, stop, nil
+	}
+	ovs, ostop, err := otelVariants(b.Addr())
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return append(vs, ovs...), func() { ostop(); stop() }, nil
+}
+
+// otelVariants starts caller nodes A2 (SDK metrics) and A3 (SDK metrics
+// and traces), both calling B's echo at addr.
+func otelVariants(addr string) ([]variant, func(), error) {
+	a2, stopMetrics, err := startOTelCaller(false, []string{addr}, "echo")
+	if err != nil {
+		return nil, nil, err
+	}
+	a3, stopOTel, err := startOTelCaller(true, []string{addr}, "echo")
+	if err != nil {
+		stopMetrics()
+		return nil, nil, err
+	}
+	return []variant{
+		{"otelm", "Call, OpenTelemetry SDK metrics", func(ctx context.Context, p []byte) ([]byte, error) {
+			return a2.Call(ctx, "echo", "echo", p)
+		}},
+		{"otel", "Call, OpenTelemetry SDK metrics and traces", func(ctx context.Context, p []byte) ([]byte, error) {
+			return a3.Call(ctx, "echo", "echo", p)
+		}},
+	}, func() { stopOTel(); stopMetrics() }, nil
 }
 
 // runPaired runs one round of the paired measurement: latency, then
 // throughput, each for -duration per variant after one -warmup.
 func runPaired(o *options) (pairedFigures, error) {
-	vs, stop, err := startVariants()
+	vs, stop, err := startVariants(o.otel)
 	if err != nil {
 		return pairedFigures{}, fmt.Errorf("start: %w", err)
 	}
@@ -255,7 +286,7 @@ func (f pairedFigures) line() string {
 }
 
 // pairedKeys lists the variants in report order.
-var pairedKeys = []string{"call", "failover", "nodedup"}
+var pairedKeys = []string{"call", "failover", "nodedup", "otelm", "otel"}
 
 // pairedSummary holds, per variant, medians over the rounds of the paired
 // measurement, and the medians of the per-round ratios to Call.
@@ -316,6 +347,11 @@ func (s pairedSummary) write(w io.Writer, o *options, rounds int) {
 	fmt.Fprintf(w, "| Variant | Latency p50 | Latency p99 | p50 ÷ Call's | Throughput (calls/s) | ÷ Call's |\n")
 	fmt.Fprintf(w, "|---|---:|---:|---:|---:|---:|\n")
 	for _, k := range pairedKeys {
+		_, hasLat := s.p50[k]
+		_, hasTput := s.tput[k]
+		if !hasLat && !hasTput {
+			continue
+		}
 		lat, tp := "– | – | –", "– | –"
 		if _, ok := s.p50[k]; ok {
 			lat = fmt.Sprintf("%s | %s | %.3f", fmtDur(s.p50[k]), fmtDur(s.p99[k]), s.latRatio[k])
@@ -337,6 +373,10 @@ func pairedName(k string) string {
 		return "aegis Call"
 	case "failover":
 		return "aegis CallWithFailover"
+	case "otelm":
+		return "aegis Call, OTel SDK metrics, Prometheus exporter (node A2 → B)"
+	case "otel":
+		return "aegis Call, OTel SDK metrics and traces, all spans batched to the stdout exporter (node A3 → B)"
 	}
 	return "aegis Call, dedup off (node C)"
 }

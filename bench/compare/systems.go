@@ -395,6 +395,12 @@ func connectGRPCWith(addr string, creds credentials.TransportCredentials) (*runn
 var benchKey = []byte("aegis-compare-benchmark-key-0001")
 
 func newAegisNode(name string, dedup bool, key ...[]byte) (*aegis.Node, error) {
+	return newAegisNodeWith(name, dedup, nil, key...)
+}
+
+// newAegisNodeWith is newAegisNode with tune applied to the Config last
+// (nil: nothing).
+func newAegisNodeWith(name string, dedup bool, tune func(*aegis.Config), key ...[]byte) (*aegis.Node, error) {
 	cfg := aegis.DefaultConfig()
 	if len(key) > 0 {
 		cfg.SecretKey = key[0]
@@ -405,6 +411,9 @@ func newAegisNode(name string, dedup bool, key ...[]byte) (*aegis.Node, error) {
 	cfg.NodeName = name
 	cfg.BindAddr = "127.0.0.1:0"
 	cfg.Gossip = aegis.LocalGossip()
+	if tune != nil {
+		tune(cfg)
+	}
 	return aegis.New(cfg)
 }
 
@@ -441,12 +450,18 @@ func startCaller(addrs []string, services ...string) (*aegis.Node, error) {
 
 // startKeyedCaller is startCaller with a SecretKey (nil: none).
 func startKeyedCaller(key []byte, addrs []string, services ...string) (*aegis.Node, error) {
+	return startTunedCaller(key, nil, addrs, services...)
+}
+
+// startTunedCaller is startKeyedCaller with tune applied to the caller's
+// Config (nil: nothing).
+func startTunedCaller(key []byte, tune func(*aegis.Config), addrs []string, services ...string) (*aegis.Node, error) {
 	aegisSeq++
 	var keys [][]byte
 	if key != nil {
 		keys = append(keys, key)
 	}
-	a, err := newAegisNode(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true, keys...)
+	a, err := newAegisNodeWith(fmt.Sprintf("bench-a-%d-%d", os.Getpid(), aegisSeq), true, tune, keys...)
 	if err != nil {
 		return nil, err
 	}

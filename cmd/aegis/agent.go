@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,6 +34,7 @@ type agentOptions struct {
 	serve        listFlag
 	instanceID   string
 	leaveTimeout time.Duration
+	adminAddr    string
 	specs        []serveSpec // parsed from serve
 
 	// started, when set (by tests), is called with the node once its
@@ -45,6 +48,8 @@ func agentFlagSet(o *agentOptions) *flag.FlagSet {
 	o.node.register(fs, "127.0.0.1:7946")
 	fs.Var(&o.serve, "serve", "built-in service to serve, `KIND[:SERVICE]`, comma-separated or repeated (see above)")
 	fs.StringVar(&o.instanceID, "instance-id", "", "`ID` of every served instance (default \"<service>-<node name>\")")
+	fs.StringVar(&o.adminAddr, "admin-addr", "", "serve the node's read-only admin endpoint (JSON: /services, /members, /health, /route, /events) on this `host:port`; "+
+		"it has no authentication: keep it on loopback or an operators-only network")
 	fs.DurationVar(&o.leaveTimeout, "leave-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long the graceful leave (drain, deregister, tell peers) may take")
 	fs.Usage = func() {
 		w := fs.Output()
@@ -136,8 +141,18 @@ func (o *agentOptions) run(log *slog.Logger, getenv func(string) string, sigs <-
 	for i, r := range regs {
 		ids[i] = r.Instance().Service + "/" + r.Instance().ID
 	}
-	log.Info("aegis agent started", "gossip", node.Addr(), "calls", selfCallAddr(node),
-		"instances", strings.Join(ids, ","), "members", len(node.Members()), "pid", os.Getpid())
+	attrs := []any{"gossip", node.Addr(), "calls", selfCallAddr(node),
+		"instances", strings.Join(ids, ","), "members", len(node.Members()), "pid", os.Getpid()}
+	if o.adminAddr != "" {
+		stopAdmin, url, err := serveAdmin(node, o.adminAddr, log)
+		if err != nil {
+			_ = node.Shutdown()
+			return err
+		}
+		defer stopAdmin()
+		attrs = append(attrs, "admin", url)
+	}
+	log.Info("aegis agent started", attrs...)
 	if o.started != nil {
 		o.started(node)
 	}
@@ -213,4 +228,22 @@ func logEvent(log *slog.Logger, e aegis.Event) {
 		attrs = append(attrs, "reason", e.Reason)
 	}
 	log.Info("instance "+e.Type.String(), attrs...)
+}
+
+// serveAdmin serves node's admin endpoint on addr until the returned stop
+// is called; it returns the endpoint's URL.
+func serveAdmin(node *aegis.Node, addr string, log *slog.Logger) (stop func(), url string, err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("-admin-addr %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: aegis.AdminHandler(node), ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin endpoint stopped", "err", err)
+		}
+	}()
+	return func() { _ = srv.Close(); <-done }, "http://" + ln.Addr().String(), nil
 }

@@ -4,9 +4,18 @@
 //
 // Usage:
 //
-//	aegis agent [flags]   run a node that joins the cluster and serves built-in services
-//	aegis load  [flags]   (for testing) call a service at a fixed rate and print JSON statistics
-//	aegis help [command]  show this text, or a command's flags
+//	aegis agent [flags]                  run a node that joins the cluster and serves built-in services
+//	aegis load  [flags]                  (for testing) call a service at a fixed rate and print JSON statistics
+//	aegis members [flags]                list the cluster's nodes and their state
+//	aegis services [SERVICE] [flags]     list service instances: status, role, node, heartbeat age, ejection
+//	aegis watch [flags]                  print the cluster's changes as they happen
+//	aegis route SERVICE [flags]          say which instance a call would reach, and why
+//	aegis call SERVICE METHOD PAYLOAD    call with failover, printing every attempt
+//	aegis help [command]                 show this text, or a command's flags
+//
+// members, services, watch and route read a node's admin endpoint (-admin
+// URL) or join the cluster as an observer that registers nothing (-join);
+// call joins.
 //
 // Exit status: 0 on success (for agent: after a graceful leave), 1 on a
 // runtime error or a forced stop (a second signal), 2 on a usage error.
@@ -33,6 +42,11 @@ type command struct {
 var commands = []command{
 	{"agent", "run a node that joins the cluster and serves built-in services", runAgent},
 	{"load", "(for testing) call a service at a fixed rate and print statistics as JSON lines", runLoad},
+	{"members", "list the cluster's nodes and their state", runMembers},
+	{"services", "list service instances: status, role, node, heartbeat age, ejection", runServices},
+	{"watch", "print the cluster's changes as they happen", runWatch},
+	{"route", "say which instance of a service a call would reach now, and why", runRoute},
+	{"call", "call a service's method with failover, printing every attempt", runCall},
 }
 
 // usageError is a mistake on the command line: the message is printed with
@@ -49,9 +63,9 @@ func usagef(format string, args ...any) error {
 func usage(w io.Writer) {
 	fmt.Fprint(w, "usage: aegis <command> [flags]\n\ncommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-6s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprint(w, "  help   show this text, or 'aegis help <command>' for a command's flags\n")
+	fmt.Fprint(w, "  help     show this text, or 'aegis help <command>' for a command's flags and examples\n")
 }
 
 func main() {

@@ -66,6 +66,19 @@ type nodeFlags struct {
 	healthInterval time.Duration
 	logLevel       string
 	logFormat      string
+
+	// keyFlag is the name of the secret key's flag: "key" unless set
+	// before register (subcommands whose -key is a routing key use
+	// "secret").
+	keyFlag string
+}
+
+// keyFlagName returns the name of the secret key's flag.
+func (f *nodeFlags) keyFlagName() string {
+	if f.keyFlag == "" {
+		return "key"
+	}
+	return f.keyFlag
 }
 
 // register defines the node flags on fs; bind is the default of -bind.
@@ -79,7 +92,7 @@ func (f *nodeFlags) register(fs *flag.FlagSet, bind string) {
 	fs.StringVar(&f.advertiseCall, "advertise-call", "", "call `ip:port` peers dial, when it differs from -call-bind (NAT)")
 	fs.Var(&f.join, "join", "seed gossip `addresses`, comma-separated or repeated; retried with backoff until one is reached or -join-timeout passes")
 	fs.DurationVar(&f.joinTimeout, "join-timeout", 30*time.Second, "give up joining after this long (0: keep trying)")
-	fs.StringVar(&f.key, "key", "", "base64 secret key of 16, 24 or 32 bytes, the same on every node (make one: head -c 32 /dev/urandom | base64)")
+	fs.StringVar(&f.key, f.keyFlagName(), "", "base64 secret key of 16, 24 or 32 bytes, the same on every node (make one: head -c 32 /dev/urandom | base64)")
 	fs.StringVar(&f.keyFile, "key-file", "", "`file` holding the base64 secret key (instead of -key; without either, $"+keyEnv+" is read)")
 	fs.StringVar(&f.cluster, "cluster", "", "cluster `name`: nodes with different names never merge")
 	fs.BoolVar(&f.allowInsecure, "allow-insecure", false, "allow binding a non-loopback address without a key (anyone who reaches the ports can join and call)")
@@ -207,9 +220,9 @@ func (f *nodeFlags) secretKey(getenv func(string) string) ([]byte, error) {
 	var text, from string
 	switch {
 	case f.key != "" && f.keyFile != "":
-		return nil, usagef("-key and -key-file: give one, not both")
+		return nil, usagef("-%s and -key-file: give one, not both", f.keyFlagName())
 	case f.key != "":
-		text, from = f.key, "-key"
+		text, from = f.key, "-"+f.keyFlagName()
 	case f.keyFile != "":
 		data, err := readLimited(f.keyFile, 4096)
 		if err != nil {
