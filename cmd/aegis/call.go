@@ -43,10 +43,10 @@ func callFlagSet(o *callOptions) *flag.FlagSet {
 Calls METHOD of SERVICE once with CallWithFailover, PAYLOAD as the
 request's bytes, from an observer node that joins the cluster (-join
 SEEDS, plus the secret key as -secret, -key-file or $AEGIS_KEY, and
--gossip as the cluster's nodes have them), registers
-nothing and leaves when done. It prints every attempt (instance, node,
-whether it was a same-instance retry, a failover or a hedge, its outcome
-and duration), then the answer. The exit status is 1 when the call failed.
+-gossip as the cluster's nodes have them), registers nothing and leaves
+when done. It prints every attempt (instance, node, whether it was the
+first try, a same-instance retry, a failover or a hedge, its outcome and
+duration), then the answer. The exit status is 1 when the call failed.
 The admin endpoint is read-only, so call has no -admin.
 
 Examples:

@@ -63,9 +63,9 @@ func usagef(format string, args ...any) error {
 func usage(w io.Writer) {
 	fmt.Fprint(w, "usage: aegis <command> [flags]\n\ncommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
-	fmt.Fprint(w, "  help     show this text, or 'aegis help <command>' for a command's flags and examples\n")
+	fmt.Fprint(w, "  help      show this text, or 'aegis help <command>' for a command's flags and examples\n")
 }
 
 func main() {

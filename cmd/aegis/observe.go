@@ -52,11 +52,12 @@ func (f *observeFlags) register(fs *flag.FlagSet, withAdmin bool) {
 	f.node.register(fs, "127.0.0.1:0")
 	f.node.joinTimeout = 10 * time.Second
 	fs.Lookup("join-timeout").DefValue = f.node.joinTimeout.String()
+	fs.BoolVar(&f.json, "json", false, "print JSON instead of aligned text")
+	f.timeout = 10 * time.Second // requests to the observer's own endpoint
 	if withAdmin {
 		fs.StringVar(&f.admin, "admin", "", "`URL` of a node's admin endpoint (http://127.0.0.1:8080), instead of -join")
+		fs.DurationVar(&f.timeout, "timeout", f.timeout, "bound on each request to the admin endpoint")
 	}
-	fs.BoolVar(&f.json, "json", false, "print JSON instead of aligned text")
-	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "bound on each request to the admin endpoint")
 }
 
 // check reports a usage error unless exactly one source is given; fs is
