@@ -171,6 +171,12 @@ func (a *admin) route(w http.ResponseWriter, r *http.Request) {
 	if k := q.Get("key"); k != "" {
 		opts = append(opts, WithKey(k))
 	}
+	if res := q.Get("resource"); res != "" {
+		opts = append(opts, WithResource(res))
+	}
+	if g := q.Get("group"); g != "" {
+		opts = append(opts, WithGroup(g))
+	}
 	rt, err := a.n.Route(svc, q.Get("method"), opts...)
 	if err != nil {
 		writeJSON(w, http.StatusNotFound, rt)

@@ -205,3 +205,23 @@ func TestClaimsMissedInAPartitionArriveAfterHeal(t *testing.T) {
 	c.net.Heal()
 	ownerEverywhere(t, c.nodes, "seen-late", "inst-1")
 }
+
+func TestRouteExplainsOwnersAndActives(t *testing.T) {
+	var log runLog
+	c, _ := newRoleCluster(t, 3, PromoteWithMajority, &log)
+	require.NoError(t, c.regs[2].Claim(context.Background(), "order-5"))
+	ownerEverywhere(t, c.nodes, "order-5", "inst-2")
+	ri, err := c.nodes[0].Route("svc", "get", WithResource("order-5"))
+	require.NoError(t, err)
+	require.Equal(t, "inst-2", ri.Instance)
+	require.Equal(t, "order-5", ri.Resource)
+	require.Contains(t, ri.Reason, "owner of resource")
+	_, err = c.nodes[0].Route("svc", "get", WithResource("order-6"))
+	require.ErrorIs(t, err, ErrUnknownResource)
+
+	ri, err = c.nodes[1].Route("db", "get")
+	require.NoError(t, err)
+	require.Equal(t, "db-0", ri.Instance)
+	require.Equal(t, uint64(1), ri.Epoch)
+	require.Contains(t, ri.Reason, "the active of role group db")
+}

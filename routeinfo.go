@@ -14,6 +14,12 @@ type RouteInfo struct {
 	Service string `json:"service"`
 	Method  string `json:"method,omitempty"`
 	Key     string `json:"key,omitempty"`
+	// Resource and Group are the call's WithResource and WithGroup.
+	Resource string `json:"resource,omitempty"`
+	Group    string `json:"group,omitempty"`
+	// Epoch is the role group's epoch of the active picked (0 outside
+	// role groups).
+	Epoch uint64 `json:"epoch,omitempty"`
 	// Balancer names the node's Balancer: "round-robin", "random",
 	// "least-loaded", "consistent-hash", or the Go type of a custom one.
 	Balancer string `json:"balancer"`
@@ -39,11 +45,14 @@ type RouteInfo struct {
 // would reach now, and why. With ConsistentHash and WithKey the answer is
 // the instance the call reaches while membership does not change; other
 // balancers answer with one draw of their own (RoundRobin's turn moves on
-// as for a call). WithExclude is honoured. It errs as Call does when no
+// as for a call). WithExclude is honoured; WithResource answers with the
+// resource's owner and WithGroup (or a role-group service) with the
+// group's active. It errs as Call does when no
 // instance can be picked, with the RouteInfo saying why.
 func (n *Node) Route(service, method string, opts ...CallOption) (RouteInfo, error) {
 	o := applyOptions(callOptions{}, opts)
-	ri := RouteInfo{Service: service, Method: method, Key: o.key, Balancer: balancerName(n.cfg.Balancer), Candidates: []string{}}
+	ri := RouteInfo{Service: service, Method: method, Key: o.key, Resource: o.resource, Group: o.group,
+		Balancer: balancerName(n.cfg.Balancer), Candidates: []string{}}
 	n.reg.explainPool(service, o.exclude, &ri)
 	inst, err := n.caller.pick(service, method, &o)
 	if err != nil {
@@ -51,6 +60,15 @@ func (n *Node) Route(service, method string, opts ...CallOption) (RouteInfo, err
 		return ri, err
 	}
 	ri.Instance, ri.Node, ri.Addr = inst.ID, inst.Node, inst.Addr
+	switch {
+	case o.resource != "":
+		ri.Reason = fmt.Sprintf("owner of resource %q (only the owner serves it)", o.resource)
+		return ri, nil
+	case inst.Role == RoleActive:
+		ri.Epoch = inst.Epoch
+		ri.Reason = fmt.Sprintf("the active of role group %s, epoch %d (calls to a role group go to its active only)", inst.Group, inst.Epoch)
+		return ri, nil
+	}
 	how := map[string]string{"round-robin": "next in round-robin turn", "random": "drawn at random",
 		"least-loaded": "fewest calls in flight from this node (of two drawn)"}[ri.Balancer]
 	switch {

@@ -194,7 +194,7 @@ func runWatch(args []string, stdout, stderr io.Writer) error {
 }
 
 var routeCommand = inspectCommand{
-	name: "route", usage: "route SERVICE [-key K] [-method M] [flags]",
+	name: "route", usage: "route SERVICE [-key K | -resource R | -group G] [-method M] [flags]",
 	about: `Says which instance of SERVICE a call would reach now, and why: the
 balancer, the candidates it chose among (healthy ones, or degraded ones
 when none is healthy), the instances it skipped and their status. With
@@ -202,9 +202,12 @@ when none is healthy), the instances it skipped and their status. With
 ejections); with -join it is the observer's, with -balancer (default:
 consistent-hash when -key is given, else round-robin). A key's instance
 under consistent-hash is exact; other balancers answer with one draw.
--resource R (routing to a resource's owner) is not available yet: it comes
-with resource ownership.`,
+With -resource the answer is the resource's owner (or why there is none);
+for a service with active/standby roles it is the group's active and its
+epoch (-group picks one group of the service).`,
 	example: `  aegis route billing -key customer-42 -admin http://127.0.0.1:8080
+  aegis route orders -resource order-17 -admin http://127.0.0.1:8080
+  aegis route ledger -group eu -admin http://127.0.0.1:8080
   aegis route billing -join 127.0.0.1:7946 -gossip local -secret "$AEGIS_KEY" -balancer least-loaded`,
 }
 
@@ -217,10 +220,13 @@ var balancers = map[string]func() aegis.Balancer{
 func runRoute(args []string, stdout, stderr io.Writer) error {
 	o := &observeFlags{}
 	var key, method, balancer string
+	var rq routeQuery
 	c := routeCommand
 	c.positional = []string{"SERVICE"}
 	c.flags = func(fs *flag.FlagSet) {
 		fs.StringVar(&key, "key", "", "routing `key` of the call (aegis.WithKey), read by consistent-hash")
+		fs.StringVar(&rq.resource, "resource", "", "route to the owner of this `resource` (aegis.WithResource)")
+		fs.StringVar(&rq.group, "group", "", "route to the active of this role `group` of the service (aegis.WithGroup)")
 		fs.StringVar(&method, "method", "", "`method` of the call")
 		fs.StringVar(&balancer, "balancer", "", "with -join: round-robin, random, least-loaded or consistent-hash")
 	}
@@ -249,17 +255,20 @@ func runRoute(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer s.close()
-	return o.printRoute(ctx, s, pos[0], method, key, stdout)
+	rq.method, rq.key = method, key
+	return o.printRoute(ctx, s, pos[0], rq, stdout)
 }
 
+// routeQuery is what route asks besides the service.
+type routeQuery struct{ method, key, resource, group string }
+
 // printRoute asks the source for the route and prints it.
-func (o *observeFlags) printRoute(ctx context.Context, s *source, service, method, key string, stdout io.Writer) error {
+func (o *observeFlags) printRoute(ctx context.Context, s *source, service string, rq routeQuery, stdout io.Writer) error {
 	q := url.Values{"service": {service}}
-	if method != "" {
-		q.Set("method", method)
-	}
-	if key != "" {
-		q.Set("key", key)
+	for name, v := range map[string]string{"method": rq.method, "key": rq.key, "resource": rq.resource, "group": rq.group} {
+		if v != "" {
+			q.Set(name, v)
+		}
 	}
 	rctx, cancel := o.reqCtx(ctx)
 	defer cancel()
@@ -284,8 +293,13 @@ func (o *observeFlags) printRoute(ctx context.Context, s *source, service, metho
 func printRouteText(w io.Writer, ri aegis.RouteInfo) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "service\t%s\n", ri.Service)
-	if ri.Key != "" {
-		fmt.Fprintf(tw, "key\t%s\n", ri.Key)
+	for _, f := range [][2]string{{"key", ri.Key}, {"resource", ri.Resource}, {"group", ri.Group}} {
+		if f[1] != "" {
+			fmt.Fprintf(tw, "%s\t%s\n", f[0], f[1])
+		}
+	}
+	if ri.Epoch != 0 {
+		fmt.Fprintf(tw, "epoch\t%d\n", ri.Epoch)
 	}
 	fmt.Fprintf(tw, "balancer\t%s\n", ri.Balancer)
 	if ri.Instance != "" {
