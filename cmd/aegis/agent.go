@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/runlog"
 )
 
 // errForced is returned when a second signal cut the graceful leave short.
@@ -31,6 +32,7 @@ type agentOptions struct {
 	node         nodeFlags
 	serve        listFlag
 	instanceID   string
+	runsFile     string
 	leaveTimeout time.Duration
 	specs        []serveSpec // parsed from serve
 
@@ -45,6 +47,7 @@ func agentFlagSet(o *agentOptions) *flag.FlagSet {
 	o.node.register(fs, "127.0.0.1:7946")
 	fs.Var(&o.serve, "serve", "built-in service to serve, `KIND[:SERVICE]`, comma-separated or repeated (see above)")
 	fs.StringVar(&o.instanceID, "instance-id", "", "`ID` of every served instance (default \"<service>-<node name>\")")
+	fs.StringVar(&o.runsFile, "runs-file", "", "for delivery tests: append one JSON line per run of a count service's handler to `PATH` ({\"instance\",\"run\",\"method\",\"message_id\"})")
 	fs.DurationVar(&o.leaveTimeout, "leave-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long the graceful leave (drain, deregister, tell peers) may take")
 	fs.Usage = func() {
 		w := fs.Output()
@@ -127,7 +130,20 @@ func (o *agentOptions) run(log *slog.Logger, getenv func(string) string, sigs <-
 	}
 	log = log.With("node", node.Name())
 	node.Subscribe(func(e aegis.Event) { logEvent(log, e) })
-	regs, err := registerServices(context.Background(), node, o.specs, o.instanceID)
+	var record *runlog.Writer
+	if o.runsFile != "" {
+		if record, err = runlog.Create(o.runsFile); err != nil {
+			_ = node.Shutdown()
+			return fmt.Errorf("-runs-file: %w", err)
+		}
+		// Closed once the node has stopped, so after the last run.
+		defer func() {
+			if err := record.Close(); err != nil {
+				log.Error("runs file", "err", err)
+			}
+		}()
+	}
+	regs, err := registerServices(context.Background(), node, o.specs, o.instanceID, record)
 	if err != nil {
 		_ = node.Shutdown()
 		return err

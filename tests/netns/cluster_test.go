@@ -1,8 +1,8 @@
 //go:build linux
 
 // This file holds a cluster of agent processes in a lab, the instance
-// events their logs report, the aegis load client and the check that
-// every acknowledged call ran its handler.
+// events their logs report, the aegis load client and the check of every
+// call's handler runs, message ID by message ID.
 
 package netns
 
@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/runlog"
 )
 
 // keyEnv is the variable the agent and load read the secret key from; it
@@ -27,7 +29,7 @@ import (
 const keyEnv = "AEGIS_KEY"
 
 // cluster is agentCount agents (hosts n1…n5, agents of the same names)
-// serving the count service, and a client host c for load and probes.
+// serving the count service, and a client host c for the loads.
 type cluster struct {
 	t      *testing.T
 	lab    *lab
@@ -35,7 +37,8 @@ type cluster struct {
 	key    string // base64
 	agents []*proc
 	client *host
-	loads  int // load runs so far, to name them
+	dir    string // for the agents' runs and the loads' calls
+	loads  int    // load runs so far, to name them
 }
 
 // newCluster makes a lab, starts an agent on each of its five node hosts
@@ -48,7 +51,7 @@ func newCluster(t *testing.T) *cluster {
 		names = append(names, fmt.Sprintf("n%d", i+1))
 	}
 	l := newLab(t, append(names, "c")...)
-	c := &cluster{t: t, lab: l, bin: agentBinary(t), key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), client: l.host("c")}
+	c := &cluster{t: t, lab: l, bin: agentBinary(t), key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), client: l.host("c"), dir: t.TempDir()}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, a := range c.agents {
@@ -66,7 +69,9 @@ func newCluster(t *testing.T) *cluster {
 		if i > 0 {
 			args = append(args, "-join", seed)
 		}
-		a := startProc(t, "agent "+h.name, h.ns, []string{keyEnv + "=" + c.key}, args...)
+		name := "agent " + h.name
+		args = append(args, "-runs-file", c.runsFile(name))
+		a := startProc(t, name, h.ns, []string{keyEnv + "=" + c.key}, args...)
 		c.agents = append(c.agents, a)
 		if i == 0 {
 			// The agent subscribes to events only once its node runs, and
@@ -208,13 +213,23 @@ func (r loadReport) String() string {
 // load is one aegis load process on the client host.
 type load struct {
 	*proc
-	name     string
-	duration time.Duration // 0: until finish stops it
+	name      string
+	duration  time.Duration // 0: until finish stops it
+	callsFile string        // where it writes its calls down
+	total     loadReport    // set by finish
 }
 
-// startLoad starts aegis load on the client host: it calls method "inc" of
-// the count service with CallWithFailover at callRate calls a second for
-// d (0: until stopped) and waits until it has made its first calls.
+// Methods of the count service the loads call in turn: any method but
+// whoami and onceMethod runs the count handler as an idempotent method.
+const (
+	incMethod  = "inc"
+	onceMethod = "once"
+)
+
+// startLoad starts aegis load on the client host: it calls methods
+// incMethod and onceMethod of the count service in turn with
+// CallWithFailover at callRate calls a second for d (0: until stopped),
+// writing every call down, and waits until it has made its first calls.
 func (c *cluster) startLoad(d time.Duration) *load {
 	c.t.Helper()
 	c.loads++
@@ -225,7 +240,8 @@ func (c *cluster) startLoad(d time.Duration) *load {
 	}
 	p := startProc(c.t, name, c.client.ns, []string{keyEnv + "=" + c.key}, c.bin, "load",
 		"-name", name, "-bind", c.client.gossipAddr(), "-join", strings.Join(seeds, ","),
-		"-service", service, "-method", "inc", "-rate", fmt.Sprint(callRate), "-duration", d.String(),
+		"-service", service, "-method", incMethod+","+onceMethod, "-calls-file", filepath.Join(c.dir, name+".calls"),
+		"-rate", fmt.Sprint(callRate), "-duration", d.String(),
 		"-timeout", callTimeout.String(), "-attempt-timeout", attemptTimeout.String(),
 		"-gossip", gossipProfile, "-heartbeat-interval", hbInterval.String(), "-heartbeat-timeout", hbTimeout.String(),
 		"-health-check-interval", healthCheck.String(), "-log-format", "json")
@@ -236,7 +252,7 @@ func (c *cluster) startLoad(d time.Duration) *load {
 	})
 	ok := waitFor(startLimit, func() bool { return p.stdout.len() > 0 || !p.alive() })
 	require.True(c.t, ok && p.alive(), "%s made its first calls within %v (%v); its stderr:\n%s", name, startLimit, p.exitErr(), p.stderr.tail(20))
-	return &load{proc: p, name: name, duration: d}
+	return &load{proc: p, name: name, duration: d, callsFile: filepath.Join(c.dir, name+".calls")}
 }
 
 // reports returns the load's per-second reports so far.
@@ -261,9 +277,8 @@ func (l *load) finish(t *testing.T) loadReport {
 	l.wait(t, l.duration+2*callTimeout+10*time.Second)
 	totals := l.stdout.find(func(ln line) bool { return ln.str("report") == "total" })
 	require.Len(t, totals, 1, "%s printed one total; its output:\n%s", l.name, l.stdout.tail(5))
-	var r loadReport
-	require.NoError(t, json.Unmarshal([]byte(totals[0].raw), &r))
-	return r
+	require.NoError(t, json.Unmarshal([]byte(totals[0].raw), &l.total))
+	return l.total
 }
 
 // largestShare returns the largest share of one second's answers that a
@@ -302,34 +317,84 @@ func worstSecond(rs []loadReport) loadReport {
 	return w
 }
 
-// checkRuns asks every count instance how often its handler ran (through a
-// probe node on the client host) and compares that with the answers the
-// loads got from it. Every answer comes from a handler run, so runs are at
-// least the answers per instance; more runs are duplicate executions, not
-// duplicate answers: the count service is idempotent, so CallWithFailover
-// may hedge a call onto a second instance or move a timed-out call on
-// while the first instance still runs it, and only the first answer
-// reaches the caller.
-func (c *cluster) checkRuns(loads ...loadReport) {
+// checkDelivery kills every agent (so that no handler runs after the
+// check reads the runs; a count instance writes each run down before it
+// answers) and checks, message ID by
+// message ID, the runs the count instances wrote down against the calls
+// the loads wrote down (see runlog.Check):
+//   - every acknowledged call ran, and its answer is a run of its own
+//     message ID on the instance that answered;
+//   - a call to onceMethod (non-idempotent) ran at most once, exactly once
+//     when acknowledged: CallWithFailover never hedges it and moves it
+//     only when the request provably never arrived;
+//   - a call to incMethod (idempotent) ran at most once per instance, since
+//     every instance's dedup cache remembers the one run's answer for the
+//     whole test (fewer than DedupMaxEntries calls, within DedupWindow,
+//     no agent restarts), and at most maxIdempotentRuns times in all.
+//
+// Extra runs of idempotent calls are duplicate executions, not duplicate
+// answers: only the first answer reaches the caller. It must be called
+// last: the agents are gone after it.
+func (c *cluster) checkDelivery(loads ...*load) {
 	c.t.Helper()
-	acks := map[string]int{}
-	total := 0
-	for _, r := range loads {
-		for id, n := range r.Instances {
-			acks[id] += n
-			total += n
+	c.killAgents()
+	var calls []runlog.Call
+	for _, ld := range loads {
+		cs := ld.calls(c.t)
+		acked := 0
+		for _, cl := range cs {
+			if cl.Err == "" {
+				acked++
+			}
 		}
-		assert.Equal(c.t, r.Calls-r.Errors, sumValues(r.Instances), "answers counted per instance equal calls less errors")
+		r := ld.total
+		assert.Equal(c.t, r.Calls, len(cs), "%s wrote down every call it counted", ld.name)
+		assert.Equal(c.t, r.Calls-r.Errors, acked, "%s: answered calls written down equal calls less errors", ld.name)
+		assert.Equal(c.t, r.Calls-r.Errors, sumValues(r.Instances), "%s: answers counted per instance equal calls less errors", ld.name)
+		calls = append(calls, cs...)
 	}
-	assert.NotContains(c.t, acks, "?", "every answer names its instance")
-	runs := c.probe()
-	extra := 0
-	for i := range agentCount {
-		id := instanceID(fmt.Sprintf("n%d", i+1))
-		assert.GreaterOrEqual(c.t, runs[id], acks[id], "handler runs of %s cover the answers it gave", id)
-		extra += runs[id] - acks[id]
+	var runs []runlog.Run
+	for _, a := range c.agents {
+		rs, err := runlog.Read[runlog.Run](c.runsFile(a.name))
+		require.NoError(c.t, err, "runs of %s", a.name)
+		runs = append(runs, rs...)
 	}
-	c.t.Logf("handler runs %v for %d answered calls: %d runs more than answers (hedged or moved-on calls run twice)", runs, total, extra)
+	require.NotEmpty(c.t, calls, "the loads made calls")
+	r := runlog.Check(calls, runs, runlog.Bounds{
+		NonIdempotent: func(m string) bool { return m == onceMethod },
+		MaxRuns:       maxIdempotentRuns,
+		PerInstance:   1,
+	})
+	c.t.Logf("delivery: %s", r)
+	assert.True(c.t, r.OK(), "no call lost or run more often than allowed: %d violations, the first:\n%s", r.Violations, strings.Join(r.Problems, "\n"))
+	assert.Positive(c.t, r.Acked, "calls were acknowledged")
+}
+
+// maxIdempotentRuns bounds the runs of one idempotent call: the loads'
+// CallWithFailover tries at most MaxAttempts (3, the default) distinct
+// instances in turn and may hedge each try onto one more instance, each
+// of which runs it at most once; here that is all five instances.
+var maxIdempotentRuns = min(agentCount, 2*aegis.DefaultConfig().MaxAttempts)
+
+// killAgents kills every agent by its PID and waits for each to exit.
+func (c *cluster) killAgents() {
+	for _, a := range c.agents {
+		a.kill(c.t)
+	}
+}
+
+// calls returns the calls the load wrote down.
+func (l *load) calls(t *testing.T) []runlog.Call {
+	t.Helper()
+	cs, err := runlog.Read[runlog.Call](l.callsFile)
+	require.NoError(t, err, "calls of %s", l.name)
+	return cs
+}
+
+// runsFile is where the agent process named name writes the runs of its
+// count instance.
+func (c *cluster) runsFile(name string) string {
+	return filepath.Join(c.dir, strings.ReplaceAll(name, " ", "-")+".runs")
 }
 
 func sumValues(m map[string]int) int {
@@ -338,29 +403,4 @@ func sumValues(m map[string]int) int {
 		n += v
 	}
 	return n
-}
-
-// probe runs the probe helper on the client host and returns the handler
-// runs per count instance.
-func (c *cluster) probe() map[string]int {
-	c.t.Helper()
-	var seeds []string
-	for i := range agentCount {
-		seeds = append(seeds, c.lab.host(fmt.Sprintf("n%d", i+1)).gossipAddr())
-	}
-	c.loads++
-	p := startHelper(c.t, "probe", c.client.ns, helperProbe, map[string]string{
-		keyEnv:          c.key,
-		probeNameEnv:    fmt.Sprintf("probe%d", c.loads),
-		probeBindEnv:    fmt.Sprintf("%s:%d", c.client.addr, probePort),
-		probeSeedsEnv:   strings.Join(seeds, ","),
-		probeWantEnv:    fmt.Sprint(agentCount),
-		probeServiceEnv: service,
-	})
-	p.wait(c.t, 2*startLimit)
-	outs := p.stdout.find(func(ln line) bool { return ln.fields != nil })
-	require.Len(c.t, outs, 1, "probe printed one JSON line; stderr:\n%s", p.stderr.tail(20))
-	runs := map[string]int{}
-	require.NoError(c.t, json.Unmarshal([]byte(outs[0].raw), &runs))
-	return runs
 }

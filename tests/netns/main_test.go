@@ -35,7 +35,6 @@ const (
 	hbTimeout      = 3 * time.Second
 	healthCheck    = 250 * time.Millisecond
 	gossipPort     = 7946
-	probePort      = 7947
 	callRate       = 100 // calls a second started by aegis load
 	attemptTimeout = time.Second
 	callTimeout    = 5 * time.Second
@@ -47,7 +46,6 @@ const (
 const (
 	helperEnv   = "AEGIS_NETNS_HELPER"
 	helperDelay = "delay"
-	helperProbe = "probe"
 )
 
 // lossDurationEnv overrides how long TestPacketLossEveryLink holds its
@@ -63,8 +61,6 @@ func TestMain(m *testing.M) {
 	case "":
 	case helperDelay:
 		os.Exit(runDelayer())
-	case helperProbe:
-		os.Exit(runProbe())
 	default:
 		fmt.Fprintf(os.Stderr, "%s=%q: unknown helper\n", helperEnv, h)
 		os.Exit(2)

@@ -220,6 +220,19 @@ func (p *proc) stop(t *testing.T) {
 	}
 }
 
+// kill sends SIGKILL to the process by its PID and waits for it to exit.
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	if p.alive() {
+		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s (pid %d) did not exit within 10s of SIGKILL", p.name, p.cmd.Process.Pid)
+	}
+}
+
 // waitFor polls cond every 10 ms until it holds (true) or limit passes
 // (false).
 func waitFor(limit time.Duration, cond func() bool) bool {
