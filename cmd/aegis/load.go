@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/agentproc"
 	"github.com/aegisipc/aegis/internal/runlog"
 )
 
@@ -292,27 +293,14 @@ func (t *tally) reset() *tally {
 	return old
 }
 
-// loadReport is one JSON line of the load subcommand.
-type loadReport struct {
-	Report       string         `json:"report"`
-	ElapsedS     float64        `json:"elapsed_s"`
-	Calls        int            `json:"calls"`
-	Errors       int            `json:"errors"`
-	ErrorSamples []string       `json:"error_samples,omitempty"`
-	P50Ms        float64        `json:"p50_ms"`
-	P99Ms        float64        `json:"p99_ms"`
-	MaxMs        float64        `json:"max_ms"`
-	Instances    map[string]int `json:"instances"`
-}
-
 // report summarises t, which nobody else uses any more.
-func (t *tally) report(kind string, elapsed time.Duration) loadReport {
+func (t *tally) report(kind string, elapsed time.Duration) agentproc.LoadReport {
 	slices.Sort(t.latencies)
 	inst := t.instances
 	if inst == nil {
 		inst = map[string]int{}
 	}
-	return loadReport{
+	return agentproc.LoadReport{
 		Report: kind, ElapsedS: round3(elapsed.Seconds()), Calls: len(t.latencies), Errors: t.errors, ErrorSamples: t.samples,
 		P50Ms: ms(percentile(t.latencies, 0.50)), P99Ms: ms(percentile(t.latencies, 0.99)), MaxMs: ms(percentile(t.latencies, 1)),
 		Instances: inst,

@@ -7,13 +7,14 @@
 package netns
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/agentproc"
 	"github.com/aegisipc/aegis/internal/runlog"
 )
 
@@ -55,7 +57,7 @@ func newCluster(t *testing.T) *cluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, a := range c.agents {
-				t.Logf("log of %s (last lines):\n%s", a.name, a.stderr.tail(40))
+				t.Logf("log of %s (last lines):\n%s", a.Name, a.stderr.Tail(40))
 			}
 		}
 	})
@@ -78,15 +80,13 @@ func newCluster(t *testing.T) *cluster {
 			// its gossip port is open before: an instance the seed learns
 			// from a node joining in between is never logged. So the
 			// others start once the seed has logged its startup line.
-			started := waitFor(startLimit, func() bool {
-				return !a.alive() || len(a.stderr.find(func(ln line) bool { return ln.str("msg") == "aegis agent started" })) > 0
-			})
-			require.True(t, started && a.alive(), "%s started within %v (%v):\n%s", a.name, startLimit, a.exitErr(), a.stderr.tail(20))
+			_, _, err := agentproc.WaitStarted(context.Background(), a.Proc, a.stderr, startLimit)
+			require.NoError(t, err)
 		}
 	}
 	ok := waitFor(startLimit, func() bool {
 		for _, a := range c.agents {
-			if !a.alive() {
+			if !a.Alive() {
 				return true
 			}
 			for i := range agentCount {
@@ -98,7 +98,7 @@ func newCluster(t *testing.T) *cluster {
 		return true
 	})
 	for _, a := range c.agents {
-		require.True(t, a.alive(), "%s exited: %v", a.name, a.exitErr())
+		require.True(t, a.Alive(), "%s exited: %v", a.Name, a.Err())
 	}
 	require.True(t, ok, "every agent sees every instance healthy within %v", startLimit)
 	t.Logf("%d agents converged in %v", agentCount, time.Since(start).Round(time.Millisecond))
@@ -125,9 +125,9 @@ func (e event) String() string {
 // events returns the instance events agent a logged, oldest first.
 func (c *cluster) events(a *proc) []event {
 	var out []event
-	for _, ln := range a.stderr.find(func(ln line) bool { return strings.HasPrefix(ln.str("msg"), "instance ") }) {
-		out = append(out, event{at: ln.time(), observer: ln.str("node"), kind: ln.str("event"),
-			instance: ln.str("instance"), status: ln.str("status"), reason: ln.str("reason")})
+	for _, ln := range a.stderr.Find(func(ln agentproc.Line) bool { return strings.HasPrefix(ln.Str("msg"), "instance ") }) {
+		out = append(out, event{at: ln.Time(), observer: ln.Str("node"), kind: ln.Str("event"),
+			instance: ln.Str("instance"), status: ln.Str("status"), reason: ln.Str("reason")})
 	}
 	return out
 }
@@ -163,7 +163,7 @@ func (c *cluster) state(a *proc, id string) string {
 
 // agent returns the agent process on host name.
 func (c *cluster) agent(name string) *proc {
-	i := slices.IndexFunc(c.agents, func(p *proc) bool { return p.name == "agent "+name })
+	i := slices.IndexFunc(c.agents, func(p *proc) bool { return p.Name == "agent "+name })
 	require.GreaterOrEqual(c.t, i, 0, "no agent %s", name)
 	return c.agents[i]
 }
@@ -184,39 +184,21 @@ func (c *cluster) verdicts(since time.Time) []event {
 func (c *cluster) warnings(since time.Time) int {
 	n := 0
 	for _, a := range c.agents {
-		n += len(a.stderr.find(func(ln line) bool {
-			lv := ln.str("level")
-			return (lv == "WARN" || lv == "ERROR") && !ln.time().Before(since)
+		n += len(a.stderr.Find(func(ln agentproc.Line) bool {
+			lv := ln.Str("level")
+			return (lv == "WARN" || lv == "ERROR") && !ln.Time().Before(since)
 		}))
 	}
 	return n
-}
-
-// loadReport is one JSON line of aegis load (see its -h).
-type loadReport struct {
-	Report       string         `json:"report"`
-	ElapsedS     float64        `json:"elapsed_s"`
-	Calls        int            `json:"calls"`
-	Errors       int            `json:"errors"`
-	ErrorSamples []string       `json:"error_samples"`
-	P50Ms        float64        `json:"p50_ms"`
-	P99Ms        float64        `json:"p99_ms"`
-	MaxMs        float64        `json:"max_ms"`
-	Instances    map[string]int `json:"instances"`
-}
-
-func (r loadReport) String() string {
-	return fmt.Sprintf("%d calls in %.1fs, %d errors, p50 %.1fms, p99 %.1fms, max %.1fms, answers per instance %v",
-		r.Calls, r.ElapsedS, r.Errors, r.P50Ms, r.P99Ms, r.MaxMs, r.Instances)
 }
 
 // load is one aegis load process on the client host.
 type load struct {
 	*proc
 	name      string
-	duration  time.Duration // 0: until finish stops it
-	callsFile string        // where it writes its calls down
-	total     loadReport    // set by finish
+	duration  time.Duration        // 0: until finish stops it
+	callsFile string               // where it writes its calls down
+	total     agentproc.LoadReport // set by finish
 }
 
 // Methods of the count service the loads call in turn: any method but
@@ -247,20 +229,20 @@ func (c *cluster) startLoad(d time.Duration) *load {
 		"-health-check-interval", healthCheck.String(), "-log-format", "json")
 	c.t.Cleanup(func() {
 		if c.t.Failed() {
-			c.t.Logf("stderr of %s (last lines):\n%s", name, p.stderr.tail(20))
+			c.t.Logf("stderr of %s (last lines):\n%s", name, p.stderr.Tail(20))
 		}
 	})
-	ok := waitFor(startLimit, func() bool { return p.stdout.len() > 0 || !p.alive() })
-	require.True(c.t, ok && p.alive(), "%s made its first calls within %v (%v); its stderr:\n%s", name, startLimit, p.exitErr(), p.stderr.tail(20))
+	ok := waitFor(startLimit, func() bool { return p.stdout.Len() > 0 || !p.Alive() })
+	require.True(c.t, ok && p.Alive(), "%s made its first calls within %v (%v); its stderr:\n%s", name, startLimit, p.Err(), p.stderr.Tail(20))
 	return &load{proc: p, name: name, duration: d, callsFile: filepath.Join(c.dir, name+".calls")}
 }
 
 // reports returns the load's per-second reports so far.
-func (l *load) reports() []loadReport {
-	var out []loadReport
-	for _, ln := range l.stdout.find(func(ln line) bool { return ln.str("report") == "second" }) {
-		var r loadReport
-		if json.Unmarshal([]byte(ln.raw), &r) == nil {
+func (l *load) reports() []agentproc.LoadReport {
+	var out []agentproc.LoadReport
+	for _, ln := range l.stdout.Find(func(ln agentproc.Line) bool { return ln.Str("report") == "second" }) {
+		var r agentproc.LoadReport
+		if json.Unmarshal([]byte(ln.Raw), &r) == nil {
 			out = append(out, r)
 		}
 	}
@@ -269,23 +251,23 @@ func (l *load) reports() []loadReport {
 
 // finish waits for the load to exit, after stopping it with SIGINT when
 // it runs until stopped, and returns its total report.
-func (l *load) finish(t *testing.T) loadReport {
+func (l *load) finish(t *testing.T) agentproc.LoadReport {
 	t.Helper()
-	if l.duration == 0 && l.alive() {
-		require.NoError(t, l.cmd.Process.Signal(os.Interrupt))
+	if l.duration == 0 && l.Alive() {
+		require.NoError(t, l.Signal(syscall.SIGINT))
 	}
 	l.wait(t, l.duration+2*callTimeout+10*time.Second)
-	totals := l.stdout.find(func(ln line) bool { return ln.str("report") == "total" })
-	require.Len(t, totals, 1, "%s printed one total; its output:\n%s", l.name, l.stdout.tail(5))
-	require.NoError(t, json.Unmarshal([]byte(totals[0].raw), &l.total))
+	totals := l.stdout.Find(func(ln agentproc.Line) bool { return ln.Str("report") == "total" })
+	require.Len(t, totals, 1, "%s printed one total; its output:\n%s", l.name, l.stdout.Tail(5))
+	require.NoError(t, json.Unmarshal([]byte(totals[0].Raw), &l.total))
 	return l.total
 }
 
 // largestShare returns the largest share of one second's answers that a
 // single instance gave, and that second's report.
-func largestShare(rs []loadReport) (float64, loadReport) {
+func largestShare(rs []agentproc.LoadReport) (float64, agentproc.LoadReport) {
 	var share float64
-	var at loadReport
+	var at agentproc.LoadReport
 	for _, r := range rs {
 		for _, n := range r.Instances {
 			if s := float64(n) / float64(max(1, r.Calls-r.Errors)); s > share {
@@ -298,7 +280,7 @@ func largestShare(rs []loadReport) (float64, loadReport) {
 
 // steadyP99 returns the highest per-second p99 after the first second,
 // which holds the connection set-up.
-func steadyP99(rs []loadReport) float64 {
+func steadyP99(rs []agentproc.LoadReport) float64 {
 	p := 0.0
 	for _, r := range rs[min(1, len(rs)):] {
 		p = max(p, r.P99Ms)
@@ -307,8 +289,8 @@ func steadyP99(rs []loadReport) float64 {
 }
 
 // worstSecond returns the per-second report with the highest p99.
-func worstSecond(rs []loadReport) loadReport {
-	var w loadReport
+func worstSecond(rs []agentproc.LoadReport) agentproc.LoadReport {
+	var w agentproc.LoadReport
 	for _, r := range rs {
 		if r.P99Ms > w.P99Ms {
 			w = r
@@ -355,8 +337,8 @@ func (c *cluster) checkDelivery(loads ...*load) {
 	}
 	var runs []runlog.Run
 	for _, a := range c.agents {
-		rs, err := runlog.Read[runlog.Run](c.runsFile(a.name))
-		require.NoError(c.t, err, "runs of %s", a.name)
+		rs, err := runlog.Read[runlog.Run](c.runsFile(a.Name))
+		require.NoError(c.t, err, "runs of %s", a.Name)
 		runs = append(runs, rs...)
 	}
 	require.NotEmpty(c.t, calls, "the loads made calls")

@@ -61,13 +61,13 @@ func TestPartitionOneNode(t *testing.T) {
 	detected := map[string]event{}
 	ok := waitFor(partitionFor, func() bool {
 		for _, a := range observers {
-			if _, seen := detected[a.name]; seen {
+			if _, seen := detected[a.Name]; seen {
 				continue
 			}
 			if e, found := firstEvent(c.events(a), func(e event) bool {
 				return e.instance == id && e.kind == "status-changed" && e.status == "unhealthy" && !e.at.Before(down)
 			}); found {
-				detected[a.name] = e
+				detected[a.Name] = e
 			}
 		}
 		return len(detected) == len(observers)
@@ -80,13 +80,13 @@ func TestPartitionOneNode(t *testing.T) {
 	recovered := map[string]event{}
 	ok = waitFor(recoverLimit, func() bool {
 		for _, a := range observers {
-			if _, seen := recovered[a.name]; seen {
+			if _, seen := recovered[a.Name]; seen {
 				continue
 			}
 			if e, found := firstEvent(c.events(a), func(e event) bool {
 				return e.instance == id && e.status == "healthy" && e.kind != "deregistered" && !e.at.Before(up)
 			}); found && c.state(a, id) == "healthy" {
-				recovered[a.name] = e
+				recovered[a.Name] = e
 			}
 		}
 		return len(recovered) == len(observers)
@@ -105,16 +105,16 @@ func TestPartitionOneNode(t *testing.T) {
 	total := ld.finish(t)
 
 	for _, a := range observers {
-		e, r := detected[a.name], recovered[a.name]
+		e, r := detected[a.Name], recovered[a.Name]
 		t.Logf("%s: %s unhealthy %v after the cut (%s), healthy %v after the heal (%s %s)",
-			a.name, id, e.at.Sub(down).Round(time.Millisecond), e.reason, r.at.Sub(up).Round(time.Millisecond), r.kind, r.reason)
+			a.Name, id, e.at.Sub(down).Round(time.Millisecond), e.reason, r.at.Sub(up).Round(time.Millisecond), r.kind, r.reason)
 		// The newest heartbeat an observer holds at the cut left n3 up to
 		// an interval before it and rode gossip for up to a round or two,
 		// and ages are checked every healthCheck: allow two intervals
 		// early, and late a check plus a second for a busy two-core
 		// machine.
-		assert.GreaterOrEqual(t, e.at.Sub(down), hbTimeout-2*hbInterval, "%s judged %s before its heartbeats could have timed out", a.name, id)
-		assert.LessOrEqual(t, e.at.Sub(down), hbTimeout+healthCheck+time.Second, "%s judged %s late", a.name, id)
+		assert.GreaterOrEqual(t, e.at.Sub(down), hbTimeout-2*hbInterval, "%s judged %s before its heartbeats could have timed out", a.Name, id)
+		assert.LessOrEqual(t, e.at.Sub(down), hbTimeout+healthCheck+time.Second, "%s judged %s late", a.Name, id)
 	}
 	t.Logf("load through the partition: %s; worst second: %s", total, worstSecond(ld.reports()))
 	failedOnce := 0
