@@ -1,4 +1,4 @@
-// Fuzz targets for every gossip decoder: whole frames, records, heartbeat batches and states.
+// Fuzz targets for every gossip decoder: whole frames, records, heartbeat batches, states and leave notices.
 package wire
 
 import (
@@ -26,6 +26,7 @@ func seedValues() []any {
 		ptr(goodBatch()), ptr(smallBeats(1)), ptr(smallBeats(20)), &HeartbeatBatch{Node: "n"},
 		&HeartbeatBatch{Node: "n", Beats: []Heartbeat{{Service: "s", ID: "i", Incarnation: MaxIncarnation, Seq: MaxSeq, Status: 3}}},
 		&State{Node: "n", Records: []Record{r, tomb, minimal}}, &State{Node: "n"}, &State{Node: "n", Records: []Record{bad}},
+		&Leave{Node: "n", Addr: "10.0.0.1:7946", Time: 1}, &Leave{Node: "n"}, &Leave{Node: strings.Repeat("n", 200), Addr: "h:1"},
 	}
 }
 
@@ -85,6 +86,8 @@ func value(m *Message) any {
 		return m.Record
 	case m.Heartbeats != nil:
 		return m.Heartbeats
+	case m.Leave != nil:
+		return m.Leave
 	}
 	return m.State
 }
@@ -129,6 +132,17 @@ func FuzzState(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		checkMessage(t, withFrame(MsgState, false, body))
+	})
+}
+
+// FuzzLeave feeds leave notices, as gossiped or sent directly.
+func FuzzLeave(f *testing.F) {
+	for _, b := range seeds(f, MsgLeave, true) {
+		f.Add(b, false)
+		f.Add(b, true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, direct bool) {
+		checkMessage(t, withFrame(MsgLeave, direct, body))
 	})
 }
 

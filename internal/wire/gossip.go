@@ -26,6 +26,8 @@ const (
 	MsgHeartbeats MsgType = 2
 	// MsgState carries a node's whole registry, for push/pull anti-entropy.
 	MsgState MsgType = 3
+	// MsgLeave says a node is leaving the cluster gracefully.
+	MsgLeave MsgType = 4
 )
 
 // Errors returned by the decoder. They are wrapped with detail.
@@ -89,6 +91,18 @@ type HeartbeatBatch struct {
 	Beats []Heartbeat
 }
 
+// Leave is sent by a node that leaves the cluster gracefully, before
+// memberlist's own leave message, which does not tell peers whether the
+// node left or died. Addr is the node's gossip address, so that a notice
+// cannot be taken for another node of the same name.
+type Leave struct {
+	_struct bool `codec:",toarray"` //nolint:unused // codec directive
+
+	Node string
+	Addr string
+	Time int64 // origin's clock when sent (unix ns); informational only
+}
+
 // FlagDirect, set in the type byte, marks a message sent straight from its
 // origin to every member (not gossiped); receivers need not re-broadcast it.
 const FlagDirect byte = 0x80
@@ -131,7 +145,7 @@ var handle = func() *codec.MsgpackHandle {
 }()
 
 // Encode returns the framed encoding of v, which must be a *Record,
-// *HeartbeatBatch or *State.
+// *HeartbeatBatch, *State or *Leave.
 func Encode(v any) ([]byte, error) {
 	var t MsgType
 	switch v.(type) {
@@ -141,6 +155,8 @@ func Encode(v any) ([]byte, error) {
 		t = MsgHeartbeats
 	case *State:
 		t = MsgState
+	case *Leave:
+		t = MsgLeave
 	default:
 		return nil, fmt.Errorf("wire: cannot encode %T", v)
 	}
@@ -161,6 +177,7 @@ type Message struct {
 	Record     *Record
 	Heartbeats *HeartbeatBatch
 	State      *State
+	Leave      *Leave
 }
 
 // Decode is DecodeLimited with DefaultLimits.
@@ -202,6 +219,9 @@ func DecodeLimited(b []byte, l Limits) (Message, error) {
 	case MsgState:
 		msg.State = new(State)
 		target = msg.State
+	case MsgLeave:
+		msg.Leave = new(Leave)
+		target, limit = msg.Leave, l.MaxRecordSize
 	default:
 		return Message{}, fmt.Errorf("%w: %d", ErrUnknownType, b[1])
 	}

@@ -48,6 +48,8 @@ func (s *scanner) message(t MsgType) error {
 		err = s.batch()
 	case MsgState:
 		err = s.state()
+	case MsgLeave:
+		err = s.leave()
 	}
 	if err == nil && s.off != len(s.b) {
 		err = s.malformed("%d bytes after the message", len(s.b)-s.off)
@@ -101,6 +103,19 @@ func (s *scanner) beat() error {
 			err = s.str()
 		} else {
 			err = s.skip(4)
+		}
+	}
+	return err
+}
+
+// leave checks a Leave body.
+func (s *scanner) leave() error {
+	n, err := s.structHeader("leave")
+	for i := 0; i < n && err == nil; i++ {
+		if i < 2 { // Node, Addr
+			err = s.str()
+		} else {
+			err = s.skip(2)
 		}
 	}
 	return err

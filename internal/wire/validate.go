@@ -23,6 +23,8 @@ func (m *Message) Validate(l Limits) error {
 		return m.Heartbeats.Validate(l)
 	case m.State != nil:
 		return m.State.Validate(l)
+	case m.Leave != nil:
+		return m.Leave.Validate()
 	}
 	return fmt.Errorf("%w: empty message", ErrInvalid)
 }
@@ -72,6 +74,20 @@ func (s *State) Validate(l Limits) error {
 		if err := r.check(&l); err != nil {
 			return fmt.Errorf("%w: state from %s: Records[%d] %s/%s: %s", ErrInvalid, clip(s.Node), i, clip(r.Service), clip(r.ID), err)
 		}
+	}
+	return nil
+}
+
+// Validate reports whether a leave notice may be applied: Node is a
+// valid node name and Addr a host:port. Time is informational and not
+// checked. Its size is bounded by the decoder (Limits.MaxRecordSize). The
+// error wraps ErrInvalid.
+func (v *Leave) Validate() error {
+	switch {
+	case !ValidName(v.Node, MaxNameLen):
+		return fmt.Errorf("%w: leave: Node %s: %s", ErrInvalid, clip(v.Node), nameRule)
+	case !validAddr(v.Addr):
+		return fmt.Errorf("%w: leave from %s: Addr %s: not a host:port of at most %d bytes", ErrInvalid, clip(v.Node), clip(v.Addr), MaxAddrLen)
 	}
 	return nil
 }
