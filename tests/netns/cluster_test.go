@@ -263,6 +263,22 @@ func (l *load) finish(t *testing.T) agentproc.LoadReport {
 	return l.total
 }
 
+// checkLeft asserts that every agent logged the load's node as left (it
+// leaves gracefully when it finishes, hosting no instance), and none as
+// failed.
+func (c *cluster) checkLeft(l *load) {
+	c.t.Helper()
+	for _, a := range c.agents {
+		about := func(msg string) func() bool {
+			return func() bool {
+				return len(a.stderr.Find(func(ln agentproc.Line) bool { return ln.Str("msg") == msg && ln.Str("peer") == l.name })) > 0
+			}
+		}
+		assert.True(c.t, waitFor(10*time.Second, about("node left")), "%s logged %s as left", a.Name, l.name)
+		assert.False(c.t, about("node failed")(), "%s logged %s as failed", a.Name, l.name)
+	}
+}
+
 // largestShare returns the largest share of one second's answers that a
 // single instance gave, and that second's report.
 func largestShare(rs []agentproc.LoadReport) (float64, agentproc.LoadReport) {

@@ -129,6 +129,7 @@ func TestPartitionOneNode(t *testing.T) {
 		t.Errorf("call %s (%s) failed, and not as a non-idempotent call sent to %s: %s", call.MessageID, call.Method, id, call.Err)
 	}
 	t.Logf("%d non-idempotent calls sent to %s failed rather than risk a second run", failedOnce, id)
+	c.checkLeft(ld)
 	c.checkDelivery(ld)
 }
 
@@ -214,5 +215,7 @@ func TestLatencyOneLink(t *testing.T) {
 	assert.GreaterOrEqual(t, client.P50Ms, float64(latency/time.Millisecond), "calls through the slowed link take at least the delay")
 
 	assert.Empty(t, c.verdicts(start), "no instance is judged unhealthy for a slow link")
+	c.checkLeft(serverLoad)
+	c.checkLeft(clientLoad)
 	c.checkDelivery(serverLoad, clientLoad)
 }
