@@ -188,10 +188,10 @@ func (o *agentOptions) run(log *slog.Logger, getenv func(string) string, sigs <-
 }
 
 // leave leaves the cluster gracefully within timeout. Another signal on
-// sigs cancels the leave's context (cutting its drain short) and returns
-// errForced once the leave has returned or forcedStopWait has passed:
-// Node.Shutdown would wait for the leave in progress, so exiting the
-// process is the immediate stop, which peers see as a crash.
+// sigs cancels the leave's context (Leave then stops waiting and shuts the
+// node down at once) and returns errForced once the leave has returned,
+// or forcedStopWait has passed as a last resort: exiting the process is
+// the immediate stop, which peers see as a crash.
 func leave(node *aegis.Node, log *slog.Logger, timeout time.Duration, sig os.Signal, sigs <-chan os.Signal) error {
 	log.Info("leaving the cluster", "signal", sig.String(), "timeout", timeout)
 	start := time.Now()
