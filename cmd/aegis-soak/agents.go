@@ -46,7 +46,6 @@ type agentProc struct {
 	life    int       // 1 for the first process under its name
 	started time.Time // just before the process was started
 	log     *logScan
-	file    *os.File
 
 	gossip, calls string // from its startup line
 
@@ -74,7 +73,7 @@ func startAgent(ctx context.Context, s *agentSettings, name string, life int, bi
 	if err != nil {
 		return nil, err
 	}
-	p := &agentProc{life: life, log: newLogScan(), file: f}
+	p := &agentProc{life: life, log: newLogScan()}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Env = append(os.Environ(), "AEGIS_KEY="+s.key)
 	cmd.Stdout = io.MultiWriter(f, p.log)
