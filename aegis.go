@@ -87,7 +87,7 @@ type Node struct {
 	wg           sync.WaitGroup // every goroutine the node starts (see spawn)
 	shutdownOnce sync.Once
 	leaveOnce    sync.Once
-	leaveErr     error
+	abortLeave   context.CancelCauseFunc // ends a Leave in progress; guarded by mu
 }
 
 // New validates cfg, starts gossip and the call listener, and returns the
@@ -317,47 +317,67 @@ func (n *Node) checkNameConflict() error {
 
 // Leave leaves the cluster gracefully: it stops accepting registrations,
 // drains and deregisters every local instance (every peer sees
-// EventDeregistered with reason "left"), tells peers it is leaving,
-// and shuts the node down. ctx bounds the whole of it: in-flight calls, and
-// the departure spreading (5 s when ctx has no deadline); whatever time the
-// drain leaves is given to the departure. When no other member is left to
-// tell, the departure is not an error. Calling it again, or after
-// Shutdown, returns nil.
+// EventDeregistered with reason "left"), tells peers it is leaving (so
+// they log and report it as left, not failed, even when it hosts no
+// instance), and shuts the node down. ctx bounds the whole of it:
+// in-flight calls, and the departure spreading (5 s when ctx has no
+// deadline); whatever time the drain leaves is given to the departure.
+// When ctx ends first, Leave stops waiting, shuts the node down and
+// returns ctx's error at once; so does a Shutdown called meanwhile, with
+// ErrShutdown. When no other member is left to tell, the departure is not
+// an error. Calling it again, or after Shutdown, returns nil.
 func (n *Node) Leave(ctx context.Context) error {
+	ctx, abort := context.WithCancelCause(ctx)
+	defer abort(nil)
 	n.lifeMu.Lock()
 	defer n.lifeMu.Unlock()
+	var err error
 	n.leaveOnce.Do(func() {
 		n.mu.Lock()
 		if !n.state.CompareAndSwap(stateRunning, stateLeaving) {
 			n.mu.Unlock()
 			return
 		}
+		n.abortLeave = abort
 		regs := make([]*Registration, 0, len(n.local))
 		for _, r := range n.local {
 			regs = append(regs, r)
 		}
 		n.mu.Unlock()
-		n.drain(ctx, regs)
-		for _, r := range regs {
-			n.deregister(r, "left")
+		if e := n.leave(ctx, regs); e != nil {
+			err = fmt.Errorf("aegis: leave: %w", e)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		if dl, ok := ctx.Deadline(); ok {
-			deadline = dl
-		}
-		// Give the tombstones a chance to ride gossip before the leave
-		// message: wait until each was sent (a few gossip rounds), for at
-		// most half the time left.
-		n.gossip.waitQueueDrained(ctx, time.Until(deadline)/2)
-		err := n.gossip.ml.Leave(max(time.Until(deadline), time.Millisecond))
-		if err != nil && len(n.gossip.peerList()) > 0 {
-			n.leaveErr = fmt.Errorf("aegis: leave: %w", err)
-		}
-		if err := n.shutdown(); err != nil && n.leaveErr == nil {
-			n.leaveErr = err
+		if e := n.shutdown(); e != nil && err == nil {
+			err = e
 		}
 	})
-	return n.leaveErr
+	return err
+}
+
+// leave drains and deregisters regs and tells peers this node leaves,
+// within ctx (or 5 s when it has no deadline); it returns the reason ctx
+// ended when the departure had not gone out by then.
+func (n *Node) leave(ctx context.Context, regs []*Registration) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	n.drain(ctx, regs)
+	for _, r := range regs {
+		n.deregister(r, "left")
+	}
+	deadline, _ := ctx.Deadline()
+	// The tombstones and the leave notice go before memberlist's leave
+	// message, so that peers know the departure is graceful when it
+	// comes: wait until each was sent (a few gossip rounds), for at most
+	// half the time left.
+	n.gossip.announceLeave(true)
+	_ = n.gossip.waitQueueDrained(ctx, time.Until(deadline)/2)
+	if n.gossip.depart(ctx) != nil {
+		return context.Cause(ctx)
+	}
+	return nil
 }
 
 // drain marks regs draining (peers stop routing to them at once: the status
@@ -384,6 +404,11 @@ func (n *Node) drain(ctx context.Context, regs []*Registration) {
 // the call listener, waits for every goroutine the node started, and
 // returns. Calling it again returns nil.
 func (n *Node) Shutdown() error {
+	n.mu.Lock()
+	if n.abortLeave != nil {
+		n.abortLeave(ErrShutdown) // a Leave in progress stops waiting
+	}
+	n.mu.Unlock()
 	n.lifeMu.Lock()
 	defer n.lifeMu.Unlock()
 	return n.shutdown()

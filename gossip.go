@@ -300,8 +300,9 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	delete(g.peers, node.Name)
 	g.peersMu.Unlock()
 	// memberlist passes its Node without the state (left or dead), so a
-	// departure counts as graceful when the node's tombstones said so, or
-	// memberlist's own state says left where it is set.
+	// departure counts as graceful when the node said so (its leave notice
+	// or its instances' tombstones), or memberlist's own state says left
+	// where it is set.
 	if g.reg.left(node.Name) || node.State == memberlist.StateLeft {
 		g.log.Info("node left", "peer", node.Name)
 		g.reg.nodeLeft(node.Name, string(node.Meta))
@@ -341,6 +342,10 @@ func (g *gossiper) handleGossip(b []byte) {
 		}
 		if fresh && !msg.Direct && len(msg.Claims.Claims) > 0 {
 			g.enqueue(g.queue, claimBatchName(msg.Claims), append([]byte(nil), b...))
+		}
+	case wire.MsgLeave:
+		if g.noteLeave(msg.Leave) && !msg.Direct {
+			g.enqueue(g.queue, leaveName(msg.Leave.Node), append([]byte(nil), b...))
 		}
 	default:
 		g.dropGossip("message", errors.New("state message outside push/pull"))
@@ -580,21 +585,84 @@ func shuffledPeers(peers []*memberlist.Node) []*memberlist.Node {
 }
 
 // waitQueueDrained waits until every queued record broadcast has been sent
-// its full number of times (a few gossip rounds), for at most limit or
-// until ctx ends. memberlist's gossip rounds run on the wall clock, and
-// limit comes from ctx's deadline, so this waits on the wall clock.
-func (g *gossiper) waitQueueDrained(ctx context.Context, limit time.Duration) {
+// its full number of times (a few gossip rounds) or no other member is
+// left to send them to, for at most limit or until ctx ends (then it
+// returns ctx's error). memberlist's gossip rounds run on the wall clock,
+// and limit comes from ctx's deadline, so this waits on the wall clock.
+func (g *gossiper) waitQueueDrained(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	t := time.NewTicker(g.cfg.GossipInterval / 4)
 	defer t.Stop()
-	for g.queue.Len() > 0 && g.ml.NumMembers() > 1 {
+	for g.queue.Len() > 0 && g.hasPeers() {
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case <-t.C:
 		}
 	}
+	return nil
+}
+
+// hasPeers reports whether another member is alive (or suspected), that
+// is whom gossip goes to.
+func (g *gossiper) hasPeers() bool {
+	g.peersMu.RLock()
+	defer g.peersMu.RUnlock()
+	return len(g.peers) > 0
+}
+
+// leaveName is the broadcast queue name of node's leave notice.
+func leaveName(node string) string { return "leave:" + node }
+
+// announceLeave tells peers this node is leaving (wire.Leave): by gossip,
+// and when direct is set also straight to every member. Sent before
+// memberlist's leave message, it lets peers tell a graceful leave from a
+// crash even when this node has no instances whose tombstones would say
+// so.
+func (g *gossiper) announceLeave(direct bool) {
+	b, err := wire.Encode(&wire.Leave{Node: g.name, Addr: g.ml.LocalNode().Address(), Time: g.clk.Now().UnixNano()})
+	if err != nil {
+		g.log.Error("encode leave notice", "err", err)
+		return
+	}
+	g.enqueue(g.queue, leaveName(g.name), b)
+	if direct {
+		g.sendDirectTwice(wire.Direct(b))
+	}
+}
+
+// noteLeave takes a peer's leave notice and reports whether it is new.
+// Only a notice from a live member at the address it gives counts (so a
+// copy still gossiped after the node has gone cannot mark a node that
+// later joins under its name); the mark is consumed when memberlist
+// reports the node gone (see NotifyLeave).
+func (g *gossiper) noteLeave(v *wire.Leave) bool {
+	if v.Node == g.name {
+		return false
+	}
+	g.peersMu.RLock()
+	peer, ok := g.peers[v.Node]
+	g.peersMu.RUnlock()
+	if !ok || peer.Address() != v.Addr {
+		return false
+	}
+	return g.reg.announcedLeave(v.Node)
+}
+
+// depart starts memberlist's leave and waits, within ctx, until its leave
+// message has gone out. memberlist's Leave would wait for that itself, but
+// it cannot be cancelled, and it waits out its whole timeout when the peers
+// it could gossip to have left meanwhile (as when nodes leave at once). So
+// it is given no time, and the leave notice is queued again instead: both
+// ride the same gossip packets and are sent the same number of times
+// (RetransmitMult × ⌈log10(N+1)⌉, memberlist's message first), so once the
+// notice has gone out its full count, or no other member is left, so has
+// memberlist's message. It returns ctx's error when ctx ends first.
+func (g *gossiper) depart(ctx context.Context) error {
+	_ = g.ml.Leave(time.Nanosecond) // its only error is that nanosecond passing
+	g.announceLeave(false)
+	return g.waitQueueDrained(ctx, time.Hour) // ctx bounds it
 }
 
 // sentBytes is the size of the messages in msgs.

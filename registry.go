@@ -596,7 +596,7 @@ type registry struct {
 	refused uint64         // records refused by maxPerNode or maxTotal
 	tombs   map[instKey]tombstone
 	dead    map[string]deadNode // nodes memberlist declared dead
-	leaving map[string]bool     // nodes that said (by a tombstone) their instances left with them
+	leaving map[string]bool     // nodes that said they are leaving (a leave notice, or a tombstone saying their instances left with them)
 	pending map[instKey]bool    // local registrations in progress
 	epochs  map[groupKey]uint64 // the highest epoch seen per role group, kept after its holder is gone
 
@@ -853,8 +853,20 @@ func sameContents(a, b *wire.Record) bool {
 		a.Promotion == b.Promotion && a.Epoch == b.Epoch && maps.Equal(a.Endpoints, b.Endpoints)
 }
 
-// left reports whether node announced that it is leaving (its instances'
-// tombstones said so) and forgets it: memberlist's leave notification
+// announcedLeave notes that node said it is leaving (its leave notice)
+// and reports whether that is new.
+func (r *registry) announcedLeave(node string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.leaving[node] || len(r.leaving) >= r.maxTotal {
+		return false
+	}
+	r.leaving[node] = true
+	return true
+}
+
+// left reports whether node announced that it is leaving (its leave
+// notice or its instances' tombstones said so) and forgets it: memberlist's leave notification
 // does not say whether a node left or died.
 func (r *registry) left(node string) bool {
 	r.mu.Lock()

@@ -25,6 +25,13 @@
 //     one). So for each instance, those runs may not outnumber the calls
 //     routed to it that were answered by another instance, failed, or were
 //     in flight while a new process of it started.
+//
+// The namespace tests (tests/netns) go further with the same count
+// service: its instances also write each run down with its message ID
+// (aegis agent -runs-file), so internal/runlog counts runs per message ID
+// instead of inferring them per instance. The soak keeps the inference:
+// its memory stays flat over a long run, and its restarted processes have
+// lost their dedup entries, so runs per instance are no fixed bound.
 
 package main
 

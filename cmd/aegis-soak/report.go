@@ -56,7 +56,7 @@ func (s *soak) periodReport(n int, from, to time.Time) {
 	}
 	procs := []string{"client " + readProcStat(os.Getpid(), runtime.NumGoroutine()).String()}
 	for _, p := range s.agents {
-		procs = append(procs, fmt.Sprintf("%s %s", p.name, readProcStat(p.pid, -1)))
+		procs = append(procs, fmt.Sprintf("%s %s", p.Name, readProcStat(p.PID, -1)))
 	}
 	s.mu.Unlock()
 	if len(faults) == 0 {
@@ -146,7 +146,7 @@ func (s *soak) final(e ending) *result {
 		if p.started.After(s.loadStart) {
 			from = offset(s.loadStart, p.started)
 		}
-		fmt.Fprintf(w, "  %-3s pid %-7d %s to %s (%s): %s -> %s\n", p.name, p.pid, from, offset(s.loadStart, p.ended), how, p.startStat, p.endStat)
+		fmt.Fprintf(w, "  %-3s pid %-7d %s to %s (%s): %s -> %s\n", p.Name, p.PID, from, offset(s.loadStart, p.ended), how, p.startStat, p.endStat)
 	}
 
 	s.logReport(history)

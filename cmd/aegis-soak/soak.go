@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/agentproc"
 )
 
 // serviceName is the count service every agent serves.
@@ -123,7 +124,7 @@ func run(ctx context.Context, o *options, out, diag io.Writer) (*result, error) 
 		}
 		defer os.RemoveAll(dir)
 		start := time.Now()
-		if s.set.bin, err = buildAgent(ctx, dir); err != nil {
+		if s.set.bin, err = agentproc.Build(ctx, dir); err != nil {
 			return nil, err
 		}
 		fmt.Fprintf(diag, "built the aegis binary in %v\n", time.Since(start).Round(time.Millisecond))
@@ -149,7 +150,7 @@ func run(ctx context.Context, o *options, out, diag io.Writer) (*result, error) 
 
 	s.mu.Lock()
 	for _, p := range s.agents {
-		p.startStat = readProcStat(p.pid, -1)
+		p.startStat = readProcStat(p.PID, -1)
 	}
 	s.mu.Unlock()
 	s.clientStart = readProcStat(os.Getpid(), runtime.NumGoroutine())
@@ -161,7 +162,7 @@ func run(ctx context.Context, o *options, out, diag io.Writer) (*result, error) 
 	}
 	s.mu.Lock()
 	for _, p := range s.agents {
-		p.endStat = readProcStat(p.pid, -1)
+		p.endStat = readProcStat(p.PID, -1)
 	}
 	s.mu.Unlock()
 	e := ending{probes: probes, interrupted: interrupted, stats: s.client.Stats(),
@@ -252,7 +253,7 @@ func (s *soak) seeds(except int) []string {
 	defer s.mu.Unlock()
 	var out []string
 	for i, p := range s.agents {
-		if i != except && p.alive() {
+		if i != except && p.Alive() {
 			out = append(out, p.gossip)
 		}
 	}
@@ -343,7 +344,7 @@ func (s *soak) faultLoop(ctx context.Context, end time.Time, stop <-chan struct{
 func (s *soak) apply(ctx context.Context, f faultPlan) {
 	s.mu.Lock()
 	p := s.agents[f.agent]
-	rec := &faultRecord{plan: f, name: p.name, pid: p.pid, exitCode: -2}
+	rec := &faultRecord{plan: f, name: p.Name, pid: p.PID, exitCode: -2}
 	s.faults = append(s.faults, rec)
 	s.mu.Unlock()
 	fail := func(format string, args ...any) {
@@ -351,24 +352,24 @@ func (s *soak) apply(ctx context.Context, f faultPlan) {
 		rec.failure = fmt.Sprintf(format, args...)
 		rec.done = true
 		s.mu.Unlock()
-		fmt.Fprintf(s.diag, "%s %s %s: %s\n", offset(s.loadStart, time.Now()), f.kind, p.name, rec.failure)
+		fmt.Fprintf(s.diag, "%s %s %s: %s\n", offset(s.loadStart, time.Now()), f.kind, p.Name, rec.failure)
 	}
-	fmt.Fprintf(s.diag, "%s %s %s (pid %d)\n", offset(s.loadStart, time.Now()), f.kind, p.name, p.pid)
+	fmt.Fprintf(s.diag, "%s %s %s (pid %d)\n", offset(s.loadStart, time.Now()), f.kind, p.Name, p.PID)
 
 	var resumed time.Time
-	id := instanceID(p.name)
+	id := instanceID(p.Name)
 	calls := p.calls
 	switch f.kind {
 	case faultStop:
 		s.mu.Lock()
 		rec.at = time.Now()
 		s.mu.Unlock()
-		if err := p.signal(syscall.SIGSTOP); err != nil {
+		if err := p.Signal(syscall.SIGSTOP); err != nil {
 			fail("%v", err)
 			return
 		}
 		sleepCtx(ctx, f.hold)
-		if err := p.signal(syscall.SIGCONT); err != nil {
+		if err := p.Signal(syscall.SIGCONT); err != nil {
 			fail("%v", err)
 			return
 		}
@@ -393,7 +394,7 @@ func (s *soak) apply(ctx context.Context, f faultPlan) {
 			rec.recovered, rec.done = time.Since(resumed), true
 			if f.kind.restarts() {
 				np := s.agents[f.agent]
-				np.startStat = readProcStat(np.pid, -1)
+				np.startStat = readProcStat(np.PID, -1)
 			}
 			s.mu.Unlock()
 			return
@@ -417,29 +418,29 @@ func (s *soak) restart(ctx context.Context, f faultPlan, p *agentProc, rec *faul
 		sig = syscall.SIGTERM
 	}
 	s.mu.Lock()
-	p.endStat = readProcStat(p.pid, -1)
+	p.endStat = readProcStat(p.PID, -1)
 	p.endedBy = f.kind.String()
 	p.ended = time.Now()
 	rec.at = p.ended
 	s.mu.Unlock()
-	if err := p.signal(sig); err != nil {
+	if err := p.Signal(sig); err != nil {
 		return nil, err
 	}
-	exited := p.wait(exitLimit)
+	exited := p.Wait(exitLimit)
 	if !exited {
 		p.kill()
 	}
 	s.mu.Lock()
 	rec.exitAfter = time.Since(rec.at)
-	if !p.alive() {
-		rec.exitCode = p.exitCode
+	if !p.Alive() {
+		rec.exitCode = p.ExitCode()
 	}
 	if !exited {
 		rec.failure = fmt.Sprintf("did not exit within %v of %v; killed", exitLimit, f.kind)
 	}
 	s.mu.Unlock()
-	if p.alive() {
-		return nil, fmt.Errorf("%s (pid %d) did not exit even after SIGKILL", p.name, p.pid)
+	if p.Alive() {
+		return nil, fmt.Errorf("%s (pid %d) did not exit even after SIGKILL", p.Name, p.PID)
 	}
 	if !sleepCtx(ctx, f.hold) {
 		return nil, ctx.Err()
@@ -449,10 +450,10 @@ func (s *soak) restart(ctx context.Context, f faultPlan, p *agentProc, rec *faul
 	if !f.newPorts {
 		bind, callBind, ports = p.gossip, p.calls, "the same ports"
 	}
-	np, err := startAgent(ctx, &s.set, p.name, p.life+1, bind, callBind, s.seeds(f.agent))
+	np, err := startAgent(ctx, &s.set, p.Name, p.life+1, bind, callBind, s.seeds(f.agent))
 	if err != nil && !f.newPorts && ctx.Err() == nil {
 		// Another process took one of the old ports meanwhile.
-		np, err = startAgent(ctx, &s.set, p.name, p.life+2, "127.0.0.1:0", "", s.seeds(f.agent))
+		np, err = startAgent(ctx, &s.set, p.Name, p.life+2, "127.0.0.1:0", "", s.seeds(f.agent))
 		ports = fmt.Sprintf("new ports (the old ones were taken: %v)", firstLine(err))
 	}
 	if err != nil {
@@ -464,7 +465,7 @@ func (s *soak) restart(ctx context.Context, f faultPlan, p *agentProc, rec *faul
 	s.mu.Lock()
 	s.agents[f.agent] = np
 	s.history = append(s.history, np)
-	rec.newPid, rec.ports = np.pid, ports
+	rec.newPid, rec.ports = np.PID, ports
 	s.mu.Unlock()
 	return np, nil
 }
@@ -485,7 +486,7 @@ func (s *soak) probe(ctx context.Context) map[string]int64 {
 	s.mu.Lock()
 	ids := make([]string, len(s.agents))
 	for i, p := range s.agents {
-		ids[i] = instanceID(p.name)
+		ids[i] = instanceID(p.Name)
 	}
 	s.mu.Unlock()
 	out := map[string]int64{}
@@ -542,7 +543,7 @@ func (s *soak) stopAll(interrupted bool) map[*agentProc]stopResult {
 			} else {
 				r.graceful = p.stop()
 			}
-			r.exitCode, r.took = p.exitCode, time.Since(start)
+			r.exitCode, r.took = p.ExitCode(), time.Since(start)
 			mu.Lock()
 			out[p] = r
 			mu.Unlock()
@@ -558,7 +559,7 @@ func (s *soak) killAll() {
 	procs := slices.Clone(s.history)
 	s.mu.Unlock()
 	for _, p := range procs {
-		if p.alive() {
+		if p.Alive() {
 			p.kill()
 		}
 	}
@@ -571,7 +572,7 @@ func (s *soak) spans(probes map[string]int64) map[string][]processSpan {
 	defer s.mu.Unlock()
 	out := map[string][]processSpan{}
 	for _, p := range s.history {
-		id := instanceID(p.name)
+		id := instanceID(p.Name)
 		runs := int64(-1)
 		if n, ok := probes[id]; ok && slices.Contains(s.agents, p) {
 			runs = n

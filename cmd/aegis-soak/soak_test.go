@@ -225,11 +225,11 @@ func TestReportArithmetic(t *testing.T) {
 		`{"level":"WARN","msg":"node n2 failed at 127.0.0.1:4000"}` + "\n" + `{"level":"WARN","msg":"node n3 failed at 127.0.0.1:4001","err":"x"}` + "\n{\"level\":\"ERR"))
 	_, _ = l.Write([]byte("OR\",\"msg\":\"boom\"}\n"))
 	select {
-	case <-l.startup:
+	case <-l.Started():
 	default:
 		t.Fatal("the startup line was not seen")
 	}
-	assert.Equal(t, "127.0.0.1:2", l.startupField("calls"))
+	assert.Equal(t, "127.0.0.1:2", l.StartupField("calls"))
 	warns, errs, msgs := l.summary()
 	assert.Equal(t, 2, warns)
 	assert.Equal(t, 1, errs)

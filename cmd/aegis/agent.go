@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/runlog"
 )
 
 // errForced is returned when a second signal cut the graceful leave short.
@@ -33,6 +34,7 @@ type agentOptions struct {
 	node         nodeFlags
 	serve        listFlag
 	instanceID   string
+	runsFile     string
 	leaveTimeout time.Duration
 	adminAddr    string
 	specs        []serveSpec // parsed from serve
@@ -50,6 +52,7 @@ func agentFlagSet(o *agentOptions) *flag.FlagSet {
 	fs.StringVar(&o.instanceID, "instance-id", "", "`ID` of every served instance (default \"<service>-<node name>\")")
 	fs.StringVar(&o.adminAddr, "admin-addr", "", "serve the node's read-only admin endpoint (JSON: /services, /members, /health, /route, /events) on this `host:port`; "+
 		"it has no authentication: keep it on loopback or an operators-only network")
+	fs.StringVar(&o.runsFile, "runs-file", "", "for delivery tests: append one JSON line per run of a count service's handler to `PATH` ({\"instance\",\"run\",\"method\",\"message_id\"})")
 	fs.DurationVar(&o.leaveTimeout, "leave-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long the graceful leave (drain, deregister, tell peers) may take")
 	fs.Usage = func() {
 		w := fs.Output()
@@ -132,7 +135,20 @@ func (o *agentOptions) run(log *slog.Logger, getenv func(string) string, sigs <-
 	}
 	log = log.With("node", node.Name())
 	node.Subscribe(func(e aegis.Event) { logEvent(log, e) })
-	regs, err := registerServices(context.Background(), node, o.specs, o.instanceID)
+	var record *runlog.Writer
+	if o.runsFile != "" {
+		if record, err = runlog.Create(o.runsFile); err != nil {
+			_ = node.Shutdown()
+			return fmt.Errorf("-runs-file: %w", err)
+		}
+		// Closed once the node has stopped, so after the last run.
+		defer func() {
+			if err := record.Close(); err != nil {
+				log.Error("runs file", "err", err)
+			}
+		}()
+	}
+	regs, err := registerServices(context.Background(), node, o.specs, o.instanceID, record)
 	if err != nil {
 		_ = node.Shutdown()
 		return err
@@ -187,10 +203,10 @@ func (o *agentOptions) run(log *slog.Logger, getenv func(string) string, sigs <-
 }
 
 // leave leaves the cluster gracefully within timeout. Another signal on
-// sigs cancels the leave's context (cutting its drain short) and returns
-// errForced once the leave has returned or forcedStopWait has passed:
-// Node.Shutdown would wait for the leave in progress, so exiting the
-// process is the immediate stop, which peers see as a crash.
+// sigs cancels the leave's context (Leave then stops waiting and shuts the
+// node down at once) and returns errForced once the leave has returned,
+// or forcedStopWait has passed as a last resort: exiting the process is
+// the immediate stop, which peers see as a crash.
 func leave(node *aegis.Node, log *slog.Logger, timeout time.Duration, sig os.Signal, sigs <-chan os.Signal) error {
 	log.Info("leaving the cluster", "signal", sig.String(), "timeout", timeout)
 	start := time.Now()

@@ -18,32 +18,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // inProcessAgent is an agent run by the test process, fed signals through
 // sigs.
 type inProcessAgent struct {
 	sigs chan os.Signal
 	done chan error // receives run's result
-	logs *syncBuffer
+	logs *testutil.Buffer
 }
 
 // startInProcess parses args (plus loopback test defaults) and runs the
@@ -54,7 +37,7 @@ func startInProcess(t *testing.T, args []string, started func(*aegis.Node)) *inP
 	o, err := parseAgent(args, &bytes.Buffer{})
 	require.NoError(t, err)
 	o.started = started
-	a := &inProcessAgent{sigs: make(chan os.Signal, 2), done: make(chan error, 1), logs: &syncBuffer{}}
+	a := &inProcessAgent{sigs: make(chan os.Signal, 2), done: make(chan error, 1), logs: &testutil.Buffer{}}
 	log, err := o.node.newLogger(a.logs)
 	require.NoError(t, err)
 	go func() { a.done <- o.run(log, func(string) string { return "" }, a.sigs) }()

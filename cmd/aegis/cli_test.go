@@ -24,6 +24,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aegisipc/aegis/internal/agentproc"
+
 	"github.com/aegisipc/aegis"
 )
 
@@ -44,7 +46,7 @@ func (c *procCluster) runCLI(args ...string) cliRun {
 	cmd.Env = append(os.Environ(), keyEnv+"="+c.key)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.SysProcAttr = procAttr()
+	cmd.SysProcAttr = agentproc.SysProcAttr()
 	err := cmd.Run()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
@@ -75,7 +77,7 @@ func TestCLI(t *testing.T) {
 	c := newProcCluster(t, bin, 2)
 	n3 := c.startAgent("n3", "-join", c.agents[0].gossip, "-admin-addr", "127.0.0.1:0")
 	c.agents = append(c.agents, n3)
-	admin := n3.log.find(func(l logLine) bool { return l.str("msg") == "aegis agent started" })[0].str("admin")
+	admin := n3.log.Find(func(l agentproc.Line) bool { return l.Str("msg") == "aegis agent started" })[0].Str("admin")
 	require.True(t, strings.HasPrefix(admin, "http://127.0.0.1:"), "admin URL in the startup line: %q", admin)
 	c.waitFor("the client sees three instances", 15*time.Second, func() bool { return len(c.client.HealthyInstances(procService)) == 3 })
 	join := []string{"-join", c.agents[0].gossip, "-gossip", "local"}
@@ -133,7 +135,7 @@ func testServicesCommand(t *testing.T, c *procCluster, admin string, join []stri
 	require.Len(t, lines, 4, out)
 	assert.Regexp(t, `^SERVICE\s+INSTANCE\s+STATUS\s+ROLE\s+NODE\s+ADDRESS\s+HEARTBEAT\s+EJECTED$`, lines[0])
 	for i, p := range c.agents {
-		assert.Regexp(t, fmt.Sprintf(`^svc\s+svc-%s\s+healthy\s+none\s+%s\s+%s\s+\d+ms ago\s+no$`, p.name, p.name,
+		assert.Regexp(t, fmt.Sprintf(`^svc\s+svc-%s\s+healthy\s+none\s+%s\s+%s\s+\d+ms ago\s+no$`, p.Name, p.Name,
 			strings.ReplaceAll(p.calls, ".", `\.`)), lines[i+1])
 	}
 
@@ -141,7 +143,7 @@ func testServicesCommand(t *testing.T, c *procCluster, admin string, join []stri
 	c.runCLI(append([]string{"services", procService, "-json"}, join...)...).ok(t).decode(t, &sv)
 	require.Len(t, sv.Instances, 3)
 	for i, in := range sv.Instances {
-		assert.Equal(t, instanceID(c.agents[i].name), in.ID)
+		assert.Equal(t, instanceID(c.agents[i].Name), in.ID)
 		assert.Equal(t, "healthy", in.Status)
 		assert.Less(t, in.HeartbeatAgeSeconds, procHBTimeout.Seconds())
 	}
@@ -182,8 +184,8 @@ func testCallCommand(t *testing.T, c *procCluster, join []string) {
 		require.NoError(t, err)
 	}
 	c.waitFor("n1 sees both flaky instances", 10*time.Second, func() bool {
-		return c.agents[0].log.instanceState("flaky-busy", time.Time{}) == "healthy" &&
-			c.agents[0].log.instanceState("flaky-ok", time.Time{}) == "healthy"
+		return c.agents[0].instanceState("flaky-busy", time.Time{}) == "healthy" &&
+			c.agents[0].instanceState("flaky-ok", time.Time{}) == "healthy"
 	})
 	key := ""
 	for i := 0; key == "" && i < 20; i++ {
@@ -220,24 +222,24 @@ func testCallCommand(t *testing.T, c *procCluster, join []string) {
 func testWatchCommand(t *testing.T, c *procCluster, admin string) {
 	cmd := exec.Command(c.bin, "watch", "-admin", admin, "-json", "-count", "2")
 	var stdout bytes.Buffer
-	stderr := &procLog{}
+	stderr := agentproc.NewLog()
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
-	cmd.SysProcAttr = procAttr()
+	cmd.SysProcAttr = agentproc.SysProcAttr()
 	require.NoError(t, cmd.Start())
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	c.waitFor("watch is subscribed", 10*time.Second, func() bool { return strings.Contains(stderr.tail(5), "watching events of") })
+	c.waitFor("watch is subscribed", 10*time.Second, func() bool { return strings.Contains(stderr.Tail(5), "watching events of") })
 
 	reg, err := c.client.Register(context.Background(), aegis.Service{Name: "watched", InstanceID: "watched-1",
 		Handler: func(context.Context, *aegis.Request) ([]byte, error) { return nil, nil }})
 	require.NoError(t, err)
 	n3 := c.agents[2]
-	c.waitFor("n3 has the new instance", 10*time.Second, func() bool { return n3.log.instanceState("watched-1", time.Time{}) == "healthy" })
+	c.waitFor("n3 has the new instance", 10*time.Second, func() bool { return n3.instanceState("watched-1", time.Time{}) == "healthy" })
 	reg.SetStatus(aegis.StatusDegraded)
 	select {
 	case err := <-done:
-		require.NoError(t, err, "stderr:\n%s", stderr.tail(10))
+		require.NoError(t, err, "stderr:\n%s", stderr.Tail(10))
 	case <-time.After(15 * time.Second):
 		t.Fatalf("watch did not exit after two events; stdout:\n%s", stdout.String())
 	}

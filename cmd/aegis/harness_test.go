@@ -1,23 +1,20 @@
 //go:build unix
 
-// This file holds the harness of the process-level tests: the agent binary,
-// agent processes and their JSON logs, a cluster of them with an in-test
-// client node, and the driver that calls through that client at a fixed
-// rate and keeps every outcome.
+// This file holds the harness of the process-level tests: agent processes
+// (see internal/agentproc) and what their JSON logs say, a cluster of them
+// with an in-test client node, and the driver that calls through that
+// client at a fixed rate and keeps every outcome.
 
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -28,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/agentproc"
 )
 
 // Settings of every process-level cluster: agents and client use the same
@@ -47,87 +45,29 @@ const (
 // buildAgent builds the aegis binary into dir and returns its path.
 func buildAgent(t *testing.T, dir string) string {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
-	require.NoError(t, err, "the go command is needed to build the agent")
-	bin := filepath.Join(dir, "aegis")
 	start := time.Now()
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
+	bin, err := agentproc.Build(context.Background(), dir)
+	require.NoError(t, err)
 	t.Logf("built the agent binary in %v", time.Since(start).Round(time.Millisecond))
 	return bin
 }
 
-// logLine is one line a process wrote, decoded when it is JSON.
-type logLine struct {
-	at     time.Time // when the test read it
-	fields map[string]any
-	raw    string
+// agentProc is one agent process.
+type agentProc struct {
+	*agentproc.Proc
+	log           *agentproc.Log // what it writes, stdout and stderr
+	gossip, calls string         // addresses from the startup line
 }
 
-func (l logLine) str(key string) string {
-	s, _ := l.fields[key].(string)
-	return s
-}
-
-// procLog collects the lines a process writes. Safe for concurrent use.
-type procLog struct {
-	mu      sync.Mutex // guards partial and lines
-	partial []byte
-	lines   []logLine
-}
-
-func (l *procLog) Write(p []byte) (int, error) {
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.partial = append(l.partial, p...)
-	for {
-		i := bytes.IndexByte(l.partial, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		raw := string(l.partial[:i])
-		l.partial = l.partial[i+1:]
-		line := logLine{at: now, raw: raw}
-		_ = json.Unmarshal([]byte(raw), &line.fields)
-		l.lines = append(l.lines, line)
-	}
-}
-
-// find returns the lines for which match is true, oldest first.
-func (l *procLog) find(match func(logLine) bool) []logLine {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []logLine
-	for _, line := range l.lines {
-		if match(line) {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-// tail returns the last n lines.
-func (l *procLog) tail(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var b strings.Builder
-	for _, line := range l.lines[max(0, len(l.lines)-n):] {
-		b.WriteString(line.raw)
-		b.WriteByte('\n')
-	}
-	return b.String()
-}
-
-// instanceState is what an agent's event log says of instance id after
-// since: the status of its newest event, "gone" after a deregistration,
-// "" when it logged none.
-func (l *procLog) instanceState(id string, since time.Time) string {
+// instanceState is what the agent's event log says of instance id after
+// since (by when the test read the line): the status of its newest event,
+// "gone" after a deregistration, "" when it logged none.
+func (p *agentProc) instanceState(id string, since time.Time) string {
 	state := ""
-	for _, line := range l.find(func(l logLine) bool { return l.str("instance") == id && !l.at.Before(since) }) {
-		switch line.str("event") {
+	for _, line := range p.log.Find(func(l agentproc.Line) bool { return l.Str("instance") == id && !l.At.Before(since) }) {
+		switch line.Str("event") {
 		case "registered", "status-changed":
-			state = line.str("status")
+			state = line.Str("status")
 		case "deregistered":
 			state = "gone"
 		}
@@ -137,54 +77,32 @@ func (l *procLog) instanceState(id string, since time.Time) string {
 
 // healthyAt reports whether the agent's newest event about instance id
 // (ejections aside) leaves it healthy at call address addr.
-func (l *procLog) healthyAt(id, addr string) bool {
-	lines := l.find(func(l logLine) bool {
-		ev := l.str("event")
-		return l.str("instance") == id && (ev == "registered" || ev == "status-changed" || ev == "deregistered")
+func (p *agentProc) healthyAt(id, addr string) bool {
+	lines := p.log.Find(func(l agentproc.Line) bool {
+		ev := l.Str("event")
+		return l.Str("instance") == id && (ev == "registered" || ev == "status-changed" || ev == "deregistered")
 	})
 	if len(lines) == 0 {
 		return false
 	}
 	last := lines[len(lines)-1]
-	return last.str("event") != "deregistered" && last.str("status") == "healthy" && last.str("addr") == addr
-}
-
-// agentProc is one agent process.
-type agentProc struct {
-	name          string
-	cmd           *exec.Cmd
-	log           *procLog
-	gossip, calls string // addresses from the startup line
-	exited        chan struct{}
-	waitErr       error // set before exited is closed
-}
-
-// alive reports whether the process has not exited.
-func (p *agentProc) alive() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
+	return last.Str("event") != "deregistered" && last.Str("status") == "healthy" && last.Str("addr") == addr
 }
 
 // signal sends sig to the process by its PID.
 func (p *agentProc) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	require.NoError(t, syscall.Kill(p.cmd.Process.Pid, sig), "signal %v to %s", sig, p.name)
+	require.NoError(t, p.Signal(sig))
 }
 
 // waitExit waits up to limit for the process to exit and returns its exit
 // code (-1 when a signal ended it).
 func (p *agentProc) waitExit(t *testing.T, limit time.Duration) int {
 	t.Helper()
-	select {
-	case <-p.exited:
-	case <-time.After(limit):
-		t.Fatalf("%s did not exit within %v; its log ends with:\n%s", p.name, limit, p.log.tail(20))
+	if !p.Wait(limit) {
+		t.Fatalf("%s did not exit within %v; its log ends with:\n%s", p.Name, limit, p.log.Tail(20))
 	}
-	return p.cmd.ProcessState.ExitCode()
+	return p.ExitCode()
 }
 
 // procCluster is a cluster of agent processes plus an in-test client node.
@@ -194,7 +112,7 @@ type procCluster struct {
 	key    string // base64, given to agents through the environment
 	agents []*agentProc
 	client *aegis.Node
-	clog   *procLog // the client's log
+	clog   *agentproc.Log // the client's log
 }
 
 // newProcCluster starts procAgents agents serving procService (named n1,
@@ -203,13 +121,13 @@ type procCluster struct {
 // when the test ends.
 func newProcCluster(t *testing.T, bin string, agents int) *procCluster {
 	t.Helper()
-	c := &procCluster{t: t, bin: bin, key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), clog: &procLog{}}
+	c := &procCluster{t: t, bin: bin, key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), clog: agentproc.NewLog()}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range c.agents {
-				t.Logf("log of %s (last lines):\n%s", p.name, p.log.tail(40))
+				t.Logf("log of %s (last lines):\n%s", p.Name, p.log.Tail(40))
 			}
-			t.Logf("log of the client (last lines):\n%s", c.clog.tail(40))
+			t.Logf("log of the client (last lines):\n%s", c.clog.Tail(40))
 		}
 	})
 	for i := range agents {
@@ -244,7 +162,7 @@ func newProcCluster(t *testing.T, bin string, agents int) *procCluster {
 		}
 		for _, p := range c.agents {
 			for _, q := range c.agents {
-				if p.log.instanceState(instanceID(q.name), time.Time{}) != "healthy" {
+				if p.instanceState(instanceID(q.Name), time.Time{}) != "healthy" {
 					return false
 				}
 			}
@@ -264,7 +182,7 @@ func instanceID(node string) string { return procService + "-" + node }
 func (c *procCluster) seeds(except string) []string {
 	var out []string
 	for _, p := range c.agents {
-		if p.name != except && p.alive() {
+		if p.Name != except && p.Alive() {
 			out = append(out, p.gossip)
 		}
 	}
@@ -281,51 +199,31 @@ func (c *procCluster) startAgent(name string, extra ...string) *agentProc {
 		"-heartbeat-interval", procHBInterval.String(), "-heartbeat-timeout", procHBTimeout.String(),
 		"-health-check-interval", procHealthCheck.String(), "-serve", "echo:" + procService,
 		"-log-format", "json", "-join-timeout", "20s", "-leave-timeout", "10s"}, extra...)
-	p := &agentProc{name: name, log: &procLog{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(c.bin, args...)
-	p.cmd.Env = append(os.Environ(), keyEnv+"="+c.key)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.SysProcAttr = procAttr()
-	require.NoError(t, p.cmd.Start(), "start %s", name)
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		close(p.exited)
-	}()
+	p := &agentProc{log: agentproc.NewLog()}
+	cmd := exec.Command(c.bin, args...)
+	cmd.Env = append(os.Environ(), keyEnv+"="+c.key)
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	var err error
+	p.Proc, err = agentproc.Start(name, cmd)
+	require.NoError(t, err)
 	t.Cleanup(func() {
-		if p.alive() {
-			_ = p.cmd.Process.Kill() // by its PID; SIGKILL also ends a stopped process
-		}
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s (pid %d) did not exit after SIGKILL", name, p.cmd.Process.Pid)
+		// By its PID; SIGKILL also ends a stopped process.
+		if !p.Kill(10 * time.Second) {
+			t.Errorf("%s (pid %d) did not exit after SIGKILL", name, p.PID)
 		}
 	})
-	deadline := time.Now().Add(procStartLimit)
-	for {
-		if lines := p.log.find(func(l logLine) bool { return l.str("msg") == "aegis agent started" }); len(lines) > 0 {
-			p.gossip, p.calls = lines[0].str("gossip"), lines[0].str("calls")
-			require.NotEmpty(t, p.gossip, "gossip address in the startup line")
-			require.NotEmpty(t, p.calls, "call address in the startup line")
-			return p
-		}
-		if !p.alive() {
-			t.Fatalf("%s exited before it started (%v); its output:\n%s", name, p.waitErr, p.log.tail(40))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s logged no startup line within %v; its output:\n%s", name, procStartLimit, p.log.tail(40))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	p.gossip, p.calls, err = agentproc.WaitStarted(context.Background(), p.Proc, p.log, procStartLimit)
+	require.NoError(t, err)
+	return p
 }
 
 // restart starts a new process for the agent at index i (whose process
 // has exited) under the same name, joining the running agents.
 func (c *procCluster) restart(i int, extra ...string) *agentProc {
 	old := c.agents[i]
-	require.False(c.t, old.alive(), "%s must have exited before its restart", old.name)
-	args := append([]string{"-join", strings.Join(c.seeds(old.name), ",")}, extra...)
-	p := c.startAgent(old.name, args...)
+	require.False(c.t, old.Alive(), "%s must have exited before its restart", old.Name)
+	args := append([]string{"-join", strings.Join(c.seeds(old.Name), ",")}, extra...)
+	p := c.startAgent(old.Name, args...)
 	c.agents[i] = p
 	return p
 }
@@ -334,7 +232,7 @@ func (c *procCluster) restart(i int, extra ...string) *agentProc {
 func (c *procCluster) others(p *agentProc) []*agentProc {
 	var out []*agentProc
 	for _, q := range c.agents {
-		if q != p && q.alive() {
+		if q != p && q.Alive() {
 			out = append(out, q)
 		}
 	}

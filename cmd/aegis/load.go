@@ -14,11 +14,15 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/agentproc"
+	"github.com/aegisipc/aegis/internal/runlog"
 )
 
 // maxErrorSamples is how many distinct error texts a report quotes.
@@ -28,7 +32,8 @@ const maxErrorSamples = 5
 type loadOptions struct {
 	node           nodeFlags
 	service        string
-	method         string
+	methods        listFlag
+	callsFile      string
 	payload        string
 	rate           float64
 	duration       time.Duration
@@ -41,7 +46,8 @@ func loadFlagSet(o *loadOptions) *flag.FlagSet {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	o.node.register(fs, "127.0.0.1:0")
 	fs.StringVar(&o.service, "service", "", "service to call (required)")
-	fs.StringVar(&o.method, "method", whoamiMethod, "method to call")
+	fs.Var(&o.methods, "method", "`METHOD` to call; several, comma-separated or repeated, are called in turn (default "+whoamiMethod+")")
+	fs.StringVar(&o.callsFile, "calls-file", "", "for delivery tests: append one JSON line per finished call to `PATH` ({\"message_id\",\"method\",\"instance\",\"run\",\"err\"}, run being a count answer's count)")
 	fs.StringVar(&o.payload, "payload", "", "payload of every call")
 	fs.Float64Var(&o.rate, "rate", 100, "calls started per second, whatever the answers (open loop)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to make calls (0: until SIGINT or SIGTERM)")
@@ -62,7 +68,8 @@ rate. Each second, and once at the end, it prints one JSON line on stdout:
 "calls" counts calls that finished in the period, "instances" the answers
 per instance ID, read from the "instance" field of a JSON answer (what
 method whoami, the default, and the count service return; other answers
-count under "?"). The exit status is 0 even when calls failed; it is
+count under "?"). Every call's message ID is "<node name>-<number>",
+numbered from 0 in the order the calls start. The exit status is 0 even when calls failed; it is
 non-zero only when the node could not start, join or find the service.
 SIGINT or SIGTERM ends the run early (the total is still printed).
 
@@ -91,6 +98,9 @@ func parseLoad(args []string, stdout io.Writer) (*loadOptions, error) {
 		return nil, usagef("-duration must not be negative, got %v", o.duration)
 	case o.timeout <= 0:
 		return nil, usagef("-timeout must be positive, got %v", o.timeout)
+	}
+	if len(o.methods) == 0 {
+		o.methods = listFlag{whoamiMethod}
 	}
 	return o, nil
 }
@@ -129,9 +139,20 @@ func runLoad(args []string, stdout, stderr io.Writer) error {
 	if err := waitHealthy(ctx, node, o.service, o.wait); err != nil {
 		return err
 	}
-	log.Info("load started", "service", o.service, "method", o.method, "rate", o.rate, "duration", o.duration,
+	var record *runlog.Writer
+	if o.callsFile != "" {
+		if record, err = runlog.Create(o.callsFile); err != nil {
+			return fmt.Errorf("-calls-file: %w", err)
+		}
+	}
+	log.Info("load started", "service", o.service, "method", strings.Join(o.methods, ","), "rate", o.rate, "duration", o.duration,
 		"instances", len(node.HealthyInstances(o.service)))
-	o.generate(ctx, node, json.NewEncoder(stdout))
+	o.generate(ctx, node, json.NewEncoder(stdout), record)
+	if record != nil {
+		if err := record.Close(); err != nil {
+			return fmt.Errorf("-calls-file: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -152,30 +173,38 @@ func waitHealthy(ctx context.Context, node *aegis.Node, service string, limit ti
 }
 
 // generate starts calls at o.rate until o.duration passes or ctx ends,
-// printing a report each second, then waits for the calls in flight and
-// prints the total.
-func (o *loadOptions) generate(ctx context.Context, node *aegis.Node, out *json.Encoder) {
+// printing a report each second and writing each finished call to record
+// when it is not nil, then waits for the calls in flight and prints the
+// total.
+func (o *loadOptions) generate(ctx context.Context, node *aegis.Node, out *json.Encoder, record *runlog.Writer) {
 	var (
 		wg     sync.WaitGroup
 		window = &tally{}
 		total  = &tally{}
 		start  = time.Now()
 	)
-	record := func(d time.Duration, answer []byte, err error) {
+	finished := func(c runlog.Call, d time.Duration, answer []byte, err error) {
 		id := ""
 		if err == nil {
 			id = answeringInstance(answer)
+			c.Instance, c.Run = id, answerCount(answer)
+		} else {
+			c.Err = err.Error()
 		}
 		window.add(d, id, err)
 		total.add(d, id, err)
+		if record != nil {
+			_ = record.Write(c) // a failed write is returned by Close
+		}
 	}
-	call := func() {
+	call := func(n int64) {
 		defer wg.Done()
+		c := runlog.Call{MessageID: node.Name() + "-" + strconv.FormatInt(n, 10), Method: o.methods[n%int64(len(o.methods))]}
 		cctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 		defer cancel()
 		t0 := time.Now()
-		answer, err := node.CallWithFailover(cctx, o.service, o.method, []byte(o.payload))
-		record(time.Since(t0), answer, err)
+		answer, err := node.CallWithFailover(cctx, o.service, c.Method, []byte(o.payload), aegis.WithMessageID(c.MessageID))
+		finished(c, time.Since(t0), answer, err)
 	}
 	pace := time.NewTicker(5 * time.Millisecond)
 	defer pace.Stop()
@@ -194,7 +223,7 @@ loop:
 			}
 			for due := int64(elapsed.Seconds() * o.rate); started < due; started++ {
 				wg.Add(1)
-				go call()
+				go call(started)
 			}
 			if o.duration > 0 && elapsed >= o.duration {
 				break loop
@@ -216,6 +245,16 @@ func answeringInstance(answer []byte) string {
 		return "?"
 	}
 	return id.Instance
+}
+
+// answerCount returns the "count" field of a JSON answer (the count
+// service's run number), or 0.
+func answerCount(answer []byte) int64 {
+	var a struct {
+		Count int64 `json:"count"`
+	}
+	_ = json.Unmarshal(answer, &a)
+	return a.Count
 }
 
 // tally accumulates call outcomes. Safe for concurrent use.
@@ -254,27 +293,14 @@ func (t *tally) reset() *tally {
 	return old
 }
 
-// loadReport is one JSON line of the load subcommand.
-type loadReport struct {
-	Report       string         `json:"report"`
-	ElapsedS     float64        `json:"elapsed_s"`
-	Calls        int            `json:"calls"`
-	Errors       int            `json:"errors"`
-	ErrorSamples []string       `json:"error_samples,omitempty"`
-	P50Ms        float64        `json:"p50_ms"`
-	P99Ms        float64        `json:"p99_ms"`
-	MaxMs        float64        `json:"max_ms"`
-	Instances    map[string]int `json:"instances"`
-}
-
 // report summarises t, which nobody else uses any more.
-func (t *tally) report(kind string, elapsed time.Duration) loadReport {
+func (t *tally) report(kind string, elapsed time.Duration) agentproc.LoadReport {
 	slices.Sort(t.latencies)
 	inst := t.instances
 	if inst == nil {
 		inst = map[string]int{}
 	}
-	return loadReport{
+	return agentproc.LoadReport{
 		Report: kind, ElapsedS: round3(elapsed.Seconds()), Calls: len(t.latencies), Errors: t.errors, ErrorSamples: t.samples,
 		P50Ms: ms(percentile(t.latencies, 0.50)), P99Ms: ms(percentile(t.latencies, 0.99)), MaxMs: ms(percentile(t.latencies, 1)),
 		Instances: inst,

@@ -129,16 +129,18 @@ func TestParseLoad(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", args: []string{"-service", "s", "-join", "a:1"}, check: func(t *testing.T, o *loadOptions) {
-			assert.Equal(t, "whoami", o.method)
+			assert.Equal(t, listFlag{"whoami"}, o.methods)
+			assert.Empty(t, o.callsFile)
 			assert.Equal(t, "127.0.0.1:0", o.node.bind)
 			assert.Equal(t, 100.0, o.rate)
 			assert.Equal(t, 10*time.Second, o.duration)
 			assert.Equal(t, 5*time.Second, o.timeout)
 			assert.Equal(t, aegis.DefaultConfig().AttemptTimeout, o.attemptTimeout)
 		}},
-		{name: "all set", args: []string{"-service", "s", "-join", "a:1", "-method", "echo", "-payload", "hi", "-rate", "250.5",
-			"-duration", "0", "-timeout", "1s", "-attempt-timeout", "100ms", "-wait", "2s"}, check: func(t *testing.T, o *loadOptions) {
-			assert.Equal(t, "echo", o.method)
+		{name: "all set", args: []string{"-service", "s", "-join", "a:1", "-method", "echo,once", "-method", "x", "-payload", "hi", "-rate", "250.5",
+			"-duration", "0", "-timeout", "1s", "-attempt-timeout", "100ms", "-wait", "2s", "-calls-file", "calls.jsonl"}, check: func(t *testing.T, o *loadOptions) {
+			assert.Equal(t, listFlag{"echo", "once", "x"}, o.methods)
+			assert.Equal(t, "calls.jsonl", o.callsFile)
 			assert.Equal(t, "hi", o.payload)
 			assert.Equal(t, 250.5, o.rate)
 			assert.Zero(t, o.duration)

@@ -21,6 +21,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis/internal/agentproc"
 )
 
 // Bounds the scenarios assert. Detection: an instance whose process is
@@ -67,11 +69,11 @@ type scenario struct {
 func newScenario(t *testing.T, bin string) *scenario {
 	c := newProcCluster(t, bin, procAgents)
 	s := &scenario{c: c, d: startDriver(t, c.client), vi: 2}
-	s.victim, s.id = c.agents[s.vi], instanceID(c.agents[s.vi].name)
+	s.victim, s.id = c.agents[s.vi], instanceID(c.agents[s.vi].Name)
 	begin := time.Now()
 	c.waitFor("every instance answers calls", 10*time.Second, func() bool {
 		for _, p := range c.agents {
-			if _, ok := s.d.answered(instanceID(p.name), begin); !ok {
+			if _, ok := s.d.answered(instanceID(p.Name), begin); !ok {
 				return false
 			}
 		}
@@ -92,7 +94,7 @@ func (s *scenario) inject(t *testing.T, sig syscall.Signal) {
 // instance in one of states.
 func (s *scenario) othersSee(states ...string) bool {
 	for _, q := range s.c.others(s.c.agents[s.vi]) {
-		st := q.log.instanceState(s.id, s.fault)
+		st := q.instanceState(s.id, s.fault)
 		ok := false
 		for _, want := range states {
 			ok = ok || st == want
@@ -128,7 +130,7 @@ func testKill(t *testing.T, bin string) {
 		cond{"the client marks the killed instance unhealthy", func() bool { return s.c.clientStatus(s.id) != "healthy" }},
 		cond{"every other agent marks the killed instance unhealthy", func() bool { return s.othersSee("unhealthy", "gone") }})
 	client, all := m[0], m[1]
-	t.Logf("kill -9 of %s: unhealthy on the client after %s, on every other agent after %s", s.victim.name, secs(client), secs(all))
+	t.Logf("kill -9 of %s: unhealthy on the client after %s, on every other agent after %s", s.victim.Name, secs(client), secs(all))
 	assert.LessOrEqual(t, max(client, all), detectBound, "detection of a killed agent")
 	s.finish(t, s.fault.Add(max(client, all)))
 }
@@ -145,7 +147,7 @@ func testStopCont(t *testing.T, bin string) {
 		cond{"every other agent marks the stopped instance unhealthy", func() bool { return s.othersSee("unhealthy") }},
 		cond{"the agent stopped for twice the heartbeat timeout", func() bool { return time.Since(s.fault) >= 2*procHBTimeout }})
 	client, all := m[0], m[1]
-	t.Logf("SIGSTOP of %s: unhealthy on the client after %s, on every other agent after %s", s.victim.name, secs(client), secs(all))
+	t.Logf("SIGSTOP of %s: unhealthy on the client after %s, on every other agent after %s", s.victim.Name, secs(client), secs(all))
 	assert.LessOrEqual(t, max(client, all), detectBound, "detection of a stopped agent")
 
 	cont := time.Now()
@@ -155,7 +157,7 @@ func testStopCont(t *testing.T, bin string) {
 		cond{"the resumed instance answers calls", func() bool { _, ok := s.d.answered(s.id, cont); return ok }},
 		cond{"every other agent marks the resumed instance healthy", func() bool {
 			for _, q := range s.c.others(s.victim) {
-				if q.log.instanceState(s.id, cont) != "healthy" {
+				if q.instanceState(s.id, cont) != "healthy" {
 					return false
 				}
 			}
@@ -180,23 +182,23 @@ func testTerm(t *testing.T, bin string) {
 	m := s.c.measure(s.fault,
 		cond{"the client forgets the instance", func() bool { return s.c.clientStatus(s.id) == "gone" }},
 		cond{"every other agent forgets the instance", func() bool { return s.othersSee("gone") }},
-		cond{"the agent exits", func() bool { return !s.victim.alive() }})
+		cond{"the agent exits", func() bool { return !s.victim.Alive() }})
 	client, all, exited := m[0], m[1], m[2]
 	code := s.victim.waitExit(t, time.Second)
 	t.Logf("SIGTERM of %s: instance gone from the client after %s, from every other agent after %s; exited with status %d after %s",
-		s.victim.name, secs(client), secs(all), code, secs(exited))
+		s.victim.Name, secs(client), secs(all), code, secs(exited))
 	assert.Equal(t, 0, code, "exit status after a graceful leave")
 	assert.LessOrEqual(t, max(client, all), goneBound, "a leaving instance gone from every node")
 	s.finish(t, s.fault.Add(max(exited, client, all)))
 	// A node that left is dropped from Members (not listed as failed).
 	assert.Eventually(t, func() bool {
 		for _, m := range s.c.client.Members() {
-			if m.Name == s.victim.name {
+			if m.Name == s.victim.Name {
 				return false
 			}
 		}
 		return true
-	}, goneBound, 10*time.Millisecond, "%s dropped from the client's Members after leaving", s.victim.name)
+	}, goneBound, 10*time.Millisecond, "%s dropped from the client's Members after leaving", s.victim.Name)
 }
 
 // testRestart: kill -9 of one agent, restarted at once under the same name,
@@ -235,7 +237,7 @@ func testRestart(t *testing.T, bin string, newPorts bool) {
 		cond{"the restarted instance answers calls", func() bool { _, ok := s.d.answered(s.id, restart); return ok }},
 		cond{"every agent has the restarted instance healthy at its address", func() bool {
 			for _, q := range s.c.agents {
-				if !q.log.healthyAt(s.id, p.calls) {
+				if !q.healthyAt(s.id, p.calls) {
 					return false
 				}
 			}
@@ -250,7 +252,7 @@ func testRestart(t *testing.T, bin string, newPorts bool) {
 		what = "new ports"
 	}
 	t.Logf("kill -9 of %s, restarted on %s (gossip %s -> %s): process up after %s; the client routes to it after %s, it answers calls after %s; every agent has it healthy after %s",
-		old.name, what, old.gossip, p.gossip, secs(started), secs(routed), secs(answered), secs(allHealthy))
+		old.Name, what, old.gossip, p.gossip, secs(started), secs(routed), secs(answered), secs(allHealthy))
 	assert.LessOrEqual(t, max(routed, answered, allHealthy), recoverBound, "recovery of an agent restarted on %s", what)
 	s.finish(t, restart.Add(max(routed, answered)))
 }
@@ -286,37 +288,26 @@ func testLoadCommand(t *testing.T, bin string) {
 	c := newProcCluster(t, bin, 2)
 	common := []string{"-join", c.agents[0].gossip, "-gossip", "local", "-key", c.key, "-log-format", "json",
 		"-heartbeat-interval", procHBInterval.String(), "-heartbeat-timeout", procHBTimeout.String()}
-	runLoadProcess := func(args ...string) (int, []byte, *procLog) {
+	runLoadProcess := func(args ...string) (int, []byte, *agentproc.Log) {
 		cmd := exec.Command(bin, append(append([]string{"load"}, common...), args...)...)
 		var stdout bytes.Buffer
-		stderr := &procLog{}
+		stderr := agentproc.NewLog()
 		cmd.Stdout, cmd.Stderr = &stdout, stderr
-		cmd.SysProcAttr = procAttr()
-		require.NoError(t, cmd.Start())
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		t.Cleanup(func() {
-			select {
-			case <-done:
-			default:
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		})
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("aegis load did not finish; stderr:\n%s", stderr.tail(20))
+		p, err := agentproc.Start("aegis load", cmd)
+		require.NoError(t, err)
+		t.Cleanup(func() { p.Kill(10 * time.Second) })
+		if !p.Wait(30 * time.Second) {
+			t.Fatalf("aegis load did not finish; stderr:\n%s", stderr.Tail(20))
 		}
-		return cmd.ProcessState.ExitCode(), stdout.Bytes(), stderr
+		return p.ExitCode(), stdout.Bytes(), stderr
 	}
 
 	code, out, stderr := runLoadProcess("-service", procService, "-rate", "50", "-duration", "2s")
-	require.Equal(t, 0, code, "stderr:\n%s", stderr.tail(20))
-	var reports []loadReport
+	require.Equal(t, 0, code, "stderr:\n%s", stderr.Tail(20))
+	var reports []agentproc.LoadReport
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
-		var r loadReport
+		var r agentproc.LoadReport
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &r), "line %q", sc.Text())
 		reports = append(reports, r)
 	}
@@ -334,5 +325,5 @@ func testLoadCommand(t *testing.T, bin string) {
 
 	code, _, stderr = runLoadProcess("-service", "nope", "-wait", "300ms")
 	assert.Equal(t, 1, code)
-	assert.Contains(t, stderr.tail(5), `aegis load: no healthy instance of service "nope" within -wait 300ms`)
+	assert.Contains(t, stderr.Tail(5), `aegis load: no healthy instance of service "nope" within -wait 300ms`)
 }

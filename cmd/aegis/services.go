@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/runlog"
 )
 
 // whoamiMethod is answered by every built-in service with the instance's
@@ -20,18 +21,24 @@ const whoamiMethod = "whoami"
 
 // kind is what a built-in service does for every method but whoami.
 type kind struct {
-	name    string
-	summary string
-	handle  func(ctx context.Context, in *instance, req *aegis.Request) ([]byte, error)
+	name          string
+	summary       string
+	handle        func(ctx context.Context, in *instance, req *aegis.Request) ([]byte, error)
+	nonIdempotent []string // methods registered as Service.NonIdempotent
 }
 
 // kinds are the built-in service kinds, in the order usage lists them.
 var kinds = []kind{
-	{"echo", "returns the payload", handleEcho},
-	{"sleep", "reads the payload as a Go duration (\"250ms\"), sleeps that long (or until the call's deadline), returns the payload", handleSleep},
-	{"fail", "returns an error (not retryable)", handleFail},
-	{"count", `returns {"instance","node","service","count"}, count being how many calls this instance has run so far`, handleCount},
+	{"echo", "returns the payload", handleEcho, nil},
+	{"sleep", "reads the payload as a Go duration (\"250ms\"), sleeps that long (or until the call's deadline), returns the payload", handleSleep, nil},
+	{"fail", "returns an error (not retryable)", handleFail, nil},
+	{"count", `returns {"instance","node","service","count"}, count being how many calls this instance has run so far (this one included); method "` + onceMethod + `" is registered non-idempotent; with -runs-file each run is written down`, handleCount, []string{onceMethod}},
 }
+
+// onceMethod is the count service's non-idempotent method: CallWithFailover
+// never hedges it and moves it to another instance only when the request
+// provably never reached the first one.
+const onceMethod = "once"
 
 func kindNamed(name string) (kind, bool) {
 	i := slices.IndexFunc(kinds, func(k kind) bool { return k.name == name })
@@ -78,7 +85,8 @@ func parseServe(items []string) ([]serveSpec, error) {
 // instance is one served built-in instance.
 type instance struct {
 	service, id, node string
-	runs              atomic.Int64 // handler runs of the count kind
+	runs              atomic.Int64   // handler runs of the count kind
+	record            *runlog.Writer // where the count kind writes its runs down, when not nil
 }
 
 // identity is what whoami and count answer.
@@ -123,15 +131,21 @@ func handleFail(_ context.Context, in *instance, req *aegis.Request) ([]byte, er
 	return nil, fmt.Errorf("fail: instance %s failed method %q as it always does", in.id, req.Method)
 }
 
-func handleCount(_ context.Context, in *instance, _ *aegis.Request) ([]byte, error) {
+func handleCount(_ context.Context, in *instance, req *aegis.Request) ([]byte, error) {
 	n := in.runs.Add(1)
+	if in.record != nil {
+		if err := in.record.Write(runlog.Run{Instance: in.id, Run: n, Method: req.Method, MessageID: req.MessageID}); err != nil {
+			return nil, fmt.Errorf("count: write run %d down: %w", n, err)
+		}
+	}
 	return json.Marshal(identity{Instance: in.id, Node: in.node, Service: in.service, Count: n})
 }
 
 // registerServices registers one instance per spec on node, with ID
-// instanceID or, when that is empty, "<service>-<node name>". On error the
+// instanceID or, when that is empty, "<service>-<node name>"; count
+// instances write their runs to record when it is not nil. On error the
 // ones registered so far stay (the caller shuts the node down).
-func registerServices(ctx context.Context, node *aegis.Node, specs []serveSpec, instanceID string) ([]*aegis.Registration, error) {
+func registerServices(ctx context.Context, node *aegis.Node, specs []serveSpec, instanceID string, record *runlog.Writer) ([]*aegis.Registration, error) {
 	regs := make([]*aegis.Registration, 0, len(specs))
 	for _, s := range specs {
 		k, _ := kindNamed(s.kind)
@@ -139,9 +153,9 @@ func registerServices(ctx context.Context, node *aegis.Node, specs []serveSpec, 
 		if id == "" {
 			id = s.service + "-" + node.Name()
 		}
-		in := &instance{service: s.service, id: id, node: node.Name()}
+		in := &instance{service: s.service, id: id, node: node.Name(), record: record}
 		reg, err := node.Register(ctx, aegis.Service{Name: s.service, InstanceID: id, Handler: in.handler(k),
-			Metadata: map[string]string{"kind": k.name}})
+			NonIdempotent: k.nonIdempotent, Metadata: map[string]string{"kind": k.name}})
 		if err != nil {
 			return regs, fmt.Errorf("serve %s as service %q: %w", s.kind, s.service, err)
 		}

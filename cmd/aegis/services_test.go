@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/runlog"
 )
 
 func TestParseServe(t *testing.T) {
@@ -117,16 +120,10 @@ func TestBuiltinHandlers(t *testing.T) {
 // TestServicesOnNode serves every kind from a node on loopback and calls
 // each through the library.
 func TestServicesOnNode(t *testing.T) {
-	cfg := aegis.DefaultConfig()
-	cfg.NodeName = "n1"
-	cfg.Gossip = aegis.LocalGossip()
-	node, err := aegis.New(cfg)
-	require.NoError(t, err)
-	defer func() { require.NoError(t, node.Shutdown()) }()
-
+	node := loopbackNode(t)
 	specs, err := parseServe([]string{"echo", "sleep:slow", "fail", "count:cnt"})
 	require.NoError(t, err)
-	regs, err := registerServices(context.Background(), node, specs, "")
+	regs, err := registerServices(context.Background(), node, specs, "", nil)
 	require.NoError(t, err)
 	require.Len(t, regs, 4)
 	assert.Equal(t, "slow-n1", regs[1].Instance().ID)
@@ -158,13 +155,64 @@ func TestServicesOnNode(t *testing.T) {
 	t.Run("instance ID given", func(t *testing.T) {
 		specs, err := parseServe([]string{"echo:other"})
 		require.NoError(t, err)
-		regs, err := registerServices(ctx, node, specs, "fixed-id")
+		regs, err := registerServices(ctx, node, specs, "fixed-id", nil)
 		require.NoError(t, err)
 		assert.Equal(t, "fixed-id", regs[0].Instance().ID)
 	})
 	t.Run("duplicate instance", func(t *testing.T) {
-		_, err := registerServices(ctx, node, specs[:1], "")
+		_, err := registerServices(ctx, node, specs[:1], "", nil)
 		assert.ErrorIs(t, err, aegis.ErrDuplicateInstance)
 		assert.ErrorContains(t, err, `serve echo as service "echo"`)
 	})
+}
+
+// TestCountRecordsRuns serves the count kind writing its runs down, calls
+// it with message IDs of the caller's choosing and checks the records
+// against the calls; method once is non-idempotent.
+func TestCountRecordsRuns(t *testing.T) {
+	node := loopbackNode(t)
+	path := filepath.Join(t.TempDir(), "runs")
+	record, err := runlog.Create(path)
+	require.NoError(t, err)
+	specs, err := parseServe([]string{"count"})
+	require.NoError(t, err)
+	regs, err := registerServices(context.Background(), node, specs, "", record)
+	require.NoError(t, err)
+	assert.Equal(t, []string{onceMethod}, regs[0].Instance().NonIdempotent)
+
+	ctx := context.Background()
+	var calls []runlog.Call
+	for i, method := range []string{"inc", onceMethod, "inc", whoamiMethod} {
+		c := runlog.Call{MessageID: fmt.Sprintf("m%d", i), Method: method}
+		out, err := node.CallWithFailover(ctx, "count", method, nil, aegis.WithMessageID(c.MessageID))
+		require.NoError(t, err)
+		c.Instance, c.Run = answeringInstance(out), answerCount(out)
+		calls = append(calls, c)
+	}
+	// A retry under the same message ID is answered from the dedup cache.
+	_, err = node.Call(ctx, "count", "inc", nil, aegis.WithMessageID("m0"))
+	require.NoError(t, err)
+	require.NoError(t, record.Close())
+
+	runs, err := runlog.Read[runlog.Run](path)
+	require.NoError(t, err)
+	assert.Equal(t, []runlog.Run{
+		{Instance: "count-n1", Run: 1, Method: "inc", MessageID: "m0"},
+		{Instance: "count-n1", Run: 2, Method: onceMethod, MessageID: "m1"},
+		{Instance: "count-n1", Run: 3, Method: "inc", MessageID: "m2"},
+	}, runs, "whoami is not a run, nor a deduplicated retry")
+	r := runlog.Check(calls[:3], runs, runlog.Bounds{NonIdempotent: func(m string) bool { return m == onceMethod }, PerInstance: 1})
+	assert.True(t, r.OK(), "%s: %v", r, r.Problems)
+}
+
+// loopbackNode starts node n1 on loopback, shut down when the test ends.
+func loopbackNode(t *testing.T) *aegis.Node {
+	t.Helper()
+	cfg := aegis.DefaultConfig()
+	cfg.NodeName = "n1"
+	cfg.Gossip = aegis.LocalGossip()
+	node, err := aegis.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, node.Shutdown()) })
+	return node
 }

@@ -261,8 +261,9 @@ func (c *cluster) start(ctx context.Context) error {
 		c.regs = append(c.regs, reg)
 		if i == 0 {
 			// Register the standbys once their nodes know the active: a
-			// standby whose node has not heard of any other member yet
-			// would take itself for the whole group and be promoted.
+			// standby whose node still knows no active RoleLeaseTimeout
+			// after it registered stands for promotion, and counts its
+			// majority among the members its node knows.
 			if err := waitFor("server-1 and server-2 see ledger-0 active", func() bool {
 				return seesActive(c.servers[1]) && seesActive(c.servers[2])
 			}); err != nil {

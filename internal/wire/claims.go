@@ -8,7 +8,7 @@ import (
 )
 
 // MsgClaims carries a batch of resource claims and releases.
-const MsgClaims MsgType = 4
+const MsgClaims MsgType = 5
 
 // MaxResourceLen is the longest resource ID.
 const MaxResourceLen = 255

@@ -1,4 +1,4 @@
-// Fuzz targets for every gossip decoder: whole frames, records, heartbeat batches and states.
+// Fuzz targets for every gossip decoder: whole frames, records, heartbeat batches, states and leave notices.
 package wire
 
 import (
@@ -29,6 +29,7 @@ func seedValues() []any {
 		&ClaimBatch{Node: "n", Claims: []Claim{{Resource: "order-1", Service: "s", ID: "i", Node: "n", Gen: 2, Time: 9}}},
 		&ClaimBatch{Node: "n", Claims: []Claim{{Resource: "a/b", Service: "s", ID: "i", Node: "m", Gen: 0, Released: true}}},
 		&State{Node: "n", Records: []Record{r}, Claims: []Claim{{Resource: "r", Service: "s", ID: "i", Node: "n", Gen: 1}}},
+		&Leave{Node: "n", Addr: "10.0.0.1:7946", Time: 1}, &Leave{Node: "n"}, &Leave{Node: strings.Repeat("n", 200), Addr: "h:1"},
 	}
 }
 
@@ -90,6 +91,8 @@ func value(m *Message) any {
 		return m.Heartbeats
 	case m.Claims != nil:
 		return m.Claims
+	case m.Leave != nil:
+		return m.Leave
 	}
 	return m.State
 }
@@ -145,6 +148,17 @@ func FuzzState(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		checkMessage(t, withFrame(MsgState, false, body))
+	})
+}
+
+// FuzzLeave feeds leave notices, as gossiped or sent directly.
+func FuzzLeave(f *testing.F) {
+	for _, b := range seeds(f, MsgLeave, true) {
+		f.Add(b, false)
+		f.Add(b, true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, direct bool) {
+		checkMessage(t, withFrame(MsgLeave, direct, body))
 	})
 }
 

@@ -26,6 +26,8 @@ const (
 	MsgHeartbeats MsgType = 2
 	// MsgState carries a node's whole registry, for push/pull anti-entropy.
 	MsgState MsgType = 3
+	// MsgLeave says a node is leaving the cluster gracefully.
+	MsgLeave MsgType = 4
 )
 
 // Errors returned by the decoder. They are wrapped with detail.
@@ -105,6 +107,18 @@ type HeartbeatBatch struct {
 	Beats []Heartbeat
 }
 
+// Leave is sent by a node that leaves the cluster gracefully, before
+// memberlist's own leave message, which does not tell peers whether the
+// node left or died. Addr is the node's gossip address, so that a notice
+// cannot be taken for another node of the same name.
+type Leave struct {
+	_struct bool `codec:",toarray"` //nolint:unused // codec directive
+
+	Node string
+	Addr string
+	Time int64 // origin's clock when sent (unix ns); informational only
+}
+
 // FlagDirect, set in the type byte, marks a message sent straight from its
 // origin to every member (not gossiped); receivers need not re-broadcast it.
 const FlagDirect byte = 0x80
@@ -150,7 +164,7 @@ var handle = func() *codec.MsgpackHandle {
 }()
 
 // Encode returns the framed encoding of v, which must be a *Record,
-// *HeartbeatBatch, *State or *ClaimBatch.
+// *HeartbeatBatch, *State, *ClaimBatch or *Leave.
 func Encode(v any) ([]byte, error) {
 	var t MsgType
 	switch v.(type) {
@@ -162,6 +176,8 @@ func Encode(v any) ([]byte, error) {
 		t = MsgState
 	case *ClaimBatch:
 		t = MsgClaims
+	case *Leave:
+		t = MsgLeave
 	default:
 		return nil, fmt.Errorf("wire: cannot encode %T", v)
 	}
@@ -183,6 +199,7 @@ type Message struct {
 	Heartbeats *HeartbeatBatch
 	State      *State
 	Claims     *ClaimBatch
+	Leave      *Leave
 }
 
 // Decode is DecodeLimited with DefaultLimits.
@@ -227,6 +244,9 @@ func DecodeLimited(b []byte, l Limits) (Message, error) {
 	case MsgClaims:
 		msg.Claims = new(ClaimBatch)
 		target, limit = msg.Claims, l.MaxBatchSize
+	case MsgLeave:
+		msg.Leave = new(Leave)
+		target, limit = msg.Leave, l.MaxRecordSize
 	default:
 		return Message{}, fmt.Errorf("%w: %d", ErrUnknownType, b[1])
 	}

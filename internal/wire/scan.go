@@ -50,6 +50,8 @@ func (s *scanner) message(t MsgType) error {
 		err = s.state()
 	case MsgClaims:
 		err = s.claimBatch()
+	case MsgLeave:
+		err = s.leave()
 	}
 	if err == nil && s.off != len(s.b) {
 		err = s.malformed("%d bytes after the message", len(s.b)-s.off)
@@ -138,6 +140,19 @@ func (s *scanner) claims(limit int) error {
 			} else {
 				err = s.skip(4)
 			}
+		}
+	}
+	return err
+}
+
+// leave checks a Leave body.
+func (s *scanner) leave() error {
+	n, err := s.structHeader("leave")
+	for i := 0; i < n && err == nil; i++ {
+		if i < 2 { // Node, Addr
+			err = s.str()
+		} else {
+			err = s.skip(2)
 		}
 	}
 	return err

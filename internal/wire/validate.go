@@ -26,6 +26,8 @@ func (m *Message) Validate(l Limits) error {
 		return m.State.Validate(l)
 	case m.Claims != nil:
 		return m.Claims.Validate(l)
+	case m.Leave != nil:
+		return m.Leave.Validate()
 	}
 	return fmt.Errorf("%w: empty message", ErrInvalid)
 }
@@ -83,6 +85,20 @@ func (s *State) Validate(l Limits) error {
 		if err := s.Claims[i].check(); err != nil {
 			return fmt.Errorf("%w: state from %s: Claims[%d] %s: %s", ErrInvalid, clip(s.Node), i, clip(s.Claims[i].Resource), err)
 		}
+	}
+	return nil
+}
+
+// Validate reports whether a leave notice may be applied: Node is a
+// valid node name and Addr a host:port. Time is informational and not
+// checked. Its size is bounded by the decoder (Limits.MaxRecordSize). The
+// error wraps ErrInvalid.
+func (v *Leave) Validate() error {
+	switch {
+	case !ValidName(v.Node, MaxNameLen):
+		return fmt.Errorf("%w: leave: Node %s: %s", ErrInvalid, clip(v.Node), nameRule)
+	case !validAddr(v.Addr):
+		return fmt.Errorf("%w: leave from %s: Addr %s: not a host:port of at most %d bytes", ErrInvalid, clip(v.Node), clip(v.Addr), MaxAddrLen)
 	}
 	return nil
 }

@@ -303,6 +303,35 @@ func TestMessageValidate(t *testing.T) {
 	}
 }
 
+func TestLeaveValidate(t *testing.T) {
+	good := Leave{Node: "node-1", Addr: "10.0.0.1:7946", Time: 5}
+	require.NoError(t, good.Validate())
+	m := Message{Leave: &good}
+	require.NoError(t, m.Validate(Limits{}))
+	for _, bad := range []Leave{
+		{Node: "", Addr: "10.0.0.1:7946"},
+		{Node: "bad name", Addr: "10.0.0.1:7946"},
+		{Node: strings.Repeat("n", MaxNameLen+1), Addr: "10.0.0.1:7946"},
+		{Node: "n", Addr: ""},
+		{Node: "n", Addr: "no-port"},
+		{Node: "n", Addr: strings.Repeat("h", MaxAddrLen) + ":1"},
+	} {
+		require.ErrorIs(t, bad.Validate(), ErrInvalid, "%+v", bad)
+	}
+
+	b, err := Encode(&good)
+	require.NoError(t, err)
+	got, err := Decode(b)
+	require.NoError(t, err)
+	require.Equal(t, MsgLeave, got.Type)
+	require.Equal(t, &good, got.Leave)
+	// A notice bigger than a record is refused before it is decoded.
+	huge, err := Encode(&Leave{Node: "n", Addr: strings.Repeat("h", 2000) + ":1"})
+	require.NoError(t, err)
+	_, err = Decode(huge)
+	require.ErrorIs(t, err, ErrInvalid)
+}
+
 func TestErrorsClipNetworkStrings(t *testing.T) {
 	r := goodRecord()
 	r.Node = strings.Repeat("\xff", 60000)

@@ -1,18 +1,20 @@
 //go:build linux
 
 // This file holds a cluster of agent processes in a lab, the instance
-// events their logs report, the aegis load client and the check that
-// every acknowledged call ran its handler.
+// events their logs report, the aegis load client and the check of every
+// call's handler runs, message ID by message ID.
 
 package netns
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/aegisipc/aegis"
+	"github.com/aegisipc/aegis/internal/agentproc"
+	"github.com/aegisipc/aegis/internal/runlog"
 )
 
 // keyEnv is the variable the agent and load read the secret key from; it
@@ -27,7 +31,7 @@ import (
 const keyEnv = "AEGIS_KEY"
 
 // cluster is agentCount agents (hosts n1…n5, agents of the same names)
-// serving the count service, and a client host c for load and probes.
+// serving the count service, and a client host c for the loads.
 type cluster struct {
 	t      *testing.T
 	lab    *lab
@@ -35,7 +39,8 @@ type cluster struct {
 	key    string // base64
 	agents []*proc
 	client *host
-	loads  int // load runs so far, to name them
+	dir    string // for the agents' runs and the loads' calls
+	loads  int    // load runs so far, to name them
 }
 
 // newCluster makes a lab, starts an agent on each of its five node hosts
@@ -48,11 +53,11 @@ func newCluster(t *testing.T) *cluster {
 		names = append(names, fmt.Sprintf("n%d", i+1))
 	}
 	l := newLab(t, append(names, "c")...)
-	c := &cluster{t: t, lab: l, bin: agentBinary(t), key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), client: l.host("c")}
+	c := &cluster{t: t, lab: l, bin: agentBinary(t), key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), client: l.host("c"), dir: t.TempDir()}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, a := range c.agents {
-				t.Logf("log of %s (last lines):\n%s", a.name, a.stderr.tail(40))
+				t.Logf("log of %s (last lines):\n%s", a.Name, a.stderr.Tail(40))
 			}
 		}
 	})
@@ -66,22 +71,22 @@ func newCluster(t *testing.T) *cluster {
 		if i > 0 {
 			args = append(args, "-join", seed)
 		}
-		a := startProc(t, "agent "+h.name, h.ns, []string{keyEnv + "=" + c.key}, args...)
+		name := "agent " + h.name
+		args = append(args, "-runs-file", c.runsFile(name))
+		a := startProc(t, name, h.ns, []string{keyEnv + "=" + c.key}, args...)
 		c.agents = append(c.agents, a)
 		if i == 0 {
 			// The agent subscribes to events only once its node runs, and
 			// its gossip port is open before: an instance the seed learns
 			// from a node joining in between is never logged. So the
 			// others start once the seed has logged its startup line.
-			started := waitFor(startLimit, func() bool {
-				return !a.alive() || len(a.stderr.find(func(ln line) bool { return ln.str("msg") == "aegis agent started" })) > 0
-			})
-			require.True(t, started && a.alive(), "%s started within %v (%v):\n%s", a.name, startLimit, a.exitErr(), a.stderr.tail(20))
+			_, _, err := agentproc.WaitStarted(context.Background(), a.Proc, a.stderr, startLimit)
+			require.NoError(t, err)
 		}
 	}
 	ok := waitFor(startLimit, func() bool {
 		for _, a := range c.agents {
-			if !a.alive() {
+			if !a.Alive() {
 				return true
 			}
 			for i := range agentCount {
@@ -93,7 +98,7 @@ func newCluster(t *testing.T) *cluster {
 		return true
 	})
 	for _, a := range c.agents {
-		require.True(t, a.alive(), "%s exited: %v", a.name, a.exitErr())
+		require.True(t, a.Alive(), "%s exited: %v", a.Name, a.Err())
 	}
 	require.True(t, ok, "every agent sees every instance healthy within %v", startLimit)
 	t.Logf("%d agents converged in %v", agentCount, time.Since(start).Round(time.Millisecond))
@@ -120,9 +125,9 @@ func (e event) String() string {
 // events returns the instance events agent a logged, oldest first.
 func (c *cluster) events(a *proc) []event {
 	var out []event
-	for _, ln := range a.stderr.find(func(ln line) bool { return strings.HasPrefix(ln.str("msg"), "instance ") }) {
-		out = append(out, event{at: ln.time(), observer: ln.str("node"), kind: ln.str("event"),
-			instance: ln.str("instance"), status: ln.str("status"), reason: ln.str("reason")})
+	for _, ln := range a.stderr.Find(func(ln agentproc.Line) bool { return strings.HasPrefix(ln.Str("msg"), "instance ") }) {
+		out = append(out, event{at: ln.Time(), observer: ln.Str("node"), kind: ln.Str("event"),
+			instance: ln.Str("instance"), status: ln.Str("status"), reason: ln.Str("reason")})
 	}
 	return out
 }
@@ -158,7 +163,7 @@ func (c *cluster) state(a *proc, id string) string {
 
 // agent returns the agent process on host name.
 func (c *cluster) agent(name string) *proc {
-	i := slices.IndexFunc(c.agents, func(p *proc) bool { return p.name == "agent "+name })
+	i := slices.IndexFunc(c.agents, func(p *proc) bool { return p.Name == "agent "+name })
 	require.GreaterOrEqual(c.t, i, 0, "no agent %s", name)
 	return c.agents[i]
 }
@@ -179,42 +184,34 @@ func (c *cluster) verdicts(since time.Time) []event {
 func (c *cluster) warnings(since time.Time) int {
 	n := 0
 	for _, a := range c.agents {
-		n += len(a.stderr.find(func(ln line) bool {
-			lv := ln.str("level")
-			return (lv == "WARN" || lv == "ERROR") && !ln.time().Before(since)
+		n += len(a.stderr.Find(func(ln agentproc.Line) bool {
+			lv := ln.Str("level")
+			return (lv == "WARN" || lv == "ERROR") && !ln.Time().Before(since)
 		}))
 	}
 	return n
 }
 
-// loadReport is one JSON line of aegis load (see its -h).
-type loadReport struct {
-	Report       string         `json:"report"`
-	ElapsedS     float64        `json:"elapsed_s"`
-	Calls        int            `json:"calls"`
-	Errors       int            `json:"errors"`
-	ErrorSamples []string       `json:"error_samples"`
-	P50Ms        float64        `json:"p50_ms"`
-	P99Ms        float64        `json:"p99_ms"`
-	MaxMs        float64        `json:"max_ms"`
-	Instances    map[string]int `json:"instances"`
-}
-
-func (r loadReport) String() string {
-	return fmt.Sprintf("%d calls in %.1fs, %d errors, p50 %.1fms, p99 %.1fms, max %.1fms, answers per instance %v",
-		r.Calls, r.ElapsedS, r.Errors, r.P50Ms, r.P99Ms, r.MaxMs, r.Instances)
-}
-
 // load is one aegis load process on the client host.
 type load struct {
 	*proc
-	name     string
-	duration time.Duration // 0: until finish stops it
+	name      string
+	duration  time.Duration        // 0: until finish stops it
+	callsFile string               // where it writes its calls down
+	total     agentproc.LoadReport // set by finish
 }
 
-// startLoad starts aegis load on the client host: it calls method "inc" of
-// the count service with CallWithFailover at callRate calls a second for
-// d (0: until stopped) and waits until it has made its first calls.
+// Methods of the count service the loads call in turn: any method but
+// whoami and onceMethod runs the count handler as an idempotent method.
+const (
+	incMethod  = "inc"
+	onceMethod = "once"
+)
+
+// startLoad starts aegis load on the client host: it calls methods
+// incMethod and onceMethod of the count service in turn with
+// CallWithFailover at callRate calls a second for d (0: until stopped),
+// writing every call down, and waits until it has made its first calls.
 func (c *cluster) startLoad(d time.Duration) *load {
 	c.t.Helper()
 	c.loads++
@@ -225,26 +222,27 @@ func (c *cluster) startLoad(d time.Duration) *load {
 	}
 	p := startProc(c.t, name, c.client.ns, []string{keyEnv + "=" + c.key}, c.bin, "load",
 		"-name", name, "-bind", c.client.gossipAddr(), "-join", strings.Join(seeds, ","),
-		"-service", service, "-method", "inc", "-rate", fmt.Sprint(callRate), "-duration", d.String(),
+		"-service", service, "-method", incMethod+","+onceMethod, "-calls-file", filepath.Join(c.dir, name+".calls"),
+		"-rate", fmt.Sprint(callRate), "-duration", d.String(),
 		"-timeout", callTimeout.String(), "-attempt-timeout", attemptTimeout.String(),
 		"-gossip", gossipProfile, "-heartbeat-interval", hbInterval.String(), "-heartbeat-timeout", hbTimeout.String(),
 		"-health-check-interval", healthCheck.String(), "-log-format", "json")
 	c.t.Cleanup(func() {
 		if c.t.Failed() {
-			c.t.Logf("stderr of %s (last lines):\n%s", name, p.stderr.tail(20))
+			c.t.Logf("stderr of %s (last lines):\n%s", name, p.stderr.Tail(20))
 		}
 	})
-	ok := waitFor(startLimit, func() bool { return p.stdout.len() > 0 || !p.alive() })
-	require.True(c.t, ok && p.alive(), "%s made its first calls within %v (%v); its stderr:\n%s", name, startLimit, p.exitErr(), p.stderr.tail(20))
-	return &load{proc: p, name: name, duration: d}
+	ok := waitFor(startLimit, func() bool { return p.stdout.Len() > 0 || !p.Alive() })
+	require.True(c.t, ok && p.Alive(), "%s made its first calls within %v (%v); its stderr:\n%s", name, startLimit, p.Err(), p.stderr.Tail(20))
+	return &load{proc: p, name: name, duration: d, callsFile: filepath.Join(c.dir, name+".calls")}
 }
 
 // reports returns the load's per-second reports so far.
-func (l *load) reports() []loadReport {
-	var out []loadReport
-	for _, ln := range l.stdout.find(func(ln line) bool { return ln.str("report") == "second" }) {
-		var r loadReport
-		if json.Unmarshal([]byte(ln.raw), &r) == nil {
+func (l *load) reports() []agentproc.LoadReport {
+	var out []agentproc.LoadReport
+	for _, ln := range l.stdout.Find(func(ln agentproc.Line) bool { return ln.Str("report") == "second" }) {
+		var r agentproc.LoadReport
+		if json.Unmarshal([]byte(ln.Raw), &r) == nil {
 			out = append(out, r)
 		}
 	}
@@ -253,24 +251,39 @@ func (l *load) reports() []loadReport {
 
 // finish waits for the load to exit, after stopping it with SIGINT when
 // it runs until stopped, and returns its total report.
-func (l *load) finish(t *testing.T) loadReport {
+func (l *load) finish(t *testing.T) agentproc.LoadReport {
 	t.Helper()
-	if l.duration == 0 && l.alive() {
-		require.NoError(t, l.cmd.Process.Signal(os.Interrupt))
+	if l.duration == 0 && l.Alive() {
+		require.NoError(t, l.Signal(syscall.SIGINT))
 	}
 	l.wait(t, l.duration+2*callTimeout+10*time.Second)
-	totals := l.stdout.find(func(ln line) bool { return ln.str("report") == "total" })
-	require.Len(t, totals, 1, "%s printed one total; its output:\n%s", l.name, l.stdout.tail(5))
-	var r loadReport
-	require.NoError(t, json.Unmarshal([]byte(totals[0].raw), &r))
-	return r
+	totals := l.stdout.Find(func(ln agentproc.Line) bool { return ln.Str("report") == "total" })
+	require.Len(t, totals, 1, "%s printed one total; its output:\n%s", l.name, l.stdout.Tail(5))
+	require.NoError(t, json.Unmarshal([]byte(totals[0].Raw), &l.total))
+	return l.total
+}
+
+// checkLeft asserts that every agent logged the load's node as left (it
+// leaves gracefully when it finishes, hosting no instance), and none as
+// failed.
+func (c *cluster) checkLeft(l *load) {
+	c.t.Helper()
+	for _, a := range c.agents {
+		about := func(msg string) func() bool {
+			return func() bool {
+				return len(a.stderr.Find(func(ln agentproc.Line) bool { return ln.Str("msg") == msg && ln.Str("peer") == l.name })) > 0
+			}
+		}
+		assert.True(c.t, waitFor(10*time.Second, about("node left")), "%s logged %s as left", a.Name, l.name)
+		assert.False(c.t, about("node failed")(), "%s logged %s as failed", a.Name, l.name)
+	}
 }
 
 // largestShare returns the largest share of one second's answers that a
 // single instance gave, and that second's report.
-func largestShare(rs []loadReport) (float64, loadReport) {
+func largestShare(rs []agentproc.LoadReport) (float64, agentproc.LoadReport) {
 	var share float64
-	var at loadReport
+	var at agentproc.LoadReport
 	for _, r := range rs {
 		for _, n := range r.Instances {
 			if s := float64(n) / float64(max(1, r.Calls-r.Errors)); s > share {
@@ -283,7 +296,7 @@ func largestShare(rs []loadReport) (float64, loadReport) {
 
 // steadyP99 returns the highest per-second p99 after the first second,
 // which holds the connection set-up.
-func steadyP99(rs []loadReport) float64 {
+func steadyP99(rs []agentproc.LoadReport) float64 {
 	p := 0.0
 	for _, r := range rs[min(1, len(rs)):] {
 		p = max(p, r.P99Ms)
@@ -292,8 +305,8 @@ func steadyP99(rs []loadReport) float64 {
 }
 
 // worstSecond returns the per-second report with the highest p99.
-func worstSecond(rs []loadReport) loadReport {
-	var w loadReport
+func worstSecond(rs []agentproc.LoadReport) agentproc.LoadReport {
+	var w agentproc.LoadReport
 	for _, r := range rs {
 		if r.P99Ms > w.P99Ms {
 			w = r
@@ -302,34 +315,84 @@ func worstSecond(rs []loadReport) loadReport {
 	return w
 }
 
-// checkRuns asks every count instance how often its handler ran (through a
-// probe node on the client host) and compares that with the answers the
-// loads got from it. Every answer comes from a handler run, so runs are at
-// least the answers per instance; more runs are duplicate executions, not
-// duplicate answers: the count service is idempotent, so CallWithFailover
-// may hedge a call onto a second instance or move a timed-out call on
-// while the first instance still runs it, and only the first answer
-// reaches the caller.
-func (c *cluster) checkRuns(loads ...loadReport) {
+// checkDelivery kills every agent (so that no handler runs after the
+// check reads the runs; a count instance writes each run down before it
+// answers) and checks, message ID by
+// message ID, the runs the count instances wrote down against the calls
+// the loads wrote down (see runlog.Check):
+//   - every acknowledged call ran, and its answer is a run of its own
+//     message ID on the instance that answered;
+//   - a call to onceMethod (non-idempotent) ran at most once, exactly once
+//     when acknowledged: CallWithFailover never hedges it and moves it
+//     only when the request provably never arrived;
+//   - a call to incMethod (idempotent) ran at most once per instance, since
+//     every instance's dedup cache remembers the one run's answer for the
+//     whole test (fewer than DedupMaxEntries calls, within DedupWindow,
+//     no agent restarts), and at most maxIdempotentRuns times in all.
+//
+// Extra runs of idempotent calls are duplicate executions, not duplicate
+// answers: only the first answer reaches the caller. It must be called
+// last: the agents are gone after it.
+func (c *cluster) checkDelivery(loads ...*load) {
 	c.t.Helper()
-	acks := map[string]int{}
-	total := 0
-	for _, r := range loads {
-		for id, n := range r.Instances {
-			acks[id] += n
-			total += n
+	c.killAgents()
+	var calls []runlog.Call
+	for _, ld := range loads {
+		cs := ld.calls(c.t)
+		acked := 0
+		for _, cl := range cs {
+			if cl.Err == "" {
+				acked++
+			}
 		}
-		assert.Equal(c.t, r.Calls-r.Errors, sumValues(r.Instances), "answers counted per instance equal calls less errors")
+		r := ld.total
+		assert.Equal(c.t, r.Calls, len(cs), "%s wrote down every call it counted", ld.name)
+		assert.Equal(c.t, r.Calls-r.Errors, acked, "%s: answered calls written down equal calls less errors", ld.name)
+		assert.Equal(c.t, r.Calls-r.Errors, sumValues(r.Instances), "%s: answers counted per instance equal calls less errors", ld.name)
+		calls = append(calls, cs...)
 	}
-	assert.NotContains(c.t, acks, "?", "every answer names its instance")
-	runs := c.probe()
-	extra := 0
-	for i := range agentCount {
-		id := instanceID(fmt.Sprintf("n%d", i+1))
-		assert.GreaterOrEqual(c.t, runs[id], acks[id], "handler runs of %s cover the answers it gave", id)
-		extra += runs[id] - acks[id]
+	var runs []runlog.Run
+	for _, a := range c.agents {
+		rs, err := runlog.Read[runlog.Run](c.runsFile(a.Name))
+		require.NoError(c.t, err, "runs of %s", a.Name)
+		runs = append(runs, rs...)
 	}
-	c.t.Logf("handler runs %v for %d answered calls: %d runs more than answers (hedged or moved-on calls run twice)", runs, total, extra)
+	require.NotEmpty(c.t, calls, "the loads made calls")
+	r := runlog.Check(calls, runs, runlog.Bounds{
+		NonIdempotent: func(m string) bool { return m == onceMethod },
+		MaxRuns:       maxIdempotentRuns,
+		PerInstance:   1,
+	})
+	c.t.Logf("delivery: %s", r)
+	assert.True(c.t, r.OK(), "no call lost or run more often than allowed: %d violations, the first:\n%s", r.Violations, strings.Join(r.Problems, "\n"))
+	assert.Positive(c.t, r.Acked, "calls were acknowledged")
+}
+
+// maxIdempotentRuns bounds the runs of one idempotent call: the loads'
+// CallWithFailover tries at most MaxAttempts (3, the default) distinct
+// instances in turn and may hedge each try onto one more instance, each
+// of which runs it at most once; here that is all five instances.
+var maxIdempotentRuns = min(agentCount, 2*aegis.DefaultConfig().MaxAttempts)
+
+// killAgents kills every agent by its PID and waits for each to exit.
+func (c *cluster) killAgents() {
+	for _, a := range c.agents {
+		a.kill(c.t)
+	}
+}
+
+// calls returns the calls the load wrote down.
+func (l *load) calls(t *testing.T) []runlog.Call {
+	t.Helper()
+	cs, err := runlog.Read[runlog.Call](l.callsFile)
+	require.NoError(t, err, "calls of %s", l.name)
+	return cs
+}
+
+// runsFile is where the agent process named name writes the runs of its
+// count instance.
+func (c *cluster) runsFile(name string) string {
+	return filepath.Join(c.dir, strings.ReplaceAll(name, " ", "-")+".runs")
 }
 
 func sumValues(m map[string]int) int {
@@ -338,29 +401,4 @@ func sumValues(m map[string]int) int {
 		n += v
 	}
 	return n
-}
-
-// probe runs the probe helper on the client host and returns the handler
-// runs per count instance.
-func (c *cluster) probe() map[string]int {
-	c.t.Helper()
-	var seeds []string
-	for i := range agentCount {
-		seeds = append(seeds, c.lab.host(fmt.Sprintf("n%d", i+1)).gossipAddr())
-	}
-	c.loads++
-	p := startHelper(c.t, "probe", c.client.ns, helperProbe, map[string]string{
-		keyEnv:          c.key,
-		probeNameEnv:    fmt.Sprintf("probe%d", c.loads),
-		probeBindEnv:    fmt.Sprintf("%s:%d", c.client.addr, probePort),
-		probeSeedsEnv:   strings.Join(seeds, ","),
-		probeWantEnv:    fmt.Sprint(agentCount),
-		probeServiceEnv: service,
-	})
-	p.wait(c.t, 2*startLimit)
-	outs := p.stdout.find(func(ln line) bool { return ln.fields != nil })
-	require.Len(c.t, outs, 1, "probe printed one JSON line; stderr:\n%s", p.stderr.tail(20))
-	runs := map[string]int{}
-	require.NoError(c.t, json.Unmarshal([]byte(outs[0].raw), &runs))
-	return runs
 }

@@ -2,7 +2,10 @@
 // processes (cmd/aegis) in Linux network namespaces, joined through a
 // bridge in a namespace of their own, while the tests pull a link, drop
 // packets on every link and slow one link down, and check what the agents
-// log and what a load client (aegis load) sees.
+// log, what a load client (aegis load) sees, and, message ID by message
+// ID, that every call the load made ran as often as the delivery rules
+// allow (the agents and the load write runs and calls down; see
+// internal/runlog).
 //
 // The package has no code of its own; its tests run only as root on Linux
 // with the ip command (iproute2) and, for packet loss, tc. They skip

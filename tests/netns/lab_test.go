@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aegisipc/aegis/internal/agentproc"
 )
 
 // subnets are the candidate subnets of a lab; the first that overlaps no
@@ -298,8 +300,10 @@ func (l *lab) addDelay(h *host, d time.Duration) (remove func()) {
 	p := startHelper(l.t, "delay-"+h.name, l.hub, helperDelay, map[string]string{
 		delayFromEnv: h.hubIf, delayToEnv: helperSide, delayEnv: d.String(),
 	})
-	if !waitFor(10*time.Second, func() bool { return p.stdout.contains("ready") || !p.alive() }) || !p.alive() {
-		l.t.Fatalf("the delay helper did not start; its output:\n%s", p.stderr.tail(20))
+	if !waitFor(10*time.Second, func() bool {
+		return len(p.stdout.Find(func(ln agentproc.Line) bool { return ln.Raw == "ready" })) > 0 || !p.Alive()
+	}) || !p.Alive() {
+		l.t.Fatalf("the delay helper did not start; its output:\n%s", p.stderr.Tail(20))
 	}
 	l.ip("-n", l.hub, "link", "set", h.hubIf, "nomaster")
 	var once sync.Once
@@ -308,7 +312,7 @@ func (l *lab) addDelay(h *host, d time.Duration) (remove func()) {
 			p.stop(l.t)
 			l.ip("-n", l.hub, "link", "set", h.hubIf, "master", l.bridge)
 			l.ip("-n", l.hub, "link", "del", bridgeSide)
-			if s := p.stderr.tail(5); s != "" {
+			if s := p.stderr.Tail(5); s != "" {
 				l.t.Logf("delay helper said:\n%s", s)
 			}
 		})

@@ -7,17 +7,17 @@
 package netns
 
 import (
-	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/aegisipc/aegis/internal/agentproc"
 )
 
 // Settings of every cluster the tests build. The heartbeat timings are
@@ -35,7 +35,6 @@ const (
 	hbTimeout      = 3 * time.Second
 	healthCheck    = 250 * time.Millisecond
 	gossipPort     = 7946
-	probePort      = 7947
 	callRate       = 100 // calls a second started by aegis load
 	attemptTimeout = time.Second
 	callTimeout    = 5 * time.Second
@@ -47,7 +46,6 @@ const (
 const (
 	helperEnv   = "AEGIS_NETNS_HELPER"
 	helperDelay = "delay"
-	helperProbe = "probe"
 )
 
 // lossDurationEnv overrides how long TestPacketLossEveryLink holds its
@@ -63,8 +61,6 @@ func TestMain(m *testing.M) {
 	case "":
 	case helperDelay:
 		os.Exit(runDelayer())
-	case helperProbe:
-		os.Exit(runProbe())
 	default:
 		fmt.Fprintf(os.Stderr, "%s=%q: unknown helper\n", helperEnv, h)
 		os.Exit(2)
@@ -125,63 +121,20 @@ func removeBuildDir() {
 }
 
 // agentBinary returns the path of the aegis binary, building it on first
-// use from the module that holds this package.
+// use.
 func agentBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		start := time.Now()
-		root, err := moduleRoot()
-		if err != nil {
-			buildErr = err
+		if buildDir, buildErr = os.MkdirTemp("", "aegis-netns-"); buildErr != nil {
 			return
 		}
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			buildErr = fmt.Errorf("the go command is needed to build the agent: %w", err)
-			return
+		if agentBin, buildErr = agentproc.Build(context.Background(), buildDir); buildErr == nil {
+			t.Logf("built the agent binary in %v", time.Since(start).Round(time.Millisecond))
 		}
-		if buildDir, err = os.MkdirTemp("", "aegis-netns-"); err != nil {
-			buildErr = err
-			return
-		}
-		agentBin = filepath.Join(buildDir, "aegis")
-		cmd := exec.Command(goTool, "build", "-o", agentBin, "./cmd/aegis")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/aegis: %v\n%s", err, out)
-			return
-		}
-		t.Logf("built the agent binary in %v", time.Since(start).Round(time.Millisecond))
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	return agentBin
-}
-
-// moduleRoot returns the directory of the go.mod of module
-// github.com/aegisipc/aegis, the nearest one above the working directory.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if f, err := os.Open(filepath.Join(dir, "go.mod")); err == nil {
-			sc := bufio.NewScanner(f)
-			first := ""
-			if sc.Scan() {
-				first = strings.TrimSpace(sc.Text())
-			}
-			f.Close()
-			if first == "module github.com/aegisipc/aegis" {
-				return dir, nil
-			}
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod of module github.com/aegisipc/aegis above the working directory")
-		}
-		dir = parent
-	}
 }
