@@ -452,6 +452,8 @@ func (c *Config) validateTimingRules() error {
 		return invalid("ReapTimeout", "(%v) must be at least HeartbeatTimeout (%v)", c.ReapTimeout, c.HeartbeatTimeout)
 	case c.Gossip.ProbeTimeout >= c.Gossip.ProbeInterval:
 		return invalid("Gossip.ProbeTimeout", "(%v) must be shorter than Gossip.ProbeInterval (%v)", c.Gossip.ProbeTimeout, c.Gossip.ProbeInterval)
+	case c.RoleLeaseTimeout < 10*time.Millisecond:
+		return invalid("RoleLeaseTimeout", "(%v) must be at least 10ms", c.RoleLeaseTimeout)
 	case c.EjectMaxTime < c.EjectBaseTime:
 		return invalid("EjectMaxTime", "(%v) must be at least EjectBaseTime (%v)", c.EjectMaxTime, c.EjectBaseTime)
 	}

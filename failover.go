@@ -365,6 +365,11 @@ func (c *caller) callActive(ctx context.Context, service, method string, payload
 		if ctx.Err() != nil || !oc.failover(inst.idempotent(method)) {
 			return nil, activeErr(service, attempts, nil)
 		}
+		if failed != nil && (inst.ID != failed.ID || inst.Epoch != failed.Epoch) {
+			// A new active (one just promoted may not have its lease
+			// yet): short pauses again.
+			pause = 10 * time.Millisecond
+		}
 		failed, retryAt = &inst, time.Now().Add(pause)
 		pause = min(2*pause, c.cfg.RoleLeaseTimeout)
 	}

@@ -189,8 +189,12 @@ func (n *Node) standbyStep(r *Registration, g *groupState) {
 	}
 	// A standby registered a moment ago may not know its group yet (an
 	// active registered elsewhere is still on its way): it waits one
-	// RoleLeaseTimeout before it stands.
-	if n.clk.Now().Sub(r.regTime) < n.cfg.RoleLeaseTimeout {
+	// RoleLeaseTimeout before it stands. Under PromoteWithMajority, a
+	// standby that has never seen its group have an active stands only
+	// with a declared GroupSize: alone on a cut-off node it would count
+	// itself a majority of the one member it knows.
+	if n.clk.Now().Sub(r.regTime) < n.cfg.RoleLeaseTimeout ||
+		r.svc.Promotion == PromoteWithMajority && g.epoch == 0 && r.svc.GroupSize == 0 {
 		return
 	}
 	if r.svc.Promotion == PromoteAlways {
@@ -302,12 +306,18 @@ type roleReply struct {
 
 // askGroup sends one round trip of kind to every other member of g and
 // returns the replies that came within RoleLeaseTimeout/4.
+//
+// It returns as soon as the grants make a majority with r, cancelling the
+// round trips still out: a member that does not answer (a dead one, the
+// likely reason for a promotion) costs nothing once a majority has.
 func (n *Node) askGroup(r *Registration, g *groupState, kind string, epoch uint64) []roleReply {
 	timeout := n.cfg.RoleLeaseTimeout / 4
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	need := quorum(r, g) - 1 // grants needed besides r's own
 	var mu sync.Mutex
 	var out []roleReply
+	granted := 0
 	var wg sync.WaitGroup
 	for _, m := range g.members {
 		if m.ID == r.key.id {
@@ -327,11 +337,23 @@ func (n *Node) askGroup(r *Registration, g *groupState, kind string, epoch uint6
 			rep.at = n.clk.Now()
 			mu.Lock()
 			out = append(out, rep)
+			if rep.granted {
+				if granted++; granted >= need {
+					cancel()
+				}
+			}
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	return out
+}
+
+// quorum is how many members, r included, make a strict majority of r's
+// group: over the members this node knows, or Service.GroupSize when that
+// is larger.
+func quorum(r *Registration, g *groupState) int {
+	return max(len(g.members), r.svc.GroupSize)/2 + 1
 }
 
 // leaseRound asks the group to confirm r as active; with a strict majority
@@ -357,7 +379,7 @@ func (n *Node) leaseRound(r *Registration, g groupState) {
 		n.setRole(r, RoleStandby, epoch, "superseded")
 		return
 	}
-	if 2*granted > len(g.members) {
+	if granted >= quorum(r, &g) {
 		until := sent.Add(n.cfg.RoleLeaseTimeout).UnixNano()
 		for {
 			cur := r.role.leaseUntil.Load()
@@ -401,7 +423,7 @@ func (n *Node) candidacyRound(r *Registration, g groupState) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.heardEpoch = max(st.heardEpoch, heard)
-	if 2*granted > len(g.members) && st.promised == epoch && st.promisedTo == r.key.id {
+	if granted >= quorum(r, &g) && st.promised == epoch && st.promisedTo == r.key.id {
 		ready := now
 		if !latest.IsZero() {
 			ready = latest.Add(n.cfg.RoleLeaseTimeout + n.cfg.RoleLeaseTimeout/2)

@@ -125,7 +125,8 @@ type Service struct {
 	// register standbys and let promotion choose, or register one active.
 	// A group without an active promotes a standby that has been
 	// registered for at least Config.RoleLeaseTimeout (younger ones may
-	// not know their group yet), so register the intended active first.
+	// not know their group yet), so register the intended active first
+	// (see also GroupSize).
 	// See PromotionMode for what happens under partitions.
 	// Group narrows the role group within the service (default: the
 	// service itself is the group); it follows the service-name rule.
@@ -137,6 +138,17 @@ type Service struct {
 	Group     string
 	Priority  int
 	Promotion PromotionMode
+	// GroupSize, under PromoteWithMajority, is how many members the role
+	// group is meant to have: majorities are counted over at least this
+	// many, so a node cut off with fewer members than a majority of it
+	// can neither promote nor keep an active, even if it knows only
+	// itself. 0 (the default) counts over the members this node knows,
+	// which is safe once the group has formed (every member has seen the
+	// others) but not for a member that registers while cut off; set it to
+	// the group's intended size for full safety. With GroupSize 0, a group
+	// that has never had an active promotes nobody: register its first
+	// active with RoleActive.
+	GroupSize int
 
 	// Endpoints advertises addresses the instance serves other protocols
 	// on, by protocol name, for clients that discover instances through
@@ -220,7 +232,10 @@ func validateService(svc *Service) error {
 	if svc.Priority < math.MinInt32 || svc.Priority > math.MaxInt32 {
 		return fmt.Errorf("%w: priority %d is outside the 32-bit range", ErrInvalidService, svc.Priority)
 	}
-	if svc.Role == RoleNone && (svc.Group != "" || svc.Priority != 0 || svc.Promotion != PromoteWithMajority) {
+	if svc.GroupSize < 0 || svc.GroupSize > 1000 {
+		return fmt.Errorf("%w: group size %d is not 0 to 1000", ErrInvalidService, svc.GroupSize)
+	}
+	if svc.Role == RoleNone && (svc.Group != "" || svc.Priority != 0 || svc.Promotion != PromoteWithMajority || svc.GroupSize != 0) {
 		return fmt.Errorf("%w: service %q sets Group, Priority or Promotion without a Role", ErrInvalidService, svc.Name)
 	}
 	if svc.Handler == nil && len(svc.Endpoints) == 0 {

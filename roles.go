@@ -65,8 +65,9 @@ type RoleView struct {
 	// instance ID. While no active exists, Standbys[0] (if healthy) is the
 	// one every node expects to be promoted.
 	Standbys []Instance
-	// Epoch is the highest epoch this node has seen in the group. It grows
-	// by one with every promotion.
+	// Epoch is the highest epoch this node has seen in the group. Every
+	// promotion takes a higher one (usually one more; a candidacy that
+	// lost to another, or that a majority refused, uses up numbers).
 	Epoch uint64
 	Mode  PromotionMode
 }

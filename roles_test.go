@@ -508,3 +508,37 @@ func waitActive2(t *testing.T, nodes []*Node, g, id string) {
 
 // ch0 returns the epoch at which r last became active.
 func ch0(r *Registration) uint64 { _, e := r.Role(); return e }
+
+// A standby registered on a node cut off from its group sees no active
+// and only itself; under PromoteWithMajority it must not promote itself.
+// With GroupSize, an active registered there cannot keep a lease either.
+func TestCutOffMemberDoesNotServe(t *testing.T) {
+	var log runLog
+	c, _ := newRoleCluster(t, 3, PromoteWithMajority, &log)
+	late := c.addNode(roleConfig) // joins node 0, then is cut off from everyone
+	c.net.Partition([]string{late.Addr(), late.tr.CallAddr()}, []string{c.nodes[0].Addr(), c.nodes[0].tr.CallAddr(),
+		c.nodes[1].Addr(), c.nodes[1].tr.CallAddr(), c.nodes[2].Addr(), c.nodes[2].tr.CallAddr()})
+	ctx := context.Background()
+	standby, err := late.Register(ctx, Service{Name: "fresh", InstanceID: "fresh-1", Role: RoleStandby, Handler: log.handler("fresh-1")})
+	require.NoError(t, err)
+	require.Never(t, func() bool { r, _ := standby.Role(); return r == RoleActive }, 6*late.cfg.RoleLeaseTimeout, 20*time.Millisecond,
+		"a standby that never saw an active does not promote itself")
+
+	fenced := make(chan RoleChange, 1)
+	active, err := late.Register(ctx, Service{Name: "sized", InstanceID: "sized-1", Role: RoleActive, GroupSize: 3,
+		Handler: log.handler("sized-1")})
+	require.NoError(t, err)
+	active.OnRoleChange(func(ch RoleChange) { fenced <- ch })
+	_, err = late.Call(ctx, "sized", "get", nil)
+	require.ErrorIs(t, err, ErrInstanceUnavailable, "no majority of 3: no lease, no answers")
+	select {
+	case ch := <-fenced:
+		require.Equal(t, "fenced", ch.Reason)
+	case <-time.After(10 * time.Second):
+		t.Fatal("an active without a majority of its GroupSize was not fenced")
+	}
+	// Heal and let memberlist settle, so that no probe of a cut-off peer
+	// is still waiting when the nodes shut down.
+	c.net.Heal()
+	c.waitConverged(30 * time.Second)
+}
