@@ -6,6 +6,8 @@ package aegis
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"math/rand/v2"
 	"time"
 )
@@ -358,7 +360,7 @@ func (c *caller) callActive(ctx context.Context, service, method string, payload
 			}
 			continue
 		}
-		out, oc, err := c.tryInstance(ctx, &inst, method, payload, o, id, &attempts)
+		out, oc, err := c.tryActive(ctx, &inst, method, payload, o, id, &attempts)
 		if err == nil {
 			return out, nil
 		}
@@ -385,4 +387,45 @@ func activeErr(service string, attempts []Attempt, stop error) error {
 		return attempts[0].Err
 	}
 	return &FailoverError{Service: service, Attempts: attempts, Err: stop}
+}
+
+// activeWatchAfter is how long an attempt to a role group's active runs
+// before the caller starts watching for a promotion (see tryActive).
+const activeWatchAfter = 50 * time.Millisecond
+
+// tryActive is tryInstance for a role group's active. For an idempotent
+// method, an attempt still unanswered when another instance becomes the
+// group's active (or the same one at a new epoch) is given up as timed
+// out, so that callers move to the new active at once instead of waiting
+// out AttemptTimeout on one that vanished (a stopped process, a black
+// hole). A non-idempotent call stays with its attempt.
+func (c *caller) tryActive(ctx context.Context, inst *Instance, method string, payload []byte, o *callOptions, id messageID, attempts *[]Attempt) ([]byte, outcome, error) {
+	if !inst.idempotent(method) {
+		return c.tryInstance(ctx, inst, method, payload, o, id, attempts)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	var superseded atomic.Bool
+	watch := time.AfterFunc(activeWatchAfter, func() {
+		for {
+			if cur, err := c.pick(inst.Service, "", o); err == nil && (cur.ID != inst.ID || cur.Epoch != inst.Epoch) {
+				superseded.Store(true)
+				cancel()
+				return
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	})
+	defer watch.Stop()
+	out, oc, err := c.tryInstance(actx, inst, method, payload, o, id, attempts)
+	if err != nil && superseded.Load() && ctx.Err() == nil {
+		return nil, outcomeAttemptTimeout, fmt.Errorf("%w: %s/%s is no longer the active of its group", ErrTimeout, inst.Service, inst.ID)
+	}
+	return out, oc, err
 }
