@@ -7,8 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 )
 
