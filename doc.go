@@ -31,6 +31,16 @@ package aegis
 // lifecycle: New = withDefaults (config.go) + newNode (construction) +
 // start (goroutines); Leave drains and deregisters, then shuts down.
 //
+// Role groups and resources sit on the registry. roles.go computes each
+// role group from the registry's entries (buildGroup: the winning active,
+// standbys in promotion order, the epoch), which routing and Roles read.
+// promote.go is what a node does for its own members only: each member's
+// roleState (role, epoch, lease, promises) is decided by its node, told to
+// peers in its heartbeats, and defended in round trips over the call port
+// (rolesService: lease and candidacy). resources.go keeps the newest claim
+// per resource in the registry (under registry.mu), gossiped in claim
+// batches and, a rotating part at a time, in push/pull.
+//
 // Observability reads the parts without owning any: telemetry.go holds the
 // OpenTelemetry instruments each part records into (Enabled checks keep
 // the call path free without an SDK; the observable gauges' callback reads
@@ -47,6 +57,9 @@ package aegis
 //   - the gossiper's outbox loop and reconnect loop, its catch-up pull
 //     after each Join and pulls triggered by unknown heartbeats;
 //   - the heartbeat loop (when HeartbeatEnabled) and the health loop;
+//   - the role loop (promote.go), its lease and candidacy rounds (each
+//     waits for its own round trips) and the timers that wake it when a
+//     won candidacy's margin has passed;
 //   - one goroutine per Join (it returns when memberlist's join does).
 //
 // Each subscriber runs on a goroutine of its own, owned by the event bus
