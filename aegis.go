@@ -81,6 +81,7 @@ type Node struct {
 	lastHealth atomic.Int64 // wall clock (unix ns) of the last health check
 
 	roleKick chan struct{} // capacity 1: run the role loop now (promote.go)
+	started  time.Time     // the node's clock at construction, with its monotonic reading (see mono)
 
 	lifeMu       sync.Mutex // serializes Leave and Shutdown
 	stopCh       chan struct{}
@@ -116,6 +117,7 @@ func newNode(c Config) (*Node, error) {
 		local:    make(map[instKey]*Registration),
 		stopCh:   make(chan struct{}),
 		roleKick: make(chan struct{}, 1),
+		started:  c.clock.Now(),
 		met:      newNodeMetrics(c.MeterProvider),
 		bus:      newEventBus(),
 		tracer:   tracerFor(c.TracerProvider),

@@ -42,7 +42,7 @@ const (
 type roleState struct {
 	cur        atomic.Int32  // current Role
 	epoch      atomic.Uint64 // the group's epoch at which it last became active
-	leaseUntil atomic.Int64  // PromoteWithMajority: serves as active while the clock is before this (unix ns)
+	leaseUntil atomic.Int64  // PromoteWithMajority: serves as active while Node.mono is below this
 
 	mu           sync.Mutex // guards the fields below
 	activeSince  time.Time
@@ -78,13 +78,13 @@ func (r *Registration) OnRoleChange(f func(RoleChange)) {
 	r.role.onChange = append(r.role.onChange, f)
 }
 
-// serving reports whether r may answer a call as its group's active now,
-// and if not, why.
-func (r *Registration) serving(nowNanos int64) (bool, string) {
+// serving reports whether r may answer a call as its group's active now
+// (now from Node.mono), and if not, why.
+func (r *Registration) serving(now int64) (bool, string) {
 	if Role(r.role.cur.Load()) != RoleActive {
 		return false, "is a standby"
 	}
-	if r.svc.Promotion == PromoteWithMajority && nowNanos >= r.role.leaseUntil.Load() {
+	if r.svc.Promotion == PromoteWithMajority && now >= r.role.leaseUntil.Load() {
 		return false, "has no confirmed majority lease (fenced, or just promoted)"
 	}
 	return true, ""
@@ -110,6 +110,12 @@ func (n *Node) roleLoop() {
 		}
 	})
 }
+
+// mono turns a time of the node's clock into nanoseconds since the node
+// started, read from the monotonic clock where t has one: leases compare
+// these, so a step of the wall clock (NTP, an operator) cannot lengthen
+// one.
+func (n *Node) mono(t time.Time) int64 { return int64(t.Sub(n.started)) }
 
 // kickRoles makes the role loop run soon. It never blocks.
 func (n *Node) kickRoles() {
@@ -158,7 +164,7 @@ func (n *Node) activeStep(r *Registration, g *groupState) {
 	now := n.clk.Now()
 	st := &r.role
 	st.mu.Lock()
-	lapsed := now.UnixNano() >= st.leaseUntil.Load() && now.Sub(st.activeSince) >= n.cfg.RoleLeaseTimeout
+	lapsed := n.mono(now) >= st.leaseUntil.Load() && now.Sub(st.activeSince) >= n.cfg.RoleLeaseTimeout
 	start := !lapsed && !st.busy
 	st.busy = st.busy || start
 	st.mu.Unlock()
@@ -380,7 +386,7 @@ func (n *Node) leaseRound(r *Registration, g groupState) {
 		return
 	}
 	if granted >= quorum(r, &g) {
-		until := sent.Add(n.cfg.RoleLeaseTimeout).UnixNano()
+		until := n.mono(sent.Add(n.cfg.RoleLeaseTimeout))
 		for {
 			cur := r.role.leaseUntil.Load()
 			if cur >= until || r.role.leaseUntil.CompareAndSwap(cur, until) {
@@ -490,7 +496,8 @@ func (n *Node) answerLease(r *Registration, g *groupState, m roleMsg) roleReply 
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	switch {
-	case m.epoch < st.promised:
+	case m.epoch < st.promised, m.epoch == st.promised && st.promisedTo != "" && st.promisedTo != m.from:
+		// Promised to a newer candidate, or this epoch to another one.
 		return roleReply{epoch: st.promised}
 	case Role(st.cur.Load()) == RoleActive && r.key.id != m.from && st.epoch.Load() > m.epoch:
 		return roleReply{epoch: st.epoch.Load()}
@@ -516,7 +523,7 @@ func (n *Node) answerCandidacy(r *Registration, g *groupState, m roleMsg) roleRe
 		return roleReply{epoch: st.promised}
 	case m.epoch <= g.epoch:
 		return roleReply{epoch: g.epoch}
-	case Role(st.cur.Load()) == RoleActive && now.UnixNano() < st.leaseUntil.Load():
+	case Role(st.cur.Load()) == RoleActive && n.mono(now) < st.leaseUntil.Load():
 		return roleReply{epoch: st.epoch.Load()}
 	case g.active != nil && !st.lastLeaseAck.IsZero() && now.Sub(st.lastLeaseAck) < n.cfg.RoleLeaseTimeout:
 		return roleReply{epoch: g.active.Epoch}

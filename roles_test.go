@@ -542,3 +542,37 @@ func TestCutOffMemberDoesNotServe(t *testing.T) {
 	c.net.Heal()
 	c.waitConverged(30 * time.Second)
 }
+
+// The answers a member gives, rule by rule: promises are exclusive per
+// epoch, leases below a promise are refused, and a member that confirmed a
+// healthy active within RoleLeaseTimeout supports no candidate.
+func TestMemberAnswers(t *testing.T) {
+	c := newCluster(t, 1, true, roleConfig)
+	nd := c.nodes[0]
+	r, err := nd.Register(context.Background(), Service{Name: "db", InstanceID: "m", Role: RoleStandby, Handler: echoHandler})
+	require.NoError(t, err)
+	none := &groupState{epoch: 1}
+	ask := func(kind string, epoch uint64, from string, g *groupState) roleReply {
+		m := roleMsg{service: "db", group: "db", target: "m", from: from, epoch: epoch}
+		if kind == roleLease {
+			return nd.answerLease(r, g, m)
+		}
+		return nd.answerCandidacy(r, g, m)
+	}
+	require.True(t, ask(roleCandidacy, 2, "c1", none).granted)
+	require.Equal(t, roleReply{epoch: 2}, ask(roleCandidacy, 2, "c2", none), "epoch 2 is promised to c1")
+	require.True(t, ask(roleCandidacy, 2, "c1", none).granted, "asking again is fine")
+	require.Equal(t, roleReply{epoch: 2}, ask(roleLease, 1, "old", none), "a lease below the promise")
+	require.Equal(t, roleReply{epoch: 2}, ask(roleLease, 2, "c2", none), "a lease at the promised epoch from another")
+	require.Equal(t, roleReply{epoch: 5}, ask(roleCandidacy, 3, "c3", &groupState{epoch: 5}), "not newer than the group's epoch")
+	require.True(t, ask(roleLease, 2, "c1", none).granted)
+
+	active := Instance{ID: "c1", Epoch: 2}
+	withActive := &groupState{epoch: 2, active: &active}
+	require.Equal(t, roleReply{epoch: 2}, ask(roleCandidacy, 3, "c2", withActive), "confirmed a healthy active just now")
+	c.clk.Advance(nd.cfg.RoleLeaseTimeout)
+	rep := ask(roleCandidacy, 3, "c2", withActive)
+	require.True(t, rep.granted, "a lease older than RoleLeaseTimeout no longer holds the member")
+	require.Equal(t, nd.cfg.RoleLeaseTimeout, rep.ago, "and it says when it last confirmed one")
+	require.Equal(t, roleReply{epoch: 3}, ask(roleLease, 2, "c1", withActive), "the old active is refused now")
+}

@@ -34,7 +34,7 @@ type callServer struct {
 	running func() bool                         // the node neither leaves nor has stopped
 	system  func(req *rpc.Request) rpc.Response // answers keysService
 	roles   func(req *rpc.Request) rpc.Response // answers rolesService
-	now     func() int64                        // the node's clock, unix ns
+	now     func() int64                        // the node's clock, as Node.mono
 
 	served atomic.Pointer[map[instKey]*Registration]
 }
@@ -42,7 +42,7 @@ type callServer struct {
 func newCallServer(n *Node) *callServer {
 	s := &callServer{name: n.name, log: n.log, stats: &n.stats, met: n.met, tracer: n.tracer, prop: n.cfg.Propagator,
 		running: func() bool { return n.state.Load() == stateRunning }, system: n.serveKeys, roles: n.serveRoles,
-		now: func() int64 { return n.clk.Now().UnixNano() }}
+		now: func() int64 { return n.mono(n.clk.Now()) }}
 	l := n.cfg.CallLimits
 	s.rpc = rpc.NewServer(s.serveCall, rpc.ServerOptions{MaxFrameSize: n.cfg.MaxFrameSize, Logger: n.log,
 		FrameTimeout: l.FrameTimeout, IdleTimeout: l.IdleTimeout, MaxConns: l.MaxConns,
