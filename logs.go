@@ -58,7 +58,8 @@ func (w *levelWriter) Write(p []byte) (int, error) {
 
 // logEvents logs the node's view of instance health from a subscriber of
 // its events, off the registry's lock: status changes at Info (Warn when
-// an instance turns unhealthy), ejections and reinstatements at Info,
+// an instance turns unhealthy), role changes, ejections and reinstatements
+// at Info,
 // instances learned or gone at Debug. Nothing is subscribed when the
 // logger drops Info records.
 func (n *Node) logEvents() {
@@ -77,6 +78,11 @@ func (n *Node) logEvents() {
 			level, msg = slog.LevelInfo, "ejected from routing"
 		case EventReinstated:
 			level, msg = slog.LevelInfo, "back in routing"
+		case EventRoleChanged:
+			n.log.Log(bg, slog.LevelInfo, "role changed", "service", e.Instance.Service, "instance", e.Instance.ID,
+				"instance_node", e.Instance.Node, "group", e.Instance.Group, "role", e.Instance.Role.String(),
+				"epoch", e.Instance.Epoch, "reason", e.Reason)
+			return
 		case EventRegistered:
 			msg = "learned of an instance"
 		case EventDeregistered:

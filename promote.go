@@ -291,8 +291,6 @@ func (n *Node) setRole(r *Registration, role Role, epoch uint64, reason string) 
 			n.gossip.announce(recordName(r.key), msg)
 		}
 	}
-	n.log.Info("role changed", "service", r.key.service, "instance", r.key.id, "group", r.group.group,
-		"role", role.String(), "epoch", epoch, "reason", reason)
 	n.notifyRole(fns, RoleChange{Role: role, Epoch: epoch, Reason: reason})
 }
 

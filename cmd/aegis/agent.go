@@ -240,6 +240,9 @@ func logEvent(log *slog.Logger, e aegis.Event) {
 	if e.Type == aegis.EventStatusChanged {
 		attrs = append(attrs, "from", e.OldStatus.String())
 	}
+	if e.Type == aegis.EventRoleChanged {
+		attrs = append(attrs, "role", e.Instance.Role.String(), "epoch", e.Instance.Epoch)
+	}
 	if e.Reason != "" {
 		attrs = append(attrs, "reason", e.Reason)
 	}
