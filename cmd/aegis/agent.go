@@ -38,6 +38,8 @@ type agentOptions struct {
 	leaveTimeout time.Duration
 	adminAddr    string
 	specs        []serveSpec // parsed from serve
+	roles        roleFlags
+	promotion    string // -promotion, parsed into roles
 
 	// started, when set (by tests), is called with the node once its
 	// services are registered, before it joins the seeds.
@@ -54,6 +56,7 @@ func agentFlagSet(o *agentOptions) *flag.FlagSet {
 		"it has no authentication: keep it on loopback or an operators-only network")
 	fs.StringVar(&o.runsFile, "runs-file", "", "for delivery tests: append one JSON line per run of a count service's handler to `PATH` ({\"instance\",\"run\",\"method\",\"message_id\"})")
 	fs.DurationVar(&o.leaveTimeout, "leave-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long the graceful leave (drain, deregister, tell peers) may take")
+	o.roles.register(fs, &o.promotion)
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprint(w, `usage: aegis agent [flags]
@@ -64,14 +67,17 @@ services given by -serve and logs every change it sees in the cluster
 SIGINT, on which it leaves gracefully (exit status 0). A second signal
 stops it at once (exit status 1).
 
-Built-in services (-serve KIND[:SERVICE]; SERVICE defaults to KIND). Every
-method of a built-in service does what its kind says:
+Built-in services (-serve KIND[:SERVICE[:ROLE]]; SERVICE defaults to KIND;
+ROLE, active or standby, makes the instance a member of the service's
+active/standby role group, with -priority, -promotion and -group-size).
+Every method of a built-in service does what its kind says:
 `)
 		for _, k := range kinds {
 			fmt.Fprintf(w, "  %-6s %s\n", k.name, k.summary)
 		}
 		fmt.Fprint(w, `except method "whoami", which answers {"instance","node","service"} on
-every kind, so a caller can see which instance answered. Each service is
+every kind (with "epoch" when a role group's active answers), so a caller
+can see which instance answered. Each service is
 registered with instance ID "<service>-<node name>" unless -instance-id is
 given.
 
@@ -99,6 +105,9 @@ func parseAgent(args []string, stdout io.Writer) (*agentOptions, error) {
 		return nil, err
 	}
 	o.specs = specs
+	if err := o.roles.parse(o.promotion); err != nil {
+		return nil, err
+	}
 	if o.leaveTimeout <= 0 {
 		return nil, usagef("-leave-timeout must be positive, got %v", o.leaveTimeout)
 	}
@@ -148,7 +157,7 @@ func (o *agentOptions) run(log *slog.Logger, getenv func(string) string, sigs <-
 			}
 		}()
 	}
-	regs, err := registerServices(context.Background(), node, o.specs, o.instanceID, record)
+	regs, err := registerServices(context.Background(), node, o.specs, o.instanceID, record, o.roles)
 	if err != nil {
 		_ = node.Shutdown()
 		return err

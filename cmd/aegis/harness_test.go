@@ -121,6 +121,13 @@ type procCluster struct {
 // when the test ends.
 func newProcCluster(t *testing.T, bin string, agents int) *procCluster {
 	t.Helper()
+	return newProcClusterWith(t, bin, agents, nil)
+}
+
+// newProcClusterWith is newProcCluster with extra(i) added to agent i's
+// flags when extra is not nil.
+func newProcClusterWith(t *testing.T, bin string, agents int, extra func(i int) []string) *procCluster {
+	t.Helper()
 	c := &procCluster{t: t, bin: bin, key: base64.StdEncoding.EncodeToString(aegis.NewSecretKey()), clog: agentproc.NewLog()}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -131,11 +138,14 @@ func newProcCluster(t *testing.T, bin string, agents int) *procCluster {
 		}
 	})
 	for i := range agents {
-		var join []string
+		var args []string
 		if i > 0 {
-			join = []string{"-join", c.agents[0].gossip}
+			args = []string{"-join", c.agents[0].gossip}
 		}
-		c.agents = append(c.agents, c.startAgent(fmt.Sprintf("n%d", i+1), join...))
+		if extra != nil {
+			args = append(args, extra(i)...)
+		}
+		c.agents = append(c.agents, c.startAgent(fmt.Sprintf("n%d", i+1), args...))
 	}
 	cfg := aegis.DefaultConfig()
 	cfg.NodeName = "client"

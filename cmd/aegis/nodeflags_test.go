@@ -51,7 +51,7 @@ func TestParseAgent(t *testing.T) {
 			assert.Equal(t, listFlag{"a:1", "b:2", "c:3"}, o.node.join)
 		}},
 		{name: "serve kinds and names", args: []string{"-serve", "echo,count:cnt", "-serve", "sleep:slow", "-instance-id", "x1"}, check: func(t *testing.T, o *agentOptions) {
-			assert.Equal(t, []serveSpec{{"echo", "echo"}, {"count", "cnt"}, {"sleep", "slow"}}, o.specs)
+			assert.Equal(t, []serveSpec{{"echo", "echo", aegis.RoleNone}, {"count", "cnt", aegis.RoleNone}, {"sleep", "slow", aegis.RoleNone}}, o.specs)
 			assert.Equal(t, "x1", o.instanceID)
 		}},
 		{name: "durations and switches", args: []string{"-heartbeat-interval", "250ms", "-heartbeat-timeout", "2s", "-health-check-interval", "50ms",
@@ -69,7 +69,7 @@ func TestParseAgent(t *testing.T) {
 			assert.Equal(t, "from-file", o.node.name)
 			assert.Equal(t, "127.0.0.1:9000", o.node.bind)
 			assert.Equal(t, listFlag{"a:1", "b:2"}, o.node.join)
-			assert.Equal(t, []serveSpec{{"echo", "echo"}, {"count", "cnt"}}, o.specs)
+			assert.Equal(t, []serveSpec{{"echo", "echo", aegis.RoleNone}, {"count", "cnt", aegis.RoleNone}}, o.specs)
 			assert.Equal(t, 200*time.Millisecond, o.node.hbInterval)
 			assert.True(t, o.node.allowInsecure)
 			assert.Equal(t, 3*time.Second, o.leaveTimeout)
@@ -84,6 +84,7 @@ func TestParseAgent(t *testing.T) {
 			}},
 		{name: "config number for a duration is refused", args: []string{"-config", writeTemp(t, "n.json", `{"leave-timeout": 3}`)},
 			wantErr: `key "leave-timeout"`},
+		{name: "unknown promotion mode", args: []string{"-promotion", "sometimes"}, wantErr: `-promotion "sometimes"`},
 		{name: "config unknown key", args: []string{"-config", writeTemp(t, "u.json", `{"bind": "127.0.0.1:1", "colour": "blue"}`)},
 			wantErr: `unknown key "colour"`},
 		{name: "config naming a config", args: []string{"-config", writeTemp(t, "c.json", `{"config": "other.json"}`)},

@@ -11,10 +11,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -51,6 +54,88 @@ func TestProcesses(t *testing.T) {
 	t.Run("term", func(t *testing.T) { testTerm(t, bin) })
 	t.Run("restart-same-port", func(t *testing.T) { testRestart(t, bin, false) })
 	t.Run("restart-new-port", func(t *testing.T) { testRestart(t, bin, true) })
+	t.Run("kill-active", func(t *testing.T) { testKillActive(t, bin) })
+}
+
+// testKillActive: three agents serve role group "ledger" (n1 active, n2
+// and n3 standbys, majority of 3); kill -9 of the active's process. Every
+// node promotes n2's instance, callers see no error, and answers come in
+// epoch order, one instance per epoch.
+func testKillActive(t *testing.T, bin string) {
+	const ledger = "ledger"
+	c := newProcClusterWith(t, bin, 3, func(i int) []string {
+		role := map[bool]string{true: "active", false: "standby"}[i == 0]
+		return []string{"-serve", "echo:" + ledger + ":" + role, "-priority", fmt.Sprint(3 - i), "-group-size", "3"}
+	})
+	activeOf := func() string {
+		v := c.client.Roles(ledger)
+		if len(v) != 1 || v[0].Active == nil || len(v[0].Standbys) != 2 {
+			return ""
+		}
+		return v[0].Active.ID
+	}
+	c.waitFor("the client sees the ledger group with n1 active", 15*time.Second, func() bool { return activeOf() == ledger+"-n1" })
+
+	type answer struct {
+		id    string
+		epoch uint64
+	}
+	var mu sync.Mutex
+	var answers []answer
+	var failed []error
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), procCallTimeout)
+				out, err := c.client.CallWithFailover(ctx, ledger, whoamiMethod, nil)
+				cancel()
+				var who identity
+				if err == nil {
+					err = json.Unmarshal(out, &who)
+				}
+				mu.Lock()
+				if err != nil {
+					failed = append(failed, err)
+				} else {
+					answers = append(answers, answer{who.Instance, who.Epoch})
+				}
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond)
+	fault := time.Now()
+	c.agents[0].signal(t, syscall.SIGKILL)
+	took := c.waitFor("the client sees n2's instance promoted", 15*time.Second, func() bool { return activeOf() == ledger+"-n2" })
+	for _, p := range c.agents[1:] {
+		c.waitFor(p.Name+" logs the promotion", 10*time.Second, func() bool {
+			return len(p.log.Find(func(l agentproc.Line) bool {
+				return l.Str("event") == "role-changed" && l.Str("instance") == ledger+"-n2" && l.Str("role") == "active" && !l.At.Before(fault)
+			})) > 0
+		})
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("kill -9 of the active's process: promoted on the client %s after the kill; %d calls answered, %d failed", secs(took), len(answers), len(failed))
+	require.Empty(t, failed, "CallWithFailover returned errors to callers")
+	owner := map[uint64]string{}
+	for _, a := range answers {
+		require.NotZero(t, a.epoch, "an active's answer carries its epoch")
+		if o, ok := owner[a.epoch]; ok {
+			require.Equal(t, o, a.id, "two instances answered with epoch %d", a.epoch)
+		}
+		owner[a.epoch] = a.id
+	}
+	require.Len(t, owner, 2, "answers from the old and the new active only: %v", owner)
 }
 
 // scenario is one fresh cluster with the driver calling it; the victim is

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"slices"
 	"strings"
@@ -56,19 +57,31 @@ func kindNames() string {
 	return strings.Join(names, ", ")
 }
 
-// serveSpec is one -serve item: a kind served as service name.
-type serveSpec struct{ kind, service string }
+// serveSpec is one -serve item: a kind served as service name, in role
+// (aegis.RoleNone unless the item names one).
+type serveSpec struct {
+	kind, service string
+	role          aegis.Role
+}
 
-// parseServe parses -serve items of the form KIND or KIND:SERVICE (the
-// service is named after the kind when SERVICE is left out). Service names
-// must be distinct.
+// roleNames are the roles a -serve item may name.
+var roleNames = map[string]aegis.Role{"active": aegis.RoleActive, "standby": aegis.RoleStandby}
+
+// parseServe parses -serve items of the form KIND, KIND:SERVICE or
+// KIND:SERVICE:ROLE (the service is named after the kind when SERVICE is
+// left out; ROLE is active or standby). Service names must be distinct.
 func parseServe(items []string) ([]serveSpec, error) {
 	var out []serveSpec
 	seen := map[string]bool{}
 	for _, item := range items {
 		k, svc, _ := strings.Cut(item, ":")
+		svc, roleName, hasRole := strings.Cut(svc, ":")
 		if svc == "" {
 			svc = k
+		}
+		role, known := roleNames[roleName]
+		if hasRole && !known {
+			return nil, usagef("-serve %q: unknown role %q (want active or standby)", item, roleName)
 		}
 		if _, ok := kindNamed(k); !ok {
 			return nil, usagef("-serve %q: unknown kind %q (known: %s)", item, k, kindNames())
@@ -77,7 +90,7 @@ func parseServe(items []string) ([]serveSpec, error) {
 			return nil, usagef("-serve %q: service %q is served twice", item, svc)
 		}
 		seen[svc] = true
-		out = append(out, serveSpec{kind: k, service: svc})
+		out = append(out, serveSpec{kind: k, service: svc, role: role})
 	}
 	return out, nil
 }
@@ -95,6 +108,7 @@ type identity struct {
 	Node     string `json:"node"`
 	Service  string `json:"service"`
 	Count    int64  `json:"count,omitempty"`
+	Epoch    uint64 `json:"epoch,omitempty"` // the role group's epoch, for a role group's active
 }
 
 // handler returns the Handler of in for kind k: whoami answers the
@@ -102,7 +116,7 @@ type identity struct {
 func (in *instance) handler(k kind) aegis.Handler {
 	return func(ctx context.Context, req *aegis.Request) ([]byte, error) {
 		if req.Method == whoamiMethod {
-			return json.Marshal(identity{Instance: in.id, Node: in.node, Service: in.service})
+			return json.Marshal(identity{Instance: in.id, Node: in.node, Service: in.service, Epoch: req.Epoch})
 		}
 		return k.handle(ctx, in, req)
 	}
@@ -145,7 +159,7 @@ func handleCount(_ context.Context, in *instance, req *aegis.Request) ([]byte, e
 // instanceID or, when that is empty, "<service>-<node name>"; count
 // instances write their runs to record when it is not nil. On error the
 // ones registered so far stay (the caller shuts the node down).
-func registerServices(ctx context.Context, node *aegis.Node, specs []serveSpec, instanceID string, record *runlog.Writer) ([]*aegis.Registration, error) {
+func registerServices(ctx context.Context, node *aegis.Node, specs []serveSpec, instanceID string, record *runlog.Writer, roles roleFlags) ([]*aegis.Registration, error) {
 	regs := make([]*aegis.Registration, 0, len(specs))
 	for _, s := range specs {
 		k, _ := kindNamed(s.kind)
@@ -154,12 +168,45 @@ func registerServices(ctx context.Context, node *aegis.Node, specs []serveSpec, 
 			id = s.service + "-" + node.Name()
 		}
 		in := &instance{service: s.service, id: id, node: node.Name(), record: record}
-		reg, err := node.Register(ctx, aegis.Service{Name: s.service, InstanceID: id, Handler: in.handler(k),
-			NonIdempotent: k.nonIdempotent, Metadata: map[string]string{"kind": k.name}})
+		svc := aegis.Service{Name: s.service, InstanceID: id, Handler: in.handler(k),
+			NonIdempotent: k.nonIdempotent, Metadata: map[string]string{"kind": k.name}}
+		if s.role != aegis.RoleNone {
+			svc.Role, svc.Priority, svc.Promotion, svc.GroupSize = s.role, roles.priority, roles.promotion, roles.groupSize
+		}
+		reg, err := node.Register(ctx, svc)
 		if err != nil {
 			return regs, fmt.Errorf("serve %s as service %q: %w", s.kind, s.service, err)
 		}
 		regs = append(regs, reg)
 	}
 	return regs, nil
+}
+
+// roleFlags are the role-group settings of the services served with a
+// role (-serve KIND:SERVICE:ROLE).
+type roleFlags struct {
+	priority  int
+	promotion aegis.PromotionMode
+	groupSize int
+}
+
+// register adds the role flags to fs; promotion is parsed from the
+// string flag into r.promotion by parse.
+func (r *roleFlags) register(fs *flag.FlagSet, promotion *string) {
+	fs.IntVar(&r.priority, "priority", 0, "promotion `priority` of the services served with a role (higher is promoted first)")
+	fs.StringVar(promotion, "promotion", "majority", "promotion `mode` of the services served with a role: majority (aegis.PromoteWithMajority) or always")
+	fs.IntVar(&r.groupSize, "group-size", 0, "intended `members` of the role groups served (aegis.Service.GroupSize; 0: the members known)")
+}
+
+// parse sets r.promotion from the -promotion flag's value.
+func (r *roleFlags) parse(promotion string) error {
+	switch promotion {
+	case "majority":
+		r.promotion = aegis.PromoteWithMajority
+	case "always":
+		r.promotion = aegis.PromoteAlways
+	default:
+		return usagef("-promotion %q: want majority or always", promotion)
+	}
+	return nil
 }

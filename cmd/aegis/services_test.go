@@ -26,8 +26,10 @@ func TestParseServe(t *testing.T) {
 		wantErr string
 	}{
 		{nil, nil, ""},
-		{[]string{"echo"}, []serveSpec{{"echo", "echo"}}, ""},
-		{[]string{"echo:svc", "fail:", "count:c.1"}, []serveSpec{{"echo", "svc"}, {"fail", "fail"}, {"count", "c.1"}}, ""},
+		{[]string{"echo"}, []serveSpec{{"echo", "echo", aegis.RoleNone}}, ""},
+		{[]string{"echo:svc", "fail:", "count:c.1"}, []serveSpec{{"echo", "svc", aegis.RoleNone}, {"fail", "fail", aegis.RoleNone}, {"count", "c.1", aegis.RoleNone}}, ""},
+		{[]string{"echo:ledger:active", "count:jobs:standby"}, []serveSpec{{"echo", "ledger", aegis.RoleActive}, {"count", "jobs", aegis.RoleStandby}}, ""},
+		{[]string{"echo:ledger:leader"}, nil, `unknown role "leader"`},
 		{[]string{"bogus"}, nil, `unknown kind "bogus"`},
 		{[]string{"echo", "count:echo"}, nil, `service "echo" is served twice`},
 	}
@@ -123,7 +125,7 @@ func TestServicesOnNode(t *testing.T) {
 	node := loopbackNode(t)
 	specs, err := parseServe([]string{"echo", "sleep:slow", "fail", "count:cnt"})
 	require.NoError(t, err)
-	regs, err := registerServices(context.Background(), node, specs, "", nil)
+	regs, err := registerServices(context.Background(), node, specs, "", nil, roleFlags{})
 	require.NoError(t, err)
 	require.Len(t, regs, 4)
 	assert.Equal(t, "slow-n1", regs[1].Instance().ID)
@@ -155,12 +157,12 @@ func TestServicesOnNode(t *testing.T) {
 	t.Run("instance ID given", func(t *testing.T) {
 		specs, err := parseServe([]string{"echo:other"})
 		require.NoError(t, err)
-		regs, err := registerServices(ctx, node, specs, "fixed-id", nil)
+		regs, err := registerServices(ctx, node, specs, "fixed-id", nil, roleFlags{})
 		require.NoError(t, err)
 		assert.Equal(t, "fixed-id", regs[0].Instance().ID)
 	})
 	t.Run("duplicate instance", func(t *testing.T) {
-		_, err := registerServices(ctx, node, specs[:1], "", nil)
+		_, err := registerServices(ctx, node, specs[:1], "", nil, roleFlags{})
 		assert.ErrorIs(t, err, aegis.ErrDuplicateInstance)
 		assert.ErrorContains(t, err, `serve echo as service "echo"`)
 	})
@@ -176,7 +178,7 @@ func TestCountRecordsRuns(t *testing.T) {
 	require.NoError(t, err)
 	specs, err := parseServe([]string{"count"})
 	require.NoError(t, err)
-	regs, err := registerServices(context.Background(), node, specs, "", record)
+	regs, err := registerServices(context.Background(), node, specs, "", record, roleFlags{})
 	require.NoError(t, err)
 	assert.Equal(t, []string{onceMethod}, regs[0].Instance().NonIdempotent)
 
