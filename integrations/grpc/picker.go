@@ -1,0 +1,197 @@
+// This file holds the "aegis" balancer: grpc's base balancer (one SubConn
+// per resolved address) with a picker that routes like Aegis.
+
+package aegisgrpc
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/balancer/base"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/aegisipc/aegis"
+)
+
+// BalancerName is the name the balancer is registered under; a service
+// config selects it with {"loadBalancingConfig": [{"aegis": {}}]}. It
+// works only with addresses from this package's resolver.
+const BalancerName = "aegis"
+
+func init() {
+	balancer.Register(base.NewBalancerBuilder(BalancerName, pickerBuilder{}, base.Config{}))
+}
+
+type pickerBuilder struct{}
+
+// conn is one READY SubConn and the instance behind it.
+type conn struct {
+	sc   balancer.SubConn
+	id   string
+	addr string
+	done func(balancer.DoneInfo)
+}
+
+// Build returns a picker over the READY SubConns.
+func (pickerBuilder) Build(info base.PickerBuildInfo) balancer.Picker {
+	p := &picker{conns: make(map[string]*conn, len(info.ReadySCs))}
+	for sc, sci := range info.ReadySCs {
+		st, _ := sci.Address.Attributes.Value(stateKey{}).(*clientState)
+		id, _ := sci.Address.Attributes.Value(idKey{}).(string)
+		if st == nil || id == "" {
+			continue // not from this package's resolver
+		}
+		p.st = st
+		c := &conn{sc: sc, id: id, addr: sci.Address.Addr}
+		c.done = func(di balancer.DoneInfo) { report(st, id, di) }
+		p.conns[id] = c
+		p.insts = append(p.insts, aegis.Instance{Service: st.service, ID: id})
+	}
+	if p.st == nil {
+		return base.NewErrPicker(balancer.ErrNoSubConnAvailable)
+	}
+	slices.SortFunc(p.insts, func(a, b aegis.Instance) int { return strings.Compare(a.ID, b.ID) })
+	p.live = p.st.live.Load()
+	return p
+}
+
+// picker routes one ClientConn's RPCs among its READY instances, sorted by
+// ID, with the ClientConn's aegis.Balancer.
+type picker struct {
+	st    *clientState
+	live  *liveSet // the live set when the picker was built
+	insts []aegis.Instance
+	conns map[string]*conn
+}
+
+// Pick picks a READY instance that is still routable, other than the ones
+// this RPC already tried when there is one (see the interceptors in
+// dial.go), and returns its SubConn with a Done that reports the outcome.
+func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
+	req := aegis.RouteRequest{Service: p.st.service, Method: info.FullMethodName}
+	if k := p.st.hashKey; k != "" {
+		if v := metadata.ValueFromOutgoingContext(info.Ctx, k); len(v) > 0 {
+			req.Key = v[0]
+		}
+	}
+	if live := p.st.live.Load(); live != p.live {
+		req.Exclude = p.stale(live)
+	}
+	tried, _ := info.Ctx.Value(triedKey{}).(*triedSet)
+	inst, err := p.pickAvoiding(req, tried)
+	if err != nil {
+		// Nothing routable is READY: wait for the next picker.
+		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
+	}
+	c := p.conns[inst.ID]
+	tried.add(inst.ID)
+	return balancer.PickResult{SubConn: c.sc, Done: c.done}, nil
+}
+
+// pickAvoiding picks with the instances in tried excluded too, unless that
+// leaves none: a retry prefers another instance but may come back.
+func (p *picker) pickAvoiding(req aegis.RouteRequest, tried *triedSet) (aegis.Instance, error) {
+	ids := tried.list()
+	if len(ids) > 0 {
+		ex := make(map[string]struct{}, len(req.Exclude)+len(ids))
+		for id := range req.Exclude {
+			ex[id] = struct{}{}
+		}
+		for _, id := range ids {
+			ex[id] = struct{}{}
+		}
+		if inst, err := p.st.balancer.Pick(aegis.RouteRequest{Service: req.Service, Method: req.Method,
+			Key: req.Key, Exclude: ex}, p.insts); err == nil {
+			return inst, nil
+		}
+	}
+	return p.st.balancer.Pick(req, p.insts)
+}
+
+// stale returns the IDs of the picker's instances that left the live set
+// since it was built (an event arrived; the next picker is on its way).
+func (p *picker) stale(live *liveSet) map[string]struct{} {
+	var ex map[string]struct{}
+	for _, c := range p.conns {
+		if !live.routable(c.id, c.addr) {
+			if ex == nil {
+				ex = make(map[string]struct{})
+			}
+			ex[c.id] = struct{}{}
+		}
+	}
+	return ex
+}
+
+// report tells Aegis's passive ejection how an RPC to instance id went.
+// Connection-level failures and Unavailable count as failures, and so
+// does a deadline that passed before any byte of an answer; any other
+// status (an application error included) means the instance answered. A
+// cancelled RPC says nothing.
+func report(st *clientState, id string, di balancer.DoneInfo) {
+	if ok, known := outcome(di); known {
+		st.node.ReportResult(st.service, id, ok)
+	}
+}
+
+// outcome classifies an RPC's end: ok is whether the instance answered;
+// known is false when the RPC says nothing about the instance.
+func outcome(di balancer.DoneInfo) (ok, known bool) {
+	if di.Err == nil {
+		return true, true
+	}
+	if errors.Is(di.Err, context.Canceled) {
+		return false, false
+	}
+	s, isStatus := status.FromError(di.Err)
+	if !isStatus {
+		return false, true // a connection-level error
+	}
+	switch s.Code() {
+	case codes.Unavailable:
+		return false, true
+	case codes.Canceled:
+		return false, false
+	case codes.DeadlineExceeded:
+		if di.BytesReceived {
+			return false, false
+		}
+		return false, true
+	}
+	return true, true
+}
+
+// triedKey is the context key of an RPC's triedSet.
+type triedKey struct{}
+
+// triedSet holds the instances an RPC's attempts were sent to, so that a
+// retry (or hedge) prefers another. Attempts may run concurrently
+// (hedging), hence the lock. A nil *triedSet is empty and ignores adds.
+type triedSet struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (t *triedSet) add(id string) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.ids = append(t.ids, id)
+	t.mu.Unlock()
+}
+
+func (t *triedSet) list() []string {
+	if t == nil {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ids
+}
