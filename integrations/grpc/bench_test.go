@@ -16,17 +16,15 @@ import (
 // the only instance). go run ./overhead measures the same in one
 // interleaved run with p50 and throughput.
 func BenchmarkCheck(b *testing.B) {
-	t := &testing.T{}
-	node := newNode(t, time.Second)
-	s := startServer(t)
-	register(t, node, "s0", s.addr)
+	node := newNode(b, time.Second)
+	s := startServer(b)
+	register(b, node, "s0", s.addr)
 	plain, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(b, err)
 	defer plain.Close()
 	cc, err := Dial(node, "svc", WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials())))
 	require.NoError(b, err)
 	defer cc.Close()
-	defer func() { s.srv.Stop(); _ = node.Shutdown() }()
 	for _, c := range []struct {
 		name string
 		cc   *grpc.ClientConn

@@ -22,7 +22,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // newNode starts an Aegis node on loopback with short timings.
-func newNode(t *testing.T, ejectBase time.Duration) *aegis.Node {
+func newNode(t testing.TB, ejectBase time.Duration) *aegis.Node {
 	t.Helper()
 	cfg := aegis.DefaultConfig()
 	cfg.BindAddr = "127.0.0.1:0"
@@ -47,7 +47,7 @@ type testServer struct {
 	srv         *grpc.Server
 }
 
-func startServer(t *testing.T) *testServer {
+func startServer(t testing.TB) *testServer {
 	t.Helper()
 	s := &testServer{}
 	s.srv = grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo,
@@ -68,7 +68,7 @@ func startServer(t *testing.T) *testServer {
 }
 
 // register registers instance id of service "svc" advertising grpc addr.
-func register(t *testing.T, node *aegis.Node, id, addr string) *aegis.Registration {
+func register(t testing.TB, node *aegis.Node, id, addr string) *aegis.Registration {
 	t.Helper()
 	reg, err := node.Register(context.Background(), aegis.Service{Name: "svc", InstanceID: id,
 		Endpoints: map[string]string{"grpc": addr}})
