@@ -163,4 +163,3 @@ func totalPosts(servers ...*testServer) int64 {
 	}
 	return n
 }
-
