@@ -36,7 +36,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	retry := Idempotent(req) && replayable(req)
-	tried := make([]string, 0, t.opts.maxAttempts)
+	var buf [4]string
+	tried := buf[:0]
 	body := req.Body
 	for {
 		tried = append(tried, inst.ID)

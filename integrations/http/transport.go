@@ -49,17 +49,21 @@ type options struct {
 }
 
 // WithBase sets the RoundTripper that carries each attempt. Default: a
-// clone of http.DefaultTransport.
+// clone of http.DefaultTransport with ResponseHeaderTimeout 5s (Aegis's
+// AttemptTimeout), so that an instance that accepts connections but does
+// not answer fails the attempt.
 func WithBase(rt http.RoundTripper) Option { return func(o *options) { o.base = rt } }
 
 // WithMaxAttempts sets how many distinct instances an idempotent request
 // may be sent to. Default 3 (Aegis's MaxAttempts); 1 turns failover off.
 func WithMaxAttempts(n int) Option { return func(o *options) { o.maxAttempts = max(n, 1) } }
 
-// WithAttemptTimeout bounds each attempt's wait for response headers; an
-// idempotent request not answered in time moves to another instance.
-// Default 5s (Aegis's AttemptTimeout); 0 leaves only the request's own
-// context. Reading the body is not bounded by it.
+// WithAttemptTimeout bounds each attempt's wait for response headers
+// with a timer of its own, whatever the base RoundTripper; an idempotent
+// request not answered in time moves to another instance. Default 0: only
+// the base's own timeouts (the default base's ResponseHeaderTimeout, see
+// WithBase) and the request's context. Reading the body is not bounded by
+// it.
 func WithAttemptTimeout(d time.Duration) Option {
 	return func(o *options) { o.attemptTimeout = d }
 }
@@ -76,12 +80,14 @@ func WithHashHeader(name string) Option {
 // subscribes to node's events to keep its routing current; Close ends
 // that.
 func New(node *aegis.Node, opts ...Option) *Transport {
-	o := options{maxAttempts: 3, attemptTimeout: 5 * time.Second}
+	o := options{maxAttempts: 3}
 	for _, f := range opts {
 		f(&o)
 	}
 	if o.base == nil {
-		o.base = http.DefaultTransport.(*http.Transport).Clone()
+		b := http.DefaultTransport.(*http.Transport).Clone()
+		b.ResponseHeaderTimeout = 5 * time.Second
+		o.base = b
 	}
 	bal := aegis.RoundRobin()
 	if o.hashHeader != "" {

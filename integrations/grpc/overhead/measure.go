@@ -51,10 +51,12 @@ func measure(vs []variant, rounds, calls int, tputPerRound time.Duration, conc i
 }
 
 // latencyRound makes calls sequential calls per variant, the variants
-// taking turns every latencyBlock calls.
+// taking turns every latencyBlock calls, each going first in turn.
 func latencyRound(vs []variant, t []totals, calls int) error {
-	for done := 0; done < calls; done += latencyBlock {
-		for i, v := range vs {
+	for done, b := 0, 0; done < calls; done, b = done+latencyBlock, b+1 {
+		for j := range vs {
+			i := (j + b) % len(vs) // each variant goes first in turn
+			v := vs[i]
 			for k := 0; k < latencyBlock; k++ {
 				start := time.Now()
 				if err := v.call(); err != nil {
@@ -89,8 +91,9 @@ func tputRound(vs []variant, t []totals, tputPerRound time.Duration, conc int) e
 			}
 		}()
 	}
-	for spent := time.Duration(0); spent < tputPerRound; spent += tputTurn {
-		for i := range vs {
+	for spent, b := time.Duration(0), 0; spent < tputPerRound; spent, b = spent+tputTurn, b+1 {
+		for j := range vs {
+			i := (j + b) % len(vs) // each variant goes first in turn
 			cur.Store(int32(i))
 			start := time.Now()
 			time.Sleep(tputTurn)
