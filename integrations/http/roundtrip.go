@@ -144,6 +144,7 @@ type cancelOnClose struct {
 	cancel context.CancelCauseFunc
 }
 
+// Close closes the body, then ends the attempt's context.
 func (c *cancelOnClose) Close() error {
 	err := c.ReadCloser.Close()
 	c.cancel(nil)
