@@ -93,15 +93,14 @@ func dialTest(t *testing.T, node *aegis.Node, opts ...Option) (*grpc.ClientConn,
 	return cc, b
 }
 
-// live returns the live set of the builder's first resolver (nil before
+// live returns the live set of the builder's newest resolver (nil before
 // one was built).
 func (b *Builder) live() map[string]string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.states) == 0 {
+	st := b.last.Load()
+	if st == nil {
 		return nil
 	}
-	return b.states[0].live.Load().addrs
+	return st.live.Load().addrs
 }
 
 // waitLive waits until the client's resolver routes to exactly ids.

@@ -34,8 +34,7 @@ type Builder struct {
 	node *aegis.Node
 	opts options
 
-	mu     sync.Mutex
-	states []*clientState // for tests: the state of every resolver built
+	last atomic.Pointer[clientState] // the newest resolver's state (for tests)
 }
 
 // NewBuilder returns a resolver builder reading node's view of the cluster.
@@ -58,9 +57,7 @@ func (b *Builder) Scheme() string { return Scheme }
 func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
 	st := &clientState{node: b.node, service: target.Endpoint(), balancer: b.opts.balancer(), hashKey: b.opts.hashKey}
 	st.live.Store(&liveSet{})
-	b.mu.Lock()
-	b.states = append(b.states, st)
-	b.mu.Unlock()
+	b.last.Store(st)
 	r := &aegisResolver{st: st, cc: cc, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	r.cancel = b.node.Subscribe(func(ev aegis.Event) {
 		if ev.Instance.Service == st.service {

@@ -2,11 +2,13 @@
 // with a static address: the same GET to the same loopback server, once
 // through an http.Client to http://127.0.0.1:PORT/ and once through
 // aegishttp.Transport to http://echo.aegis/ with the server registered as
-// the only instance (and a third time with WithAttemptTimeout(5s), the
-// per-attempt timer). All use an http.Transport with the same settings.
-// The variants take turns in one run, every 64 sequential requests for
-// latency (p50) and every 50 ms for throughput (concurrent callers), so
-// that the drift of a shared machine hits them alike.
+// the only instance; a third time with WithAttemptTimeout(5s) (the
+// per-attempt timer), and a fourth through a second plain client, a
+// control whose difference from the first is noise. All use an
+// http.Transport with the same settings. The variants take turns in one
+// run, every 64 sequential requests for latency (p50) and every 50 ms for
+// throughput (concurrent callers), each going first in turn, so that the
+// drift of a shared machine hits them alike.
 package main
 
 import (
@@ -63,8 +65,9 @@ func run(rounds, calls int, phase time.Duration, conc int) error {
 		Endpoints: map[string]string{"http": "http://" + lis.Addr().String()}}); err != nil {
 		return err
 	}
-	plainT := baseTransport()
+	plainT, controlT := baseTransport(), baseTransport()
 	defer plainT.CloseIdleConnections()
+	defer controlT.CloseIdleConnections()
 	tr := aegishttp.New(node, aegishttp.WithBase(baseTransport()))
 	defer tr.Close()
 	tr0 := aegishttp.New(node, aegishttp.WithBase(baseTransport()), aegishttp.WithAttemptTimeout(5*time.Second))
@@ -73,6 +76,7 @@ func run(rounds, calls int, phase time.Duration, conc int) error {
 		{name: "net/http, static address", call: getter(&http.Client{Transport: plainT}, "http://"+lis.Addr().String()+"/")},
 		{name: "aegishttp.Transport", call: getter(&http.Client{Transport: tr}, "http://echo.aegis/")},
 		{name: "aegishttp, attempt timer 5s", call: getter(&http.Client{Transport: tr0}, "http://echo.aegis/")},
+		{name: "net/http again (control)", call: getter(&http.Client{Transport: controlT}, "http://"+lis.Addr().String()+"/")},
 	}
 	return measure(vs, rounds, calls, phase, conc)
 }
