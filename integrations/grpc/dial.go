@@ -103,9 +103,9 @@ func StreamInterceptor(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	return streamer(withTried(ctx), desc, cc, method, opts...)
 }
 
+// withTried returns ctx with a new, empty triedSet.
 func withTried(ctx context.Context) context.Context {
-	if _, ok := ctx.Value(triedKey{}).(*triedSet); ok {
-		return ctx
-	}
-	return context.WithValue(ctx, triedKey{}, &triedSet{})
+	t := &triedSet{Context: ctx}
+	t.ids = t.buf[:0]
+	return t
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/balancer/base"
@@ -49,7 +50,8 @@ func (pickerBuilder) Build(info base.PickerBuildInfo) balancer.Picker {
 		}
 		p.st = st
 		c := &conn{sc: sc, id: id, addr: sci.Address.Addr}
-		c.done = func(di balancer.DoneInfo) { report(st, id, di) }
+		failed := st.failedFlag(id)
+		c.done = func(di balancer.DoneInfo) { report(st, id, failed, di) }
 		p.conns[id] = c
 		p.insts = append(p.insts, aegis.Instance{Service: st.service, ID: id})
 	}
@@ -133,11 +135,21 @@ func (p *picker) stale(live *liveSet) map[string]struct{} {
 // Connection-level failures and Unavailable count as failures, and so
 // does a deadline that passed before any byte of an answer; any other
 // status (an application error included) means the instance answered. A
-// cancelled RPC says nothing.
-func report(st *clientState, id string, di balancer.DoneInfo) {
-	if ok, known := outcome(di); known {
-		st.node.ReportResult(st.service, id, ok)
+// cancelled RPC says nothing. A success is reported only when this
+// ClientConn reported a failure of the instance since its last reported
+// success (failed): it only clears the failure count, and a report costs a
+// registry lookup.
+func report(st *clientState, id string, failed *atomic.Bool, di balancer.DoneInfo) {
+	ok, known := outcome(di)
+	switch {
+	case !known:
+		return
+	case !ok:
+		failed.Store(true)
+	case !failed.Swap(false):
+		return
 	}
+	st.node.ReportResult(st.service, id, ok)
 }
 
 // outcome classifies an RPC's end: ok is whether the instance answered;
@@ -170,12 +182,23 @@ func outcome(di balancer.DoneInfo) (ok, known bool) {
 // triedKey is the context key of an RPC's triedSet.
 type triedKey struct{}
 
-// triedSet holds the instances an RPC's attempts were sent to, so that a
-// retry (or hedge) prefers another. Attempts may run concurrently
+// triedSet is an RPC's context carrying the instances its attempts were
+// sent to, so that a retry (or hedge) prefers another; being the context
+// itself, it costs one allocation per RPC. Attempts may run concurrently
 // (hedging), hence the lock. A nil *triedSet is empty and ignores adds.
 type triedSet struct {
+	context.Context
 	mu  sync.Mutex
 	ids []string
+	buf [4]string
+}
+
+// Value returns the set itself for triedKey.
+func (t *triedSet) Value(key any) any {
+	if _, ok := key.(triedKey); ok {
+		return t
+	}
+	return t.Context.Value(key)
 }
 
 func (t *triedSet) add(id string) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/attributes"
@@ -121,4 +122,29 @@ func TestOutcome(t *testing.T) {
 		require.Equal(t, c.ok, ok, c.name)
 		require.Equal(t, c.known, known, c.name)
 	}
+}
+
+// TestReportClearsFailuresOnlyWhenNeeded: failures are reported; the
+// success after a failure is reported and clears the count (three in a
+// row eject).
+func TestReportClearsFailuresOnlyWhenNeeded(t *testing.T) {
+	node := newNode(t, 10*time.Second)
+	register(t, node, "a", "127.0.0.1:1")
+	register(t, node, "b", "127.0.0.1:2")
+	st := &clientState{node: node, service: "svc"}
+	flag := st.failedFlag("a")
+	require.Same(t, flag, st.failedFlag("a"))
+	fail := balancer.DoneInfo{Err: status.Error(codes.Unavailable, "x")}
+	report(st, "a", flag, balancer.DoneInfo{}) // nothing to clear: not reported
+	report(st, "a", flag, fail)
+	report(st, "a", flag, fail)
+	require.True(t, flag.Load())
+	report(st, "a", flag, balancer.DoneInfo{})
+	require.False(t, flag.Load())
+	report(st, "a", flag, fail)
+	report(st, "a", flag, fail)
+	time.Sleep(50 * time.Millisecond)
+	require.Len(t, node.HealthyInstances("svc"), 2, "the success cleared the count")
+	report(st, "a", flag, fail)
+	require.Eventually(t, func() bool { return len(node.HealthyInstances("svc")) == 1 }, 2*time.Second, 5*time.Millisecond)
 }

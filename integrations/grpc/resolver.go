@@ -81,6 +81,18 @@ type clientState struct {
 	// resolver hands it to grpc, so that pickers built from an older set
 	// skip instances that have left it.
 	live atomic.Pointer[liveSet]
+	// failed maps instance IDs to an *atomic.Bool: whether this ClientConn
+	// reported a failure of the instance since its last reported success.
+	failed sync.Map
+}
+
+// failedFlag returns the failure flag of instance id.
+func (st *clientState) failedFlag(id string) *atomic.Bool {
+	if f, ok := st.failed.Load(id); ok {
+		return f.(*atomic.Bool)
+	}
+	f, _ := st.failed.LoadOrStore(id, new(atomic.Bool))
+	return f.(*atomic.Bool)
 }
 
 // liveSet maps the ID of each routable instance to its grpc endpoint.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/aegisipc/aegis"
@@ -30,7 +31,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		return t.opts.base.RoundTrip(req)
 	}
-	inst, u, err := t.pick(svc, req, nil)
+	to, err := t.pick(svc, req, nil)
 	if err != nil {
 		closeBody(req)
 		return nil, err
@@ -40,12 +41,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	tried := buf[:0]
 	body := req.Body
 	for {
-		tried = append(tried, inst.ID)
-		resp, failed, err := t.attempt(req, svc, inst.ID, u, body)
+		tried = append(tried, to.id)
+		resp, failed, err := t.attempt(req, to, body)
 		if !failed || !retry || len(tried) >= t.opts.maxAttempts || req.Context().Err() != nil {
 			return resp, err
 		}
-		next, nu, perr := t.pick(svc, req, tried)
+		next, perr := t.pick(svc, req, tried)
 		if perr != nil {
 			return resp, err // nowhere else to go
 		}
@@ -55,12 +56,19 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		discard(resp)
-		inst, u = next, nu
+		to = next
 	}
 }
 
+// target is the instance an attempt goes to.
+type target struct {
+	svc, id string
+	url     *url.URL
+	failed  *atomic.Bool // see routeCache.failed
+}
+
 // pick chooses an instance of svc not in tried.
-func (t *Transport) pick(svc string, req *http.Request, tried []string) (aegis.Instance, *url.URL, error) {
+func (t *Transport) pick(svc string, req *http.Request, tried []string) (target, error) {
 	snap := t.cache.get(svc)
 	rr := aegis.RouteRequest{Service: svc, Method: req.Method}
 	if t.opts.hashHeader != "" {
@@ -74,21 +82,35 @@ func (t *Transport) pick(svc string, req *http.Request, tried []string) (aegis.I
 	}
 	inst, err := t.cache.bal.Pick(rr, snap.insts)
 	if err != nil {
-		return inst, nil, fmt.Errorf("aegishttp: service %q: %w", svc, err)
+		return target{}, fmt.Errorf("aegishttp: service %q: %w", svc, err)
 	}
-	return inst, snap.urls[inst.ID], nil
+	return target{svc: svc, id: inst.ID, url: snap.urls[inst.ID], failed: snap.failed[inst.ID]}, nil
 }
 
-// attempt sends req with body to the instance at u and reports the
-// outcome; failed says whether the instance failed it.
-func (t *Transport) attempt(req *http.Request, svc, id string, u *url.URL, body io.ReadCloser) (*http.Response, bool, error) {
+// report tells Aegis's passive ejection how an attempt went. A success is
+// reported only when this Transport reported a failure of the instance
+// since its last reported success: it only clears the failure count, and
+// a report costs a registry lookup.
+func (t *Transport) report(to target, ok bool) {
+	if ok && !to.failed.Swap(false) {
+		return
+	}
+	if !ok {
+		to.failed.Store(true)
+	}
+	t.node.ReportResult(to.svc, to.id, ok)
+}
+
+// attempt sends req with body to an instance and reports the outcome;
+// failed says whether the instance failed it.
+func (t *Transport) attempt(req *http.Request, to target, body io.ReadCloser) (*http.Response, bool, error) {
 	ctx, cancel := req.Context(), context.CancelCauseFunc(nil)
 	var timer *time.Timer
 	if d := t.opts.attemptTimeout; d > 0 {
 		ctx, cancel = context.WithCancelCause(ctx)
 		timer = time.AfterFunc(d, func() { cancel(errAttemptTimeout) })
 	}
-	resp, err := t.opts.base.RoundTrip(rewrite(req, ctx, u, body))
+	resp, err := t.opts.base.RoundTrip(rewrite(req, ctx, to.url, body))
 	if timer != nil {
 		fired := !timer.Stop()
 		switch {
@@ -106,16 +128,16 @@ func (t *Transport) attempt(req *http.Request, svc, id string, u *url.URL, body 
 	}
 	if err != nil {
 		if req.Context().Err() == nil { // not the caller giving up
-			t.node.ReportResult(svc, id, false)
+			t.report(to, false)
 		}
 		return nil, true, err
 	}
 	switch resp.StatusCode {
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		t.node.ReportResult(svc, id, false)
+		t.report(to, false)
 		return resp, true, nil
 	}
-	t.node.ReportResult(svc, id, true)
+	t.report(to, true)
 	return resp, false, nil
 }
 

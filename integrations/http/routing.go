@@ -8,14 +8,16 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/aegisipc/aegis"
 )
 
 // snapshot is the immutable routing view of one service.
 type snapshot struct {
-	insts []aegis.Instance // Service and ID only, sorted by ID
-	urls  map[string]*url.URL
+	insts  []aegis.Instance // Service and ID only, sorted by ID
+	urls   map[string]*url.URL
+	failed map[string]*atomic.Bool // see routeCache.failed
 }
 
 // routeCache keeps a snapshot per service until an event about the
@@ -27,6 +29,20 @@ type routeCache struct {
 	mu    sync.RWMutex
 	snaps map[string]*snapshot
 	gens  map[string]uint64 // bumped by every invalidation
+
+	// failed maps "SERVICE/ID" to an *atomic.Bool: whether this Transport
+	// reported a failure of the instance since its last reported success.
+	failed sync.Map
+}
+
+// failedFlag returns the failure flag of an instance.
+func (c *routeCache) failedFlag(service, id string) *atomic.Bool {
+	k := service + "/" + id
+	if f, ok := c.failed.Load(k); ok {
+		return f.(*atomic.Bool)
+	}
+	f, _ := c.failed.LoadOrStore(k, new(atomic.Bool))
+	return f.(*atomic.Bool)
 }
 
 // maxCached bounds the services cached; beyond it the cache starts over.
@@ -45,6 +61,9 @@ func (c *routeCache) get(service string) *snapshot {
 		return s
 	}
 	s = build(c.node, service)
+	for _, in := range s.insts {
+		s.failed[in.ID] = c.failedFlag(service, in.ID)
+	}
 	c.mu.Lock()
 	if c.gens[service] == gen { // no event since: s is current
 		if len(c.snaps) >= maxCached {
@@ -74,7 +93,7 @@ func (c *routeCache) invalidate(service string) {
 // healthy plain (RoleNone) instances with the endpoint, else the degraded
 // ones.
 func build(node *aegis.Node, service string) *snapshot {
-	s := &snapshot{urls: map[string]*url.URL{}}
+	s := &snapshot{urls: map[string]*url.URL{}, failed: map[string]*atomic.Bool{}}
 	add := func(in aegis.Instance) {
 		if u := endpointURL(in.Endpoints[EndpointName]); u != nil {
 			s.urls[in.ID] = u

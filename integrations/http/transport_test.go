@@ -255,3 +255,27 @@ func TestConsistentHashByHeader(t *testing.T) {
 	}
 	require.Len(t, seen, 3)
 }
+
+// TestReportClearsFailuresOnlyWhenNeeded: failures are reported; the
+// success after a failure is reported and clears the count (three in a
+// row eject).
+func TestReportClearsFailuresOnlyWhenNeeded(t *testing.T) {
+	node := newNode(t, 10*time.Second)
+	register(t, node, "a", "http://127.0.0.1:1")
+	register(t, node, "b", "http://127.0.0.1:2")
+	tr, _ := newTransport(t, node)
+	to := target{svc: "svc", id: "a", failed: tr.cache.failedFlag("svc", "a")}
+	require.Same(t, to.failed, tr.cache.get("svc").failed["a"])
+	tr.report(to, true) // nothing to clear: not reported
+	tr.report(to, false)
+	tr.report(to, false)
+	require.True(t, to.failed.Load())
+	tr.report(to, true)
+	require.False(t, to.failed.Load())
+	tr.report(to, false)
+	tr.report(to, false)
+	time.Sleep(50 * time.Millisecond)
+	require.Len(t, node.HealthyInstances("svc"), 2, "the success cleared the count")
+	tr.report(to, false)
+	require.Eventually(t, func() bool { return len(node.HealthyInstances("svc")) == 1 }, 2*time.Second, 5*time.Millisecond)
+}
