@@ -157,6 +157,12 @@ func TestConsistentHashByMetadata(t *testing.T) {
 	cc, b := dialTest(t, node, WithHashKey("X-User"))
 	check(t, cc, 1)
 	waitLive(t, b, "s0", "s1", "s2")
+	// RPCs without the key are spread at random: once each server got
+	// some, every connection is READY.
+	require.Eventually(t, func() bool {
+		check(t, cc, 5)
+		return s[0].hits.Load() > 0 && s[1].hits.Load() > 0 && s[2].hits.Load() > 0
+	}, 5*time.Second, time.Millisecond)
 	client := healthpb.NewHealthClient(cc)
 	used := 0
 	for u := 0; u < 20; u++ {

@@ -6,6 +6,7 @@ package aegisgrpc
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -58,18 +59,39 @@ func (pickerBuilder) Build(info base.PickerBuildInfo) balancer.Picker {
 	if p.st == nil {
 		return base.NewErrPicker(balancer.ErrNoSubConnAvailable)
 	}
-	slices.SortFunc(p.insts, func(a, b aegis.Instance) int { return strings.Compare(a.ID, b.ID) })
 	p.live = p.st.live.Load()
+	if p.st.hashKey != "" {
+		p.hashOverLive()
+	}
+	slices.SortFunc(p.insts, func(a, b aegis.Instance) int { return strings.Compare(a.ID, b.ID) })
 	return p
+}
+
+// hashOverLive puts every routable instance on a consistent-hash picker's
+// ring, READY or not, and excludes the ones not READY: keys then move only
+// when the routing set changes, not while connections come up (a key whose
+// instance is not READY goes to the next one on the ring meanwhile).
+func (p *picker) hashOverLive() {
+	p.insts = p.insts[:0]
+	for id, addr := range p.live.addrs {
+		p.insts = append(p.insts, aegis.Instance{Service: p.st.service, ID: id})
+		if c, ok := p.conns[id]; !ok || c.addr != addr {
+			if p.notReady == nil {
+				p.notReady = make(map[string]struct{})
+			}
+			p.notReady[id] = struct{}{}
+		}
+	}
 }
 
 // picker routes one ClientConn's RPCs among its READY instances, sorted by
 // ID, with the ClientConn's aegis.Balancer.
 type picker struct {
-	st    *clientState
-	live  *liveSet // the live set when the picker was built
-	insts []aegis.Instance
-	conns map[string]*conn
+	st       *clientState
+	live     *liveSet // the live set when the picker was built
+	insts    []aegis.Instance
+	conns    map[string]*conn
+	notReady map[string]struct{} // instances in insts without a READY SubConn (see hashOverLive)
 }
 
 // Pick picks a READY instance that is still routable, other than the ones
@@ -82,6 +104,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 			req.Key = v[0]
 		}
 	}
+	req.Exclude = p.notReady
 	if live := p.st.live.Load(); live != p.live {
 		req.Exclude = p.stale(live)
 	}
@@ -117,9 +140,10 @@ func (p *picker) pickAvoiding(req aegis.RouteRequest, tried *triedSet) (aegis.In
 }
 
 // stale returns the IDs of the picker's instances that left the live set
-// since it was built (an event arrived; the next picker is on its way).
+// since it was built (an event arrived; the next picker is on its way),
+// with the ones not READY.
 func (p *picker) stale(live *liveSet) map[string]struct{} {
-	var ex map[string]struct{}
+	ex := maps.Clone(p.notReady)
 	for _, c := range p.conns {
 		if !live.routable(c.id, c.addr) {
 			if ex == nil {

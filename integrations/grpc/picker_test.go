@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,6 +100,35 @@ func TestPickerConsistentHashIsSameAcrossClients(t *testing.T) {
 	// A retry of a keyed RPC goes to the next instance on the ring.
 	ctx := withTried(metadata.AppendToOutgoingContext(context.Background(), "x-user", "k"))
 	require.NotEqual(t, pickID(t, p1, ctx), pickID(t, p1, ctx))
+}
+
+// TestPickerConsistentHashWhileConnecting: keys are placed on the ring of
+// every routable instance; while one is not READY its keys go to the next
+// instance, and the other keys stay where they are.
+func TestPickerConsistentHashWhileConnecting(t *testing.T) {
+	st := &clientState{service: "svc", balancer: aegis.ConsistentHash(), hashKey: "x-user"}
+	full, _ := buildPicker(t, st, "a", "b", "c")
+	home := map[string]string{}
+	for u := 0; u < 60; u++ {
+		k := string(rune('A' + u))
+		home[k] = pickID(t, full, metadata.AppendToOutgoingContext(context.Background(), "x-user", k))
+	}
+	partial, _ := buildPicker(t, st, "a", "b") // c routable but not READY
+	st.live.Store(&liveSet{addrs: map[string]string{"a": "addr-a", "b": "addr-b", "c": "addr-c"}})
+	partial.live = st.live.Load()
+	partial.hashOverLive()
+	slices.SortFunc(partial.insts, func(a, b aegis.Instance) int { return strings.Compare(a.ID, b.ID) })
+	moved := 0
+	for k, h := range home {
+		got := pickID(t, partial, metadata.AppendToOutgoingContext(context.Background(), "x-user", k))
+		require.NotEqual(t, "c", got)
+		if h != "c" {
+			require.Equal(t, h, got, "key %s moved though its instance is READY", k)
+		} else {
+			moved++
+		}
+	}
+	require.Positive(t, moved)
 }
 
 func TestOutcome(t *testing.T) {
