@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -182,4 +184,22 @@ func TestConsistentHashByMetadata(t *testing.T) {
 		require.Equal(t, 1, got, "user %d spread over %d instances", u, got)
 	}
 	require.Equal(t, 7, used, "20 users all on fewer than 3 instances")
+}
+
+// TestStreamThroughDial: a server-streaming RPC (Health/Watch) goes
+// through Dial's stream interceptor and the picker.
+func TestStreamThroughDial(t *testing.T) {
+	node := newNode(t, 10*time.Second)
+	s := startServer(t)
+	register(t, node, "s0", s.addr)
+	cc, err := Dial(node, "svc", WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	require.NoError(t, err)
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := healthpb.NewHealthClient(cc).Watch(ctx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	resp, err := stream.Recv()
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.Status)
 }
