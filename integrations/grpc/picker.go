@@ -110,11 +110,11 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	}
 	tried, _ := info.Ctx.Value(triedKey{}).(*triedSet)
 	inst, err := p.pickAvoiding(req, tried)
-	if err != nil {
+	c := p.conns[inst.ID]
+	if err != nil || c == nil {
 		// Nothing routable is READY: wait for the next picker.
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 	}
-	c := p.conns[inst.ID]
 	tried.add(inst.ID)
 	return balancer.PickResult{SubConn: c.sc, Done: c.done}, nil
 }
