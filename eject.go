@@ -76,14 +76,29 @@ func ejected(l *instLoad) bool {
 // such reports in a row eject it from this node's routing
 // (HealthyInstances, EventEjected) for a while. ok=true means it answered,
 // which clears the count. Reports for unknown instances are ignored.
+//
+// It costs a map lookup under the registry's read lock (no copy of the
+// instance), so a client may report every call.
 func (n *Node) ReportResult(service, id string, ok bool) {
-	inst, known := n.reg.get(instKey{service, id})
-	if !known {
+	l := n.reg.loadOf(instKey{service, id})
+	if l == nil {
 		return
 	}
+	inst := Instance{Service: service, ID: id, load: l}
 	if ok {
 		n.caller.observe(&inst, outcomeOK)
 	} else {
 		n.caller.observe(&inst, outcomeUnavailable)
 	}
+}
+
+// loadOf returns the live call bookkeeping of instance k, nil when k is
+// unknown.
+func (r *registry) loadOf(k instKey) *instLoad {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e, ok := r.entries[k]; ok {
+		return e.load
+	}
+	return nil
 }

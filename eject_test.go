@@ -74,4 +74,7 @@ func TestReportResultEjects(t *testing.T) {
 	nd.ReportResult("svc", "inst-1", false)
 	require.Len(t, nd.HealthyInstances("svc"), 1, "ejected after EjectAfterFailures failures in a row")
 	require.Equal(t, "inst-0", nd.HealthyInstances("svc")[0].ID)
+	for _, in := range nd.Instances("svc") {
+		require.Equal(t, in.ID == "inst-1", in.Ejected, "Instance.Ejected of %s", in.ID)
+	}
 }

@@ -192,6 +192,10 @@ type Instance struct {
 	// Endpoints are the other protocols' addresses the instance advertised
 	// (Service.Endpoints).
 	Endpoints map[string]string
+	// Ejected says this node's passive failure tracking keeps the instance
+	// out of its routing for now (EventEjected): HealthyInstances leaves
+	// it out unless every candidate is ejected.
+	Ejected bool
 
 	load *instLoad // this node's in-flight calls and failures; nil in copies made by users
 }
@@ -516,7 +520,7 @@ func (e *entry) instance() Instance {
 		Role: Role(e.rec.Role), Status: e.status, Metadata: copyMeta(e.rec.Meta),
 		RegisteredAt: time.Unix(0, e.rec.Incarnation), LastHeartbeat: e.lastHeartbeat,
 		NonIdempotent: e.rec.NonIdempotent, Priority: int(e.rec.Priority), Promotion: PromotionMode(e.rec.Promotion),
-		Epoch: e.rec.Epoch, Endpoints: copyMeta(e.rec.Endpoints), load: e.load,
+		Epoch: e.rec.Epoch, Endpoints: copyMeta(e.rec.Endpoints), Ejected: !e.ejectedUntil.IsZero(), load: e.load,
 	}
 	if e.rec.Role != uint8(RoleNone) {
 		inst.Group = groupOf(&e.rec).group
