@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/aegisipc/aegis"
 	"github.com/aegisipc/aegis/internal/agentproc"
 )
 
@@ -136,6 +137,23 @@ func testKillActive(t *testing.T, bin string) {
 		owner[a.epoch] = a.id
 	}
 	require.Len(t, owner, 2, "answers from the old and the new active only: %v", owner)
+
+	// The old active's agent, started again with the same flags (it asks
+	// to be active), comes back as a standby: the group's active has a
+	// newer epoch.
+	c.restart(0, "-serve", "echo:"+ledger+":active", "-priority", "3", "-group-size", "3")
+	c.waitFor("the restarted agent's instance is a healthy standby and n2's stays active", 15*time.Second, func() bool {
+		v := c.client.Roles(ledger)
+		if len(v) != 1 || v[0].Active == nil || v[0].Active.ID != ledger+"-n2" {
+			return false
+		}
+		for _, sb := range v[0].Standbys {
+			if sb.ID == ledger+"-n1" && sb.Status == aegis.StatusHealthy && sb.Role == aegis.RoleStandby {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // scenario is one fresh cluster with the driver calling it; the victim is
