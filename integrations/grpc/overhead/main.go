@@ -25,6 +25,8 @@ import (
 
 	"github.com/aegisipc/aegis"
 	aegisgrpc "github.com/aegisipc/aegis/integrations/grpc"
+
+	"github.com/aegisipc/aegis/internal/overhead"
 )
 
 func main() {
@@ -82,11 +84,11 @@ func run(rounds, calls int, phase time.Duration, conc int) error {
 		return err
 	}
 	defer noRetry.Close()
-	vs := []variant{{name: "grpc-go, static address", call: checker(plain)},
-		{name: "aegisgrpc.Dial", call: checker(viaAegis)},
-		{name: "aegisgrpc.Dial, no retries", call: checker(noRetry)},
-		{name: "grpc-go again (control)", call: checker(control)}}
-	return measure(vs, rounds, calls, phase, conc)
+	vs := []overhead.Variant{{Name: "grpc-go, static address", Call: checker(plain)},
+		{Name: "aegisgrpc.Dial", Call: checker(viaAegis)},
+		{Name: "aegisgrpc.Dial, no retries", Call: checker(noRetry)},
+		{Name: "grpc-go again (control)", Call: checker(control)}}
+	return overhead.Measure(vs, rounds, calls, phase, conc)
 }
 
 // checker returns one health-check RPC on cc.

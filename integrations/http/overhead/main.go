@@ -23,6 +23,8 @@ import (
 
 	"github.com/aegisipc/aegis"
 	aegishttp "github.com/aegisipc/aegis/integrations/http"
+
+	"github.com/aegisipc/aegis/internal/overhead"
 )
 
 func main() {
@@ -72,13 +74,13 @@ func run(rounds, calls int, phase time.Duration, conc int) error {
 	defer tr.Close()
 	tr0 := aegishttp.New(node, aegishttp.WithBase(baseTransport()), aegishttp.WithAttemptTimeout(5*time.Second))
 	defer tr0.Close()
-	vs := []variant{
-		{name: "net/http, static address", call: getter(&http.Client{Transport: plainT}, "http://"+lis.Addr().String()+"/")},
-		{name: "aegishttp.Transport", call: getter(&http.Client{Transport: tr}, "http://echo.aegis/")},
-		{name: "aegishttp, attempt timer 5s", call: getter(&http.Client{Transport: tr0}, "http://echo.aegis/")},
-		{name: "net/http again (control)", call: getter(&http.Client{Transport: controlT}, "http://"+lis.Addr().String()+"/")},
+	vs := []overhead.Variant{
+		{Name: "net/http, static address", Call: getter(&http.Client{Transport: plainT}, "http://"+lis.Addr().String()+"/")},
+		{Name: "aegishttp.Transport", Call: getter(&http.Client{Transport: tr}, "http://echo.aegis/")},
+		{Name: "aegishttp, attempt timer 5s", Call: getter(&http.Client{Transport: tr0}, "http://echo.aegis/")},
+		{Name: "net/http again (control)", Call: getter(&http.Client{Transport: controlT}, "http://"+lis.Addr().String()+"/")},
 	}
-	return measure(vs, rounds, calls, phase, conc)
+	return overhead.Measure(vs, rounds, calls, phase, conc)
 }
 
 // getter returns one GET of url that reads the whole answer.

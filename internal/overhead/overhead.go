@@ -1,4 +1,8 @@
-package main
+// Package overhead measures what a client integration adds to a plain
+// client: variants of the same call take interleaved latency and
+// throughput turns, and the report prints each one's p50 and throughput
+// against the first. The integrations' overhead programs share it.
+package overhead
 
 import (
 	"fmt"
@@ -13,28 +17,28 @@ const (
 	tputTurn     = 50 * time.Millisecond // length of a throughput turn
 )
 
-// variant is one way of making the same call.
-type variant struct {
-	name string
-	call func() error
+// Variant is one way of making the same call.
+type Variant struct {
+	Name string
+	Call func() error
 }
 
-// totals are one variant's figures over every round.
+// totals are one Variant's figures over every round.
 type totals struct {
 	lat   []time.Duration
 	done  int64
 	spent time.Duration
 }
 
-// measure runs warm-up then rounds of interleaved latency and throughput
+// Measure runs warm-up then rounds of interleaved latency and throughput
 // turns, and prints p50 and throughput per variant and the overhead of
 // each against the first.
-func measure(vs []variant, rounds, calls int, tputPerRound time.Duration, conc int) error {
+func Measure(vs []Variant, rounds, calls int, tputPerRound time.Duration, conc int) error {
 	t := make([]totals, len(vs))
 	for _, v := range vs { // warm-up: connections, pickers, caches
 		for i := 0; i < 200; i++ {
-			if err := v.call(); err != nil {
-				return fmt.Errorf("%s: %w", v.name, err)
+			if err := v.Call(); err != nil {
+				return fmt.Errorf("%s: %w", v.Name, err)
 			}
 		}
 	}
@@ -52,15 +56,15 @@ func measure(vs []variant, rounds, calls int, tputPerRound time.Duration, conc i
 
 // latencyRound makes calls sequential calls per variant, the variants
 // taking turns every latencyBlock calls, each going first in turn.
-func latencyRound(vs []variant, t []totals, calls int) error {
+func latencyRound(vs []Variant, t []totals, calls int) error {
 	for done, b := 0, 0; done < calls; done, b = done+latencyBlock, b+1 {
 		for j := range vs {
-			i := (j + b) % len(vs) // each variant goes first in turn
+			i := (j + b) % len(vs) // each Variant goes first in turn
 			v := vs[i]
 			for k := 0; k < latencyBlock; k++ {
 				start := time.Now()
-				if err := v.call(); err != nil {
-					return fmt.Errorf("%s: %w", v.name, err)
+				if err := v.Call(); err != nil {
+					return fmt.Errorf("%s: %w", v.Name, err)
 				}
 				t[i].lat = append(t[i].lat, time.Since(start))
 			}
@@ -71,7 +75,7 @@ func latencyRound(vs []variant, t []totals, calls int) error {
 
 // tputRound runs conc callers for tputPerRound per variant, the variants
 // taking turns every tputTurn; a call counts for the variant it used.
-func tputRound(vs []variant, t []totals, tputPerRound time.Duration, conc int) error {
+func tputRound(vs []Variant, t []totals, tputPerRound time.Duration, conc int) error {
 	var cur atomic.Int32
 	var stop atomic.Bool
 	counts := make([]atomic.Int64, len(vs))
@@ -83,8 +87,8 @@ func tputRound(vs []variant, t []totals, tputPerRound time.Duration, conc int) e
 			defer wg.Done()
 			for !stop.Load() {
 				i := cur.Load()
-				if err := vs[i].call(); err != nil {
-					firstErr.CompareAndSwap(nil, fmt.Errorf("%s: %w", vs[i].name, err))
+				if err := vs[i].Call(); err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Errorf("%s: %w", vs[i].Name, err))
 					return
 				}
 				counts[i].Add(1)
@@ -93,7 +97,7 @@ func tputRound(vs []variant, t []totals, tputPerRound time.Duration, conc int) e
 	}
 	for spent, b := time.Duration(0), 0; spent < tputPerRound; spent, b = spent+tputTurn, b+1 {
 		for j := range vs {
-			i := (j + b) % len(vs) // each variant goes first in turn
+			i := (j + b) % len(vs) // each Variant goes first in turn
 			cur.Store(int32(i))
 			start := time.Now()
 			time.Sleep(tputTurn)
@@ -111,7 +115,7 @@ func tputRound(vs []variant, t []totals, tputPerRound time.Duration, conc int) e
 	return nil
 }
 
-func report(vs []variant, t []totals, rounds, calls int, tputPerRound time.Duration, conc int) {
+func report(vs []Variant, t []totals, rounds, calls int, tputPerRound time.Duration, conc int) {
 	fmt.Printf("%d rounds: %d sequential calls per variant (turns of %d), then %v per variant with %d callers (turns of %v)\n",
 		rounds, calls, latencyBlock, tputPerRound, conc, tputTurn)
 	base50, baseTput := 0.0, 0.0
@@ -121,10 +125,10 @@ func report(vs []variant, t []totals, rounds, calls int, tputPerRound time.Durat
 		tput := float64(t[i].done) / t[i].spent.Seconds()
 		if i == 0 {
 			base50, baseTput = p50, tput
-			fmt.Printf("%-28s p50 %7.1f µs  throughput %9.0f calls/s\n", v.name, p50, tput)
+			fmt.Printf("%-28s p50 %7.1f µs  throughput %9.0f calls/s\n", v.Name, p50, tput)
 			continue
 		}
 		fmt.Printf("%-28s p50 %7.1f µs  throughput %9.0f calls/s  (p50 %+.1f%%, throughput %+.1f%%)\n",
-			v.name, p50, tput, 100*(p50/base50-1), 100*(tput/baseTput-1))
+			v.Name, p50, tput, 100*(p50/base50-1), 100*(tput/baseTput-1))
 	}
 }
