@@ -83,6 +83,12 @@ type AdminInstance struct {
 	Addr    string `json:"addr"`
 	Status  string `json:"status"`
 	Role    string `json:"role"`
+	// Group and Epoch are a role group member's group and the epoch at
+	// which it last became active; Endpoints its other protocols'
+	// addresses.
+	Group     string            `json:"group,omitempty"`
+	Epoch     uint64            `json:"epoch,omitempty"`
+	Endpoints map[string]string `json:"endpoints,omitempty"`
 	// HeartbeatAgeSeconds is how long ago, on the reporting node's clock,
 	// the newest heartbeat arrived.
 	HeartbeatAgeSeconds float64 `json:"heartbeat_age_s"`
@@ -207,7 +213,10 @@ func (r *registry) adminInstances(service string, now time.Time) []AdminInstance
 		ai := AdminInstance{Service: e.rec.Service, ID: e.rec.ID, Node: e.rec.Node, Addr: e.rec.Addr,
 			Status: e.status.String(), Role: Role(e.rec.Role).String(),
 			HeartbeatAgeSeconds: seconds(now.Sub(e.lastHeartbeat)), InFlight: e.load.inflight.Load(),
-			Metadata: copyMeta(e.rec.Meta)}
+			Metadata: copyMeta(e.rec.Meta), Epoch: e.rec.Epoch, Endpoints: copyMeta(e.rec.Endpoints)}
+		if e.rec.Role != uint8(RoleNone) {
+			ai.Group = groupOf(&e.rec).group
+		}
 		if !e.ejectedUntil.IsZero() {
 			ai.Ejected, ai.EjectedForSeconds = true, seconds(max(e.ejectedUntil.Sub(now), 0))
 		}

@@ -144,7 +144,11 @@ func runServices(args []string, stdout, stderr io.Writer) error {
 			if in.Ejected {
 				ej = fmt.Sprintf("for %s", secondsText(in.EjectedForSeconds))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", in.Service, in.ID, in.Status, in.Role, in.Node, in.Addr,
+			role := in.Role
+			if in.Role == "active" && in.Epoch > 0 {
+				role = fmt.Sprintf("active@%d", in.Epoch) // with the epoch it became active at
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", in.Service, in.ID, in.Status, role, in.Node, in.Addr,
 				secondsText(in.HeartbeatAgeSeconds), ej)
 		}
 		return tw.Flush()

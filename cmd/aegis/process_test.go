@@ -138,6 +138,11 @@ func testKillActive(t *testing.T, bin string) {
 	}
 	require.Len(t, owner, 2, "answers from the old and the new active only: %v", owner)
 
+	// What an operator sees: the new active with its epoch.
+	out := c.runCLI("services", ledger, "-join", c.agents[1].gossip, "-gossip", "local").ok(t).stdout
+	assert.Regexp(t, `(?m)^`+ledger+`\s+`+ledger+`-n2\s+healthy\s+active@\d+\s`, out)
+	assert.Regexp(t, `(?m)^`+ledger+`\s+`+ledger+`-n3\s+healthy\s+standby\s`, out)
+
 	// The old active's agent, started again with the same flags (it asks
 	// to be active), comes back as a standby: the group's active has a
 	// newer epoch.
