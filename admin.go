@@ -54,7 +54,11 @@ func WithHealthyShare(share float64) AdminOption {
 // node, instance and address of the cluster. Do not expose it beyond the
 // operators' network without putting your own authentication in front of
 // it (for example a handler that checks a token before calling this one).
-func AdminHandler(n *Node, opts ...AdminOption) http.Handler {
+// AdminHandlerWith takes options.
+func AdminHandler(n *Node) http.Handler { return AdminHandlerWith(n) }
+
+// AdminHandlerWith is AdminHandler with options (WithHealthyShare).
+func AdminHandlerWith(n *Node, opts ...AdminOption) http.Handler {
 	o := adminOptions{healthyShare: DefaultHealthyShare}
 	for _, opt := range opts {
 		opt(&o)

@@ -99,7 +99,7 @@ func TestAdminHealth(t *testing.T) {
 	assert.Equal(t, 2, h.Up)
 	assert.Equal(t, "only 2 of 3 known instances healthy (66.7%), below the required 80%", h.Reason)
 
-	lenient := httptest.NewServer(AdminHandler(c.nodes[0], WithHealthyShare(0.5)))
+	lenient := httptest.NewServer(AdminHandlerWith(c.nodes[0], WithHealthyShare(0.5)))
 	defer lenient.Close()
 	require.Equal(t, http.StatusOK, getJSON(t, lenient, "/health", &h))
 	assert.Equal(t, 0.5, h.Required)

@@ -24,7 +24,7 @@ func ExampleAdminHandler() {
 	waitUntil(func() bool { return len(nodes[0].HealthyInstances("pricing")) == 1 })
 
 	// In a program: http.ListenAndServe("127.0.0.1:8080", yourAuth(aegis.AdminHandler(node)))
-	admin := aegis.AdminHandler(nodes[0], aegis.WithHealthyShare(0.8))
+	admin := aegis.AdminHandlerWith(nodes[0], aegis.WithHealthyShare(0.8))
 	get := func(path string) string {
 		rec := httptest.NewRecorder()
 		admin.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
