@@ -25,7 +25,7 @@ func adminCluster(t *testing.T, opts ...AdminOption) (*cluster, *httptest.Server
 		cfg.Balancer = ConsistentHash()
 	})
 	c.waitConverged(10 * time.Second)
-	srv := httptest.NewServer(AdminHandler(c.nodes[0], opts...))
+	srv := httptest.NewServer(AdminHandlerWith(c.nodes[0], opts...))
 	t.Cleanup(srv.Close)
 	return c, srv
 }
