@@ -488,7 +488,10 @@ func (n *Node) serveRoles(req *rpc.Request) rpc.Response {
 }
 
 // answerLease confirms m.from as active unless this member promised a newer
-// epoch or knows a newer active.
+// epoch, or this epoch to another instance, or knows a newer active. A
+// confirmation is itself a promise of m.epoch to m.from: two actives that
+// took the same epoch (registered at once on nodes that did not yet see
+// each other) cannot both gather a majority.
 func (n *Node) answerLease(r *Registration, g *groupState, m roleMsg) roleReply {
 	st := &r.role
 	st.mu.Lock()
@@ -502,6 +505,7 @@ func (n *Node) answerLease(r *Registration, g *groupState, m roleMsg) roleReply 
 	case g.active != nil && g.active.ID != m.from && g.active.Epoch > m.epoch:
 		return roleReply{epoch: g.active.Epoch}
 	}
+	st.promised, st.promisedTo = m.epoch, m.from
 	st.lastLeaseAck = n.clk.Now()
 	return roleReply{granted: true}
 }

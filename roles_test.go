@@ -575,4 +575,52 @@ func TestMemberAnswers(t *testing.T) {
 	require.True(t, rep.granted, "a lease older than RoleLeaseTimeout no longer holds the member")
 	require.Equal(t, nd.cfg.RoleLeaseTimeout, rep.ago, "and it says when it last confirmed one")
 	require.Equal(t, roleReply{epoch: 3}, ask(roleLease, 2, "c1", withActive), "the old active is refused now")
+
+	// Two actives that took the same epoch: the member confirms one only.
+	require.True(t, ask(roleLease, 7, "x", none).granted)
+	require.Equal(t, roleReply{epoch: 7}, ask(roleLease, 7, "y", none), "epoch 7 is x's here")
+	require.True(t, ask(roleLease, 7, "x", none).granted, "x renews")
+}
+
+// Two instances registered as active at once on nodes that cannot reach
+// each other, with one member both reach: it confirms one lease only, so
+// at no moment do both serve.
+func TestSimultaneousActivesNeverBothServe(t *testing.T) {
+	c := newCluster(t, 3, false, roleConfig)
+	c.waitConverged(10 * time.Second)
+	ctx := context.Background()
+	_, err := c.nodes[2].Register(ctx, Service{Name: "db", InstanceID: "db-w", Role: RoleStandby, GroupSize: 3, Handler: echoHandler})
+	require.NoError(t, err)
+	c.net.Partition([]string{c.nodes[0].Addr(), c.nodes[0].tr.CallAddr()}, []string{c.nodes[1].Addr(), c.nodes[1].tr.CallAddr()})
+	t.Cleanup(func() { c.net.Heal(); c.waitConverged(30 * time.Second) })
+	regs := make([]*Registration, 2)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			r, err := c.nodes[i].Register(ctx, Service{Name: "db", InstanceID: fmt.Sprintf("db-%d", i), Role: RoleActive,
+				GroupSize: 3, Handler: echoHandler})
+			if err == nil {
+				regs[i] = r
+			}
+		})
+	}
+	wg.Wait()
+	if regs[0] == nil || regs[1] == nil {
+		t.Skip("one registration already saw the other's active (ErrRoleConflict): not the race this test is about")
+	}
+	both, one := 0, 0
+	deadline := time.Now().Add(6 * c.nodes[0].cfg.RoleLeaseTimeout)
+	for time.Now().Before(deadline) {
+		s0, _ := regs[0].serving(c.nodes[0].mono(c.nodes[0].clk.Now()))
+		s1, _ := regs[1].serving(c.nodes[1].mono(c.nodes[1].clk.Now()))
+		switch {
+		case s0 && s1:
+			both++
+		case s0 || s1:
+			one++
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	require.Zero(t, both, "moments when both actives held a lease")
+	require.Positive(t, one, "one of them served")
 }
