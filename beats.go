@@ -67,7 +67,7 @@ func (r *registry) beats(b *wire.Beats) beatOutcome {
 		case !ok:
 			out.unknown++
 		case hb.Seq > e.rec.Seq:
-			r.applyBeatLocked(e, hb.Seq, hb.Status, hb.Role, hb.Epoch, b.Time, now)
+			r.applyBeatLocked(e, hb.Seq, hb.Status, hb.Role, hb.Epoch, e.rec.Time, now)
 			out.fresh++
 		}
 	}
@@ -128,13 +128,13 @@ const maxPackedBytes = 600
 
 // compactMessages splits a round's beats (any order) into compact
 // messages of at most maxPackedBytes of beats each and encodes them.
-func (n *Node) compactMessages(beats []wire.Beat, now int64) ([]*wire.Beats, [][]byte) {
+func (n *Node) compactMessages(beats []wire.Beat) ([]*wire.Beats, [][]byte) {
 	slices.SortFunc(beats, func(a, b wire.Beat) int { return cmp.Compare(a.Index, b.Index) })
 	var msgs []*wire.Beats
 	var encs [][]byte
 	for len(beats) > 0 {
 		packed, k := wire.PackBeatsLimit(beats, maxPackedBytes)
-		m := &wire.Beats{Node: n.name, Life: n.life, Time: now, Packed: packed, Entries: beats[:k]}
+		m := &wire.Beats{Node: n.name, Life: n.life, Packed: packed, Entries: beats[:k]}
 		beats = beats[k:]
 		enc, err := wire.Encode(m)
 		if err != nil {

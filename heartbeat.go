@@ -44,7 +44,7 @@ func (n *Node) heartbeatRound(how delivery) {
 	n.beatRounds++
 	compact, beats := n.reg.localHeartbeats(keys, states, n.beatRounds)
 	now := n.clk.Now().UnixNano()
-	msgs, encs := n.compactMessages(compact, now)
+	msgs, encs := n.compactMessages(compact)
 	for i, m := range msgs {
 		n.sendBeats(beatsName(n.name, m.Entries), encs[i], len(m.Entries), how)
 	}

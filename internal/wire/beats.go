@@ -24,13 +24,14 @@ const MaxIndex uint32 = 1<<31 - 1
 // uvarint, then the optional sequence number as a zig-zag varint
 // difference from the previous beat's (the first: from 0; absent: equal)
 // and the optional epoch as a uvarint (absent: 0). A node numbers the
-// heartbeats of one round alike, so a beat usually takes two bytes.
+// heartbeats of one round alike, so a beat usually takes two bytes. There
+// is no send time (Record.Time is informational; a compact heartbeat
+// leaves it as it was).
 type Beats struct {
 	_struct bool `codec:",toarray"` //nolint:unused // codec directive
 
 	Node   string
 	Life   uint64 // the sender's life: random, fixed while it runs, never 0
-	Time   int64  // sender's clock when sent (unix ns); informational only
 	Packed []byte
 
 	// Entries is Packed decoded; DecodeLimited fills it, Encode ignores
@@ -173,7 +174,7 @@ func (b *Beats) Validate() error {
 func (s *scanner) beats() error {
 	n, err := s.structHeader("beats")
 	for i := 0; i < n && err == nil; i++ {
-		if i == 0 || i == 3 { // Node, Packed
+		if i == 0 || i == 2 { // Node, Packed
 			err = s.str()
 		} else {
 			err = s.skip(2)

@@ -18,7 +18,7 @@ func someBeats() []Beat {
 
 func TestBeatsRoundTrip(t *testing.T) {
 	in := someBeats()
-	b, err := Encode(&Beats{Node: "n1", Life: 99, Time: 5, Packed: PackBeats(in)})
+	b, err := Encode(&Beats{Node: "n1", Life: 99, Packed: PackBeats(in)})
 	require.NoError(t, err)
 	m, err := Decode(b)
 	require.NoError(t, err)

@@ -30,7 +30,7 @@ func seedValues() []any {
 		&ClaimBatch{Node: "n", Claims: []Claim{{Resource: "a/b", Service: "s", ID: "i", Node: "m", Gen: 0, Released: true}}},
 		&State{Node: "n", Records: []Record{r}, Claims: []Claim{{Resource: "r", Service: "s", ID: "i", Node: "n", Gen: 1}}},
 		&Leave{Node: "n", Addr: "10.0.0.1:7946", Time: 1}, &Leave{Node: "n"}, &Leave{Node: strings.Repeat("n", 200), Addr: "h:1"},
-		&Beats{Node: "n", Life: 3, Time: 1, Packed: PackBeats(someBeats())}, &Beats{Node: "n", Life: 1},
+		&Beats{Node: "n", Life: 3, Packed: PackBeats(someBeats())}, &Beats{Node: "n", Life: 1},
 		&Beats{Node: "n", Life: 0, Packed: []byte{beatSeq, 1, 2}},
 	}
 }
