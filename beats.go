@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/aegisipc/aegis/internal/wire"
 )
@@ -165,3 +166,42 @@ func (n *Node) newIndex() uint32 {
 	}
 	return i
 }
+
+// recentBeats remembers the bodies of the compact heartbeat messages
+// received lately, so that the copies gossip brings again (each node hears
+// a message about 8 times) are dropped before they are decoded: applying
+// one twice changes nothing. Two generations of at most max bodies each;
+// when the newer fills, the older is forgotten.
+type recentBeats struct {
+	mu       sync.Mutex
+	cur, old map[string]struct{}
+	max      int
+}
+
+func newRecentBeats(max int) *recentBeats {
+	return &recentBeats{cur: make(map[string]struct{}), old: make(map[string]struct{}), max: max}
+}
+
+// seen reports whether body was added lately.
+func (r *recentBeats) seen(body []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, cur := r.cur[string(body)]
+	_, old := r.old[string(body)]
+	return cur || old
+}
+
+// add remembers body.
+func (r *recentBeats) add(body []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.cur) >= r.max {
+		r.old, r.cur = r.cur, make(map[string]struct{}, r.max)
+	}
+	r.cur[string(body)] = struct{}{}
+}
+
+// recentBeatsMax bounds each generation of recentBeats: at 5,000 nodes
+// beating every 5 s it spans about four seconds, far longer than the
+// copies of one message take to arrive.
+const recentBeatsMax = 4096

@@ -87,3 +87,30 @@ func TestRecordsAndHeartbeatsShareGossip(t *testing.T) {
 	require.Greater(t, kinds['r'], 4, "records sent")
 	require.Greater(t, kinds['h'], 4, "heartbeats sent")
 }
+
+// TestRepeatedCompactHeartbeatsAreSkipped: a copy of a compact heartbeat
+// message already applied is dropped before decoding; a new one is not.
+func TestRepeatedCompactHeartbeatsAreSkipped(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	from, to := c.nodes[0], c.nodes[1]
+	own := ownRecord(from, instKey{"svc", "inst-0"})
+	msg := func(seq uint64) []byte {
+		return encode(t, &wire.Beats{Node: from.Name(), Life: from.life, Packed: wire.PackBeats([]wire.Beat{{Index: own.Index, Seq: seq}})})
+	}
+	before := to.Stats().GossipReceived
+	to.gossip.handleGossip(msg(own.Seq + 100))
+	to.gossip.handleGossip(msg(own.Seq + 100))
+	to.gossip.handleGossip(wire.Direct(msg(own.Seq + 100)))
+	require.Equal(t, before+1, to.Stats().GossipReceived, "copies skipped")
+	to.gossip.handleGossip(msg(own.Seq + 101))
+	require.Equal(t, before+2, to.Stats().GossipReceived)
+	r := newRecentBeats(2)
+	for _, b := range []string{"a", "b", "c"} {
+		r.add([]byte(b))
+	}
+	require.True(t, r.seen([]byte("a")), "the older generation is kept")
+	r.add([]byte("d"))
+	r.add([]byte("e"))
+	require.False(t, r.seen([]byte("a")), "and forgotten when the newer fills again")
+}

@@ -52,6 +52,7 @@ type gossiper struct {
 	mlp     atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
 	queue   *bqueue.Queue                         // records and tombstones
 	hbQueue *bqueue.Queue                         // heartbeat batches
+	recent  *recentBeats                          // compact heartbeat messages received lately
 	outbox  chan outMsg                           // direct sends, run by outboxLoop
 
 	peersMu sync.RWMutex // guards peers
@@ -93,6 +94,7 @@ func newGossiper(n *Node) (*gossiper, error) {
 		failed:   failedNodes{m: make(map[string]failedNode)},
 		outbox:   make(chan outMsg, outboxSize),
 		syncKick: make(chan struct{}, 1),
+		recent:   newRecentBeats(recentBeatsMax),
 	}
 	numNodes := func() int {
 		if ml := g.mlp.Load(); ml != nil {
@@ -333,9 +335,16 @@ func (d *delegate) NotifyUpdate(node *memberlist.Node) {
 // re-broadcast (epidemic gossip), unless it came straight from its origin,
 // which reaches every member directly and gossips it itself.
 func (g *gossiper) handleGossip(b []byte) {
+	beats := len(b) > 2 && wire.MsgType(b[1]&^wire.FlagDirect) == wire.MsgBeats
+	if beats && g.recent.seen(b[2:]) {
+		return // a copy of a compact heartbeat message applied already
+	}
 	msg, ok := g.receive(b, "message")
 	if !ok {
 		return
+	}
+	if beats {
+		g.recent.add(b[2:])
 	}
 	switch msg.Type {
 	case wire.MsgRecord:
