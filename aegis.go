@@ -73,10 +73,13 @@ type Node struct {
 	keyring *memberlist.Keyring // gossip keys; nil without SecretKey
 	creds   *tlsconf.Creds      // call TLS; nil without SecretKey and TLS
 
-	hbMu  sync.Mutex // serializes heartbeat rounds
-	mu    sync.Mutex // guards local; serializes Register/Deregister with Leave/Shutdown
-	local map[instKey]*Registration
-	state atomic.Int32
+	hbMu       sync.Mutex // serializes heartbeat rounds
+	beatRounds uint64     // heartbeat rounds so far; guarded by hbMu
+	life       uint64     // this node's life in compact heartbeats (wire.Beats): random, never 0
+	nextIndex  atomic.Uint32
+	mu         sync.Mutex // guards local; serializes Register/Deregister with Leave/Shutdown
+	local      map[instKey]*Registration
+	state      atomic.Int32
 
 	lastHealth atomic.Int64 // wall clock (unix ns) of the last health check
 
@@ -115,6 +118,7 @@ func newNode(c Config) (*Node, error) {
 		log:      c.Logger.With("node", c.NodeName),
 		clk:      c.clock,
 		local:    make(map[instKey]*Registration),
+		life:     newLife(),
 		stopCh:   make(chan struct{}),
 		roleKick: make(chan struct{}, 1),
 		started:  c.clock.Now(),

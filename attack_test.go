@@ -71,7 +71,8 @@ const refutationBound = 5 * time.Second
 
 // TestForgedStateIsRefuted replays, against three nodes on real loopback
 // sockets, a forged tombstone (at the next version, and blind, far ahead),
-// a forged heartbeat at the largest sequence number with status unhealthy,
+// a forged heartbeat at the largest sequence number with status unhealthy
+// (in the older batch and in the compact form),
 // and a forged record at the next incarnation carrying the attacker's
 // address; from a process that never joined a cluster without a key, and
 // from a member holding the key. After each, every node soon sees the
@@ -108,6 +109,10 @@ func TestForgedStateIsRefuted(t *testing.T) {
 					return &wire.HeartbeatBatch{Node: rec.Node, Beats: []wire.Heartbeat{{Service: k.service, ID: k.id,
 						Incarnation: rec.Incarnation, Seq: wire.MaxSeq, Status: uint8(StatusUnhealthy)}}}
 				},
+				"max-sequence compact heartbeat": func(rec wire.Record) any {
+					return &wire.Beats{Node: rec.Node, Life: rec.Life, Packed: wire.PackBeats([]wire.Beat{
+						{Index: rec.Index, Seq: wire.MaxSeq, Status: uint8(StatusUnhealthy)}})}
+				},
 				"address record": func(rec wire.Record) any {
 					f := rec
 					f.Addr, f.Incarnation, f.Seq = "127.0.0.1:9", rec.Incarnation+1, 0
@@ -115,7 +120,7 @@ func TestForgedStateIsRefuted(t *testing.T) {
 				},
 			}
 			seen := subscribeLog(c.nodes[0])
-			for _, name := range []string{"tombstone", "blind tombstone far ahead", "max-sequence heartbeat", "address record"} {
+			for _, name := range []string{"tombstone", "blind tombstone far ahead", "max-sequence heartbeat", "max-sequence compact heartbeat", "address record"} {
 				refutations := owner.Stats().Refutations
 				events := seen.count("t-1")
 				forged := encode(t, forgeries[name](ownRecord(owner, k)))

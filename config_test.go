@@ -119,3 +119,19 @@ func TestNewCopiesConfig(t *testing.T) {
 	require.NotEmpty(t, n.Name(), "generated node name")
 	require.NotEmpty(t, n.Addr())
 }
+
+// TestGossipProfiles: every shipped profile is a valid configuration, and
+// the fast LAN profile probes faster than the LAN one without going below
+// LocalGossip's loopback timings.
+func TestGossipProfiles(t *testing.T) {
+	for name, g := range map[string]GossipConfig{"lan": LANGossip(), "fast": FastLANGossip(), "local": LocalGossip()} {
+		c := DefaultConfig()
+		c.Gossip = g
+		require.NoError(t, c.Validate(), name)
+	}
+	fast, lan, local := FastLANGossip(), LANGossip(), LocalGossip()
+	require.Less(t, fast.ProbeInterval, lan.ProbeInterval)
+	require.GreaterOrEqual(t, fast.ProbeInterval, local.ProbeInterval)
+	require.GreaterOrEqual(t, fast.SuspicionMult, local.SuspicionMult)
+	require.Equal(t, lan.PushPullInterval, fast.PushPullInterval)
+}

@@ -23,7 +23,7 @@ package aegis
 //     (same-instance retry, failover, ejection). The retry budget lives in
 //     internal/budget.
 //   - callServer (server.go): incoming calls to local instances: lookup in
-//     an immutable map of served instances, dedup by message ID, handler
+//     a sync.Map of served instances, dedup by message ID, handler
 //     runs with panics turned into errors, in-flight counting for drains.
 //
 // Node itself (aegis.go) owns the local registrations (registry.go:

@@ -52,6 +52,7 @@ type gossiper struct {
 	mlp     atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
 	queue   *bqueue.Queue                         // records and tombstones
 	hbQueue *bqueue.Queue                         // heartbeat batches
+	recent  *recentBeats                          // compact heartbeat messages received lately
 	outbox  chan outMsg                           // direct sends, run by outboxLoop
 
 	peersMu sync.RWMutex // guards peers
@@ -73,6 +74,8 @@ type gossiper struct {
 
 	lastPull atomic.Int64 // clock time (unix ns) of the last pull triggered by an unknown heartbeat
 
+	turn             atomic.Uint64 // which queue fills the next packet first (GetBroadcasts)
+	syncKick         chan struct{} // syncSoon's requests to syncLoop (1 pending at most)
 	pushPulls        atomic.Uint64 // push/pull states sent (see LocalState)
 	pushPullInterval time.Duration // cfg.PushPullInterval
 }
@@ -87,9 +90,11 @@ func newGossiper(n *Node) (*gossiper, error) {
 		limits:  wire.DefaultLimits(),
 		warn:    ratelog.New(n.log, time.Minute, 5),
 		keyring: n.keyring, callAddr: n.tr.CallAddr(),
-		peers:  make(map[string]*memberlist.Node),
-		failed: failedNodes{m: make(map[string]failedNode)},
-		outbox: make(chan outMsg, outboxSize),
+		peers:    make(map[string]*memberlist.Node),
+		failed:   failedNodes{m: make(map[string]failedNode)},
+		outbox:   make(chan outMsg, outboxSize),
+		syncKick: make(chan struct{}, 1),
+		recent:   newRecentBeats(recentBeatsMax),
 	}
 	numNodes := func() int {
 		if ml := g.mlp.Load(); ml != nil {
@@ -112,13 +117,14 @@ func newGossiper(n *Node) (*gossiper, error) {
 	return g, nil
 }
 
-// start starts the outbox and reconnect loops.
+// start starts the outbox, reconnect and sync loops.
 func (g *gossiper) start() {
 	timer := g.clk.NewTimer(time.Hour)
 	timer.Stop()
 	g.spawn(func() { g.outboxLoop(timer) })
 	reconnect := g.clk.NewTicker(g.cfg.ReconnectInterval)
 	g.spawn(func() { everyTick(g.stopCh, reconnect, g.reconnect) })
+	g.spawn(g.syncLoop)
 }
 
 func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) *memberlist.Config {
@@ -224,14 +230,19 @@ func (d *delegate) NotifyMsg(b []byte) {
 	d.g.handleGossip(b)
 }
 
-// GetBroadcasts fills a gossip packet: records and tombstones first, then
-// heartbeat batches in the space left.
+// GetBroadcasts fills a gossip packet from the two queues, records and
+// tombstones on one, heartbeats on the other. They take turns at filling
+// it first, so neither starves the other: a burst of registrations leaves
+// heartbeats half the packets, and the heartbeats of thousands of
+// instances leave records the other half.
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	out := d.g.queue.GetBroadcasts(overhead, limit)
-	for _, b := range out {
-		limit -= overhead + len(b)
+	first, second := d.g.queue, d.g.hbQueue
+	if d.g.turn.Add(1)%2 == 0 {
+		first, second = second, first
 	}
-	out = append(out, d.g.hbQueue.GetBroadcasts(overhead, limit)...)
+	out := first.GetBroadcasts(overhead, limit)
+	limit -= int(sentBytes(out)) + overhead*len(out)
+	out = append(out, second.GetBroadcasts(overhead, limit)...)
 	if n := sentBytes(out); n > 0 {
 		d.g.met.gossipBytes.Add(bg, n, d.g.met.bytesOut...)
 	}
@@ -324,9 +335,16 @@ func (d *delegate) NotifyUpdate(node *memberlist.Node) {
 // re-broadcast (epidemic gossip), unless it came straight from its origin,
 // which reaches every member directly and gossips it itself.
 func (g *gossiper) handleGossip(b []byte) {
+	beats := len(b) > 2 && wire.MsgType(b[1]&^wire.FlagDirect) == wire.MsgBeats
+	if beats && g.recent.seen(b[2:]) {
+		return // a copy of a compact heartbeat message applied already
+	}
 	msg, ok := g.receive(b, "message")
 	if !ok {
 		return
+	}
+	if beats {
+		g.recent.add(b[2:])
 	}
 	switch msg.Type {
 	case wire.MsgRecord:
@@ -335,6 +353,8 @@ func (g *gossiper) handleGossip(b []byte) {
 		}
 	case wire.MsgHeartbeats:
 		g.applyHeartbeats(msg.Heartbeats, b, msg.Direct)
+	case wire.MsgBeats:
+		g.applyCompact(msg.Beats, b, msg.Direct)
 	case wire.MsgClaims:
 		fresh := false
 		for i := range msg.Claims.Claims {
@@ -499,12 +519,14 @@ func (g *gossiper) dropGossip(where string, err error) {
 }
 
 // enqueue queues msg for gossip on q, counting what q refuses (a message
-// too big for a packet, or a full queue).
-func (g *gossiper) enqueue(q *bqueue.Queue, name string, msg []byte) {
+// too big for a packet, or a full queue), and reports whether it queued.
+func (g *gossiper) enqueue(q *bqueue.Queue, name string, msg []byte) bool {
 	if !q.Queue(name, msg) {
 		g.stats.broadcastsRefused.Add(1)
 		g.warn.Warn("queue-refused", "broadcast not queued: too big for a packet, or the queue is full", "name", name, "bytes", len(msg))
+		return false
 	}
+	return true
 }
 
 // maxQueued bounds each broadcast queue; a message past it is not gossiped
@@ -515,10 +537,66 @@ const maxQueued = 4096
 // over UDP. Registrations, deregistrations and self-reported status changes
 // use it: they are rare, and direct fan-out makes them visible cluster-wide
 // within one network round trip, while gossip from the origin and push/pull
-// repair whatever a lost packet missed.
+// repair whatever a lost packet missed. In a burst (thousands of
+// registrations at once) the queue or the outbox fills; then what they
+// refused goes by push/pull instead (syncSoon).
 func (g *gossiper) announce(name string, msg []byte) {
-	g.enqueue(g.queue, name, msg)
-	g.sendDirectTwice(wire.Direct(msg))
+	queued := g.enqueue(g.queue, name, msg)
+	if !g.sendDirectTwice(wire.Direct(msg)) || !queued {
+		g.syncSoon()
+	}
+}
+
+// announceWait is announce for a burst the caller may wait on: the direct
+// send waits for room in the outbox until ctx ends (then, or if the node
+// stops, push/pull carries msg instead).
+func (g *gossiper) announceWait(ctx context.Context, name string, msg []byte) {
+	queued := g.enqueue(g.queue, name, msg)
+	select {
+	case g.outbox <- outMsg{msg: wire.Direct(msg), repeat: true}:
+		if !queued {
+			g.syncSoon()
+		}
+	case <-ctx.Done():
+		g.syncSoon()
+	case <-g.stopCh:
+	}
+}
+
+// syncSoon asks syncLoop for push/pull exchanges with up to three random
+// peers a moment from now (pullInterval), coalescing requests made
+// meanwhile: a burst of announcements too large for gossip reaches those
+// peers as one state transfer each, and the rest of the cluster by the
+// pulls that heartbeats naming unknown instances trigger. It never blocks.
+func (g *gossiper) syncSoon() {
+	select {
+	case g.syncKick <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// syncLoop runs the exchanges syncSoon asks for, each after a pause that
+// lets a burst of requests coalesce into one.
+func (g *gossiper) syncLoop() {
+	for {
+		select {
+		case <-g.stopCh:
+			return
+		case <-g.syncKick:
+		}
+		t := g.clk.NewTimer(pullInterval)
+		select {
+		case <-g.stopCh:
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		for _, p := range shuffledPeers(g.peerList()) {
+			if _, err := g.ml.Join([]string{p.FullAddress().Addr}); err != nil {
+				g.log.Debug("sync failed", "peer", p.Name, "err", err)
+			}
+		}
+	}
 }
 
 // catchUp runs one more push/pull with a random member a moment after a

@@ -1,10 +1,13 @@
 // This file holds the heartbeat sender: rounds that advance every local
-// instance's sequence number and gossip the heartbeats in batches, and the
-// receiving side that applies them to the registry.
+// instance's sequence number and gossip the heartbeats (compact ones in
+// beats.go, the older batches here), and the receiving side that applies
+// them to the registry.
 
 package aegis
 
 import (
+	"time"
+
 	"github.com/aegisipc/aegis/internal/wire"
 )
 
@@ -24,8 +27,10 @@ const (
 const maxBatchBytes = 900
 
 // heartbeatRound advances the sequence number of every local instance whose
-// heartbeats are not paused, applies the heartbeats locally and gossips them
-// in as few batches as fit a packet.
+// heartbeats are not paused, applies the heartbeats locally and gossips
+// them: as compact messages (beats.go) naming the instances by index, as
+// few as fit a packet each, and in the older batches for an instance
+// without an index.
 func (n *Node) heartbeatRound(how delivery) {
 	if !n.cfg.HeartbeatEnabled {
 		return
@@ -36,8 +41,13 @@ func (n *Node) heartbeatRound(how delivery) {
 	if len(keys) == 0 {
 		return
 	}
-	beats := n.reg.localHeartbeats(keys, states)
+	n.beatRounds++
+	compact, beats := n.reg.localHeartbeats(keys, states, n.beatRounds)
 	now := n.clk.Now().UnixNano()
+	msgs, encs := n.compactMessages(compact)
+	for i, m := range msgs {
+		n.sendBeats(beatsName(n.name, m.Entries), encs[i], len(m.Entries), how)
+	}
 	for len(beats) > 0 {
 		k := batchLen(beats)
 		batch := &wire.HeartbeatBatch{Node: n.name, Time: now, Beats: beats[:k]}
@@ -47,13 +57,19 @@ func (n *Node) heartbeatRound(how delivery) {
 			n.log.Error("encode heartbeat", "err", err)
 			continue
 		}
-		n.gossip.queueHeartbeats(batch, msg)
-		if how == gossipAndDirect {
-			n.gossip.sendDirectTwice(wire.Direct(msg))
-		}
-		n.stats.heartbeatsSent.Add(uint64(k))
-		n.met.heartbeatsSent.Add(bg, int64(k))
+		n.sendBeats(batchName(batch), msg, k, how)
 	}
+}
+
+// sendBeats queues an encoded heartbeat message of count beats for
+// gossip, and sends it to every member too when how says so.
+func (n *Node) sendBeats(name string, msg []byte, count int, how delivery) {
+	n.gossip.enqueue(n.gossip.hbQueue, name, msg)
+	if how == gossipAndDirect {
+		n.gossip.sendDirectTwice(wire.Direct(msg))
+	}
+	n.stats.heartbeatsSent.Add(uint64(count))
+	n.met.heartbeatsSent.Add(bg, int64(count))
 }
 
 // beatState is what a local instance's heartbeat reports besides being
@@ -102,33 +118,41 @@ func batchName(b *wire.HeartbeatBatch) string {
 }
 
 // localHeartbeats makes the next heartbeat of each local instance in keys
-// and applies it to the local view.
-func (r *registry) localHeartbeats(keys []instKey, states []beatState) []wire.Heartbeat {
+// and applies it to the local view: compact ones for instances with an
+// index, the rest in the older form. An instance's sequence number moves
+// to round (the node's round count) when that is ahead, so that one
+// round's compact heartbeats carry one number and pack small.
+func (r *registry) localHeartbeats(keys []instKey, states []beatState, round uint64) ([]wire.Beat, []wire.Heartbeat) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.clk.Now()
-	out := make([]wire.Heartbeat, 0, len(keys))
+	compact := make([]wire.Beat, 0, len(keys))
+	var out []wire.Heartbeat
 	for i, k := range keys {
 		e, ok := r.entries[k]
 		if !ok || e.rec.Node != r.self {
 			continue
 		}
-		if e.rec.Seq >= wire.MaxSeq {
+		if e.rec.Seq >= wire.MaxSeq-round {
 			// Out of sequence numbers (a refuted forgery took them): a
 			// new incarnation, announced as a record by the next round's
 			// pull or the owner's refutation; until then peers see its
 			// heartbeats as for an unknown record and pull it.
 			e.rec.Incarnation, e.rec.Seq = successor(e.rec.Incarnation, e.rec.Seq)
 		}
-		e.rec.Seq++
+		e.rec.Seq = max(e.rec.Seq+1, round)
 		e.rec.Status = uint8(states[i].status)
 		e.rec.Time = now.UnixNano()
 		r.setRoleLocked(e, uint8(states[i].role), states[i].epoch, "", now)
 		r.heartbeatLocked(e, now)
+		if e.rec.Index != 0 {
+			compact = append(compact, wire.Beat{Index: e.rec.Index, Seq: e.rec.Seq, Status: e.rec.Status, Role: e.rec.Role, Epoch: e.rec.Epoch})
+			continue
+		}
 		out = append(out, wire.Heartbeat{Service: k.service, ID: k.id, Incarnation: e.rec.Incarnation,
 			Seq: e.rec.Seq, Status: e.rec.Status, Role: e.rec.Role, Epoch: e.rec.Epoch})
 	}
-	return out
+	return compact, out
 }
 
 // heartbeat applies a heartbeat received in a batch from node. It reports
@@ -149,13 +173,18 @@ func (r *registry) heartbeat(hb *wire.Heartbeat, node string, sent int64) (fresh
 	if hb.Incarnation < e.rec.Incarnation || hb.Seq <= e.rec.Seq || e.rec.Node != node {
 		return false, false
 	}
-	now := r.clk.Now()
-	e.rec.Seq = hb.Seq
-	e.rec.Status = hb.Status
-	e.rec.Time = sent
-	r.setRoleLocked(e, hb.Role, hb.Epoch, "", now)
-	r.heartbeatLocked(e, now)
+	r.applyBeatLocked(e, hb.Seq, hb.Status, hb.Role, hb.Epoch, sent, r.clk.Now())
 	return true, false
+}
+
+// applyBeatLocked takes a newer heartbeat of e's incarnation: its
+// sequence number, status, role and epoch, sent at the origin's time sent.
+func (r *registry) applyBeatLocked(e *entry, seq uint64, status, role uint8, epoch uint64, sent int64, now time.Time) {
+	e.rec.Seq = seq
+	e.rec.Status = status
+	e.rec.Time = sent
+	r.setRoleLocked(e, role, epoch, "", now)
+	r.heartbeatLocked(e, now)
 }
 
 // localRecords returns the records of instances this node hosts.

@@ -18,7 +18,9 @@ type Stats struct {
 	GossipDropped uint64
 	// HeartbeatsSent counts heartbeats this node originated.
 	HeartbeatsSent uint64
-	// HeartbeatsReceived counts heartbeats received (fresh or not).
+	// HeartbeatsReceived counts heartbeats received (fresh or not); an
+	// exact copy of a compact heartbeat message received lately is skipped
+	// unread and not counted.
 	HeartbeatsReceived uint64
 	// HeartbeatsUnknown counts heartbeats for instances not yet known here.
 	HeartbeatsUnknown uint64

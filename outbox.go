@@ -42,16 +42,21 @@ const reannounceDelay = 150 * time.Millisecond
 // member got it), so a packet lost in a burst (a hundred nodes announcing
 // at once overflow socket buffers) would otherwise wait for the origin's
 // own gossip or for a pull; the repeat makes such a loss cost a few hundred
-// milliseconds. Applying a message twice is harmless.
-func (g *gossiper) sendDirectTwice(msg []byte) {
-	g.queueDirect(outMsg{msg: msg, repeat: true})
+// milliseconds. Applying a message twice is harmless. It reports false
+// when the outbox was full and msg was dropped.
+func (g *gossiper) sendDirectTwice(msg []byte) bool {
+	return g.queueDirect(outMsg{msg: msg, repeat: true})
 }
 
-func (g *gossiper) queueDirect(m outMsg) {
+// queueDirect hands m to outboxLoop, or drops it when the outbox is full
+// (reporting false).
+func (g *gossiper) queueDirect(m outMsg) bool {
 	select {
 	case g.outbox <- m:
+		return true
 	default:
 		g.log.Debug("outbox full: direct send dropped")
+		return false
 	}
 }
 

@@ -320,7 +320,8 @@ func (n *Node) Register(ctx context.Context, svc Service) (*Registration, error)
 		return nil, err
 	}
 	n.log.Info("registered instance", "service", svc.Name, "instance", svc.InstanceID)
-	n.heartbeatRound(gossipOnly)
+	// The record just announced counts as the first heartbeat everywhere:
+	// no round here, so registering stays O(1) however many instances run.
 	if svc.Role != RoleNone {
 		n.kickRoles()
 	}
@@ -343,7 +344,7 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		Role: uint8(svc.Role), Status: uint8(StatusHealthy), Meta: svc.Metadata,
 		Incarnation: now.UnixNano(), Time: now.UnixNano(), Heartbeats: n.cfg.HeartbeatEnabled,
 		NonIdempotent: svc.NonIdempotent, Group: svc.Group, Priority: int32(svc.Priority), Promotion: uint8(svc.Promotion),
-		Endpoints: svc.Endpoints,
+		Endpoints: svc.Endpoints, Life: n.life, Index: n.newIndex(),
 	}
 	if svc.Role == RoleActive {
 		g, ok := n.reg.group(groupOf(&rec))
@@ -381,7 +382,7 @@ func (n *Node) register(key instKey, svc Service) (*Registration, error) {
 		r.dedup = dedup.New[rpc.Response](n.clk, n.cfg.DedupWindow, n.cfg.DedupMaxEntries, n.cfg.DedupMaxBytes, responseSize, n.dedupEvicted)
 	}
 	n.local[key] = r
-	n.server.publish(n.local)
+	n.server.add(key, r)
 	n.reg.commitLocal(&rec)
 	n.gossip.announce(recordName(key), msg)
 	return r, nil
@@ -417,7 +418,7 @@ func (n *Node) deregister(r *Registration, reason string) {
 		return
 	}
 	delete(n.local, r.key)
-	n.server.publish(n.local)
+	n.server.remove(r.key, r)
 	r.done.Store(true)
 	if tomb, ok := n.reg.tombstoneLocal(r.key, reason); ok {
 		if msg, err := wire.Encode(&tomb); err == nil {
@@ -609,7 +610,8 @@ type registry struct {
 	maxPerNode int                // Config.MaxInstancesPerNode
 	maxTotal   int                // Config.MaxInstances
 
-	mu      sync.RWMutex // guards everything below
+	mu      sync.RWMutex          // guards everything below
+	byIndex map[nodeIndex]instKey // instances by their node's compact-heartbeat index (beats.go)
 	entries map[instKey]*entry
 	perNode map[string]int // live entries per node
 	refused uint64         // records refused by maxPerNode or maxTotal
@@ -638,6 +640,7 @@ func newRegistry(self string, clk clock.Clock, c *Config, emit func(Event)) *reg
 		dead:    make(map[string]deadNode),
 		leaving: make(map[string]bool),
 		pending: make(map[instKey]bool),
+		byIndex: make(map[nodeIndex]instKey),
 		epochs:  make(map[groupKey]uint64),
 		claims:  make(map[string]*claimEntry),
 		owned:   make(map[instKey]map[string]struct{}),
@@ -768,6 +771,9 @@ func (r *registry) updateLocked(e *entry, rec *wire.Record, now time.Time) {
 		e.load, e.ejectedUntil, e.ejections = &instLoad{}, time.Time{}, 0
 	}
 	r.setRoleLocked(e, rec.Role, rec.Epoch, "", now)
+	k := instKey{rec.Service, rec.ID}
+	r.unindexLocked(k, &e.rec)
+	r.indexLocked(k, rec)
 	e.rec = *rec
 	e.rec.Meta = copyMeta(rec.Meta)
 	e.rec.Endpoints = copyMeta(rec.Endpoints)
@@ -789,6 +795,7 @@ func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now 
 	}
 	e.status = e.effective()
 	r.entries[k] = e
+	r.indexLocked(k, rec)
 	r.perNode[rec.Node]++
 	r.snaps.markStale(k.service)
 	r.emit(Event{Type: EventRegistered, Instance: e.instance(), OldStatus: e.status, NewStatus: e.status, Reason: reason, Time: now})
@@ -798,6 +805,7 @@ func (r *registry) insertLocked(k instKey, rec *wire.Record, reason string, now 
 // business).
 func (r *registry) removeLocked(k instKey, e *entry, reason string, now time.Time) {
 	delete(r.entries, k)
+	r.unindexLocked(k, &e.rec)
 	r.releaseAllLocked(k, now)
 	if r.perNode[e.rec.Node]--; r.perNode[e.rec.Node] <= 0 {
 		delete(r.perNode, e.rec.Node)

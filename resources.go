@@ -140,7 +140,7 @@ func (n *Node) changeClaims(ctx context.Context, r *Registration, resources []st
 		valid = append(valid, res)
 	}
 	made := n.reg.changeLocalClaims(r.key, valid, op, failed)
-	n.announceClaims(made)
+	n.announceClaims(ctx, made)
 	if len(failed) > 0 {
 		return &ClaimError{Failed: failed}
 	}
@@ -154,8 +154,12 @@ func clipResource(s string) string {
 	return s
 }
 
-// announceClaims gossips claims in batches that fit a gossip packet.
-func (n *Node) announceClaims(claims []wire.Claim) {
+// announceClaims gossips claims in batches that fit a gossip packet, each
+// also sent straight to every member. A large Claim waits, within ctx, for
+// room in the direct sends rather than leave batches to push/pull (which
+// carries older claims only slowly, see claimParts); what ctx cuts short
+// goes by push/pull.
+func (n *Node) announceClaims(ctx context.Context, claims []wire.Claim) {
 	limits := wire.DefaultLimits()
 	for len(claims) > 0 {
 		size, k := wire.ClaimBatchOverhead(n.name), 0
@@ -170,7 +174,7 @@ func (n *Node) announceClaims(claims []wire.Claim) {
 			n.log.Error("encode claims", "err", err)
 			continue
 		}
-		n.gossip.announce(claimBatchName(&batch), msg)
+		n.gossip.announceWait(ctx, claimBatchName(&batch), msg)
 	}
 }
 

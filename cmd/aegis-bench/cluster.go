@@ -23,30 +23,37 @@ type common struct {
 	cap    time.Duration // give up waiting for convergence after this
 	settle time.Duration // extra quiet time after the cluster converged
 	seeds  int           // how many nodes each node joins
+	hbMult int           // GossipConfig.HeartbeatRetransmitMult; 0: the profile's
+	loss   float64       // packet loss on every link of the in-memory network
 
 	cpuprofile string // write a CPU profile of the run here
 }
 
 func (c *common) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.gossip, "gossip", "lan", "gossip profile: lan (the shipped DefaultConfig().Gossip = aegis.LANGossip()) or local (aegis.LocalGossip())")
+	fs.StringVar(&c.gossip, "gossip", "lan", "gossip profile: lan (the shipped DefaultConfig().Gossip = aegis.LANGossip()), fast (aegis.FastLANGossip()) or local (aegis.LocalGossip())")
 	fs.BoolVar(&c.mem, "mem", false, "use the in-memory network (transport.NewNetwork) instead of real UDP/TCP on 127.0.0.1")
 	fs.DurationVar(&c.cap, "cap", 60*time.Second, "give up waiting for any convergence after this long (the run is reported as failed)")
 	fs.DurationVar(&c.settle, "settle", 2*time.Second, "quiet time after the cluster has converged, before a measurement starts")
+	fs.Float64Var(&c.loss, "loss", 0, "with -mem: probability that a packet on any link is lost (transport.Network.SetLoss), once every instance has been seen everywhere (freshness, cost)")
+	fs.IntVar(&c.hbMult, "hbmult", 0, "override GossipConfig.HeartbeatRetransmitMult (0: the profile's own)")
 	fs.IntVar(&c.seeds, "seeds", 1, "nodes each new node joins: node 0, plus seeds-1 random earlier nodes")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 }
 
 func (c *common) validate() error {
 	switch c.gossip {
-	case "lan", "local":
+	case "lan", "fast", "local":
 	default:
-		return fmt.Errorf("-gossip must be lan or local, got %q", c.gossip)
+		return fmt.Errorf("-gossip must be lan, fast or local, got %q", c.gossip)
 	}
 	if c.seeds < 1 {
 		return fmt.Errorf("-seeds must be at least 1")
 	}
 	if c.cap <= 0 {
 		return fmt.Errorf("-cap must be positive")
+	}
+	if c.loss < 0 || c.loss >= 1 || c.loss > 0 && !c.mem {
+		return fmt.Errorf("-loss must be in [0, 1) and needs -mem")
 	}
 	if c.cpuprofile != "" {
 		f, err := os.Create(c.cpuprofile)
@@ -70,21 +77,34 @@ func (c *common) validate() error {
 var stopProfile = func() {}
 
 func (c *common) gossipConfig() aegis.GossipConfig {
-	if c.gossip == "local" {
-		return aegis.LocalGossip()
+	g := aegis.DefaultConfig().Gossip
+	switch c.gossip {
+	case "local":
+		g = aegis.LocalGossip()
+	case "fast":
+		g = aegis.FastLANGossip()
 	}
-	return aegis.DefaultConfig().Gossip
+	if c.hbMult > 0 {
+		g.HeartbeatRetransmitMult = c.hbMult
+	}
+	return g
 }
 
 func (c *common) gossipName() string {
-	if c.gossip == "local" {
+	switch c.gossip {
+	case "local":
 		return "aegis.LocalGossip()"
+	case "fast":
+		return "aegis.FastLANGossip()"
 	}
 	return "DefaultConfig().Gossip (shipped default, aegis.LANGossip())"
 }
 
 func (c *common) networkName() string {
 	if c.mem {
+		if c.loss > 0 {
+			return fmt.Sprintf("in-memory (transport.NewNetwork, one network per run, %.0f%% loss on every link once the instances are registered and seen everywhere, no latency)", 100*c.loss)
+		}
 		return "in-memory (transport.NewNetwork, one network per run, no loss or latency)"
 	}
 	return "real UDP+TCP on 127.0.0.1 loopback, ports picked free (cfg.BindAddr = \"127.0.0.1:0\")"
@@ -261,6 +281,15 @@ func (c *cluster) start(i int, tweak func(*aegis.Config)) error {
 	nd.Subscribe(c.views[i].onEvent) // Shutdown cancels it
 	c.nodes[i] = nd
 	return nil
+}
+
+// startLoss sets the -loss packet loss on every link of the in-memory
+// network.
+func (c *cluster) startLoss() {
+	if c.nw != nil && c.opt.loss > 0 {
+		c.nw.SetLoss("*", "*", c.opt.loss)
+		progress("  %.0f%% loss on every link from now on", 100*c.opt.loss)
+	}
 }
 
 // seedsFor returns the addresses node i joins.

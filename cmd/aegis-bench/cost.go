@@ -153,6 +153,7 @@ func runCost(args []string) error {
 			return err
 		}
 	}
+	c.startLoss()
 	progress("  warm %v, then measuring %v", *warm, *dur)
 	time.Sleep(*warm)
 	a := c.costSnap()

@@ -130,6 +130,7 @@ func runFreshness(args []string) error {
 	if err := c.registerEach(ctx, svc, *per); err != nil {
 		return err
 	}
+	c.startLoss()
 
 	total := *n * *per
 	index := make(map[string]int, total)

@@ -12,6 +12,7 @@
 //	aegis-bench freshness [-n 50] [-instances 5] [-duration 60s]
 //	aegis-bench failure   [-n 5,20] [-runs 5]
 //	aegis-bench cost      [-n 50] [-instances 5] [-duration 30s]
+//	aegis-bench many      [-n 3] [-instances 10000] [-watch 2m]
 //	aegis-bench promotion [-runs 20] [-modes majority,always] [-lease 400ms]
 //
 // Common flags: -gossip lan|local, -mem, -cap, -settle, -seeds.
@@ -40,6 +41,7 @@ var subcommands = []subcommand{
 	{"freshness", "heartbeat age seen by every node for every instance over a long window", runFreshness},
 	{"failure", "one node crashes (Shutdown); time until every other node marks its instance unhealthy", runFailure},
 	{"cost", "steady-state gossip bytes and CPU per node per second", runCost},
+	{"many", "one node of a few registers thousands of instances; registration time, time until all are healthy everywhere, verdicts afterwards", runMany},
 	{"promotion", "a role group's active crashes (Shutdown); time until a standby is promoted and answers calls", runPromotion},
 }
 

@@ -38,8 +38,8 @@ func header(sub string, c *common, extra ...string) {
 }
 
 func gossipString(g aegis.GossipConfig) string {
-	return fmt.Sprintf("ProbeInterval=%v ProbeTimeout=%v SuspicionMult=%d GossipInterval=%v GossipNodes=%d RetransmitMult=%d PushPullInterval=%v GossipToTheDeadTime=%v TCPTimeout=%v ReconnectInterval=%v ReconnectTimeout=%v",
-		g.ProbeInterval, g.ProbeTimeout, g.SuspicionMult, g.GossipInterval, g.GossipNodes, g.RetransmitMult,
+	return fmt.Sprintf("ProbeInterval=%v ProbeTimeout=%v SuspicionMult=%d GossipInterval=%v GossipNodes=%d RetransmitMult=%d HeartbeatRetransmitMult=%d PushPullInterval=%v GossipToTheDeadTime=%v TCPTimeout=%v ReconnectInterval=%v ReconnectTimeout=%v",
+		g.ProbeInterval, g.ProbeTimeout, g.SuspicionMult, g.GossipInterval, g.GossipNodes, g.RetransmitMult, g.HeartbeatRetransmitMult,
 		g.PushPullInterval, g.GossipToTheDeadTime, g.TCPTimeout, g.ReconnectInterval, g.ReconnectTimeout)
 }
 

@@ -41,7 +41,7 @@ func repeat(b []byte, n int) []byte {
 // meta and methods (already encoded) in their places.
 func recordBody(meta, methods []byte) []byte {
 	var b []byte
-	b = append(b, 0xdc, 0, 18) // array16: more fields than a fixarray holds
+	b = append(b, 0xdc, 0, 20) // array16: more fields than a fixarray holds
 	b = append(b, str("s")...)
 	b = append(b, str("i")...)
 	b = append(b, str("n")...)
@@ -50,7 +50,7 @@ func recordBody(meta, methods []byte) []byte {
 	b = append(b, meta...)
 	b = append(b, 1, 1, 1, 0xc2, 0xc2)
 	b = append(b, methods...)
-	return append(b, str("")[0], 0, 0, 0, 0xc0) // Group, Priority, Promotion, Epoch, Endpoints
+	return append(b, str("")[0], 0, 0, 0, 0xc0, 0, 0) // Group, Priority, Promotion, Epoch, Endpoints, Life, Index
 }
 
 // A metadata map and a method list of one entry each.

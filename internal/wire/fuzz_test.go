@@ -1,4 +1,4 @@
-// Fuzz targets for every gossip decoder: whole frames, records, heartbeat batches, states and leave notices.
+// Fuzz targets for every gossip decoder: whole frames, records, heartbeat batches, compact heartbeats, states and leave notices.
 package wire
 
 import (
@@ -30,6 +30,8 @@ func seedValues() []any {
 		&ClaimBatch{Node: "n", Claims: []Claim{{Resource: "a/b", Service: "s", ID: "i", Node: "m", Gen: 0, Released: true}}},
 		&State{Node: "n", Records: []Record{r}, Claims: []Claim{{Resource: "r", Service: "s", ID: "i", Node: "n", Gen: 1}}},
 		&Leave{Node: "n", Addr: "10.0.0.1:7946", Time: 1}, &Leave{Node: "n"}, &Leave{Node: strings.Repeat("n", 200), Addr: "h:1"},
+		&Beats{Node: "n", Life: 3, Packed: PackBeats(someBeats())}, &Beats{Node: "n", Life: 1},
+		&Beats{Node: "n", Life: 0, Packed: []byte{beatSeq, 1, 2}},
 	}
 }
 
@@ -93,6 +95,8 @@ func value(m *Message) any {
 		return m.Claims
 	case m.Leave != nil:
 		return m.Leave
+	case m.Beats != nil:
+		return m.Beats
 	}
 	return m.State
 }
@@ -138,6 +142,17 @@ func FuzzHeartbeats(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte, direct bool) {
 		checkMessage(t, withFrame(MsgHeartbeats, direct, body))
+	})
+}
+
+// FuzzBeats feeds compact heartbeats, as gossiped or sent directly.
+func FuzzBeats(f *testing.F) {
+	for _, b := range seeds(f, MsgBeats, true) {
+		f.Add(b, false)
+		f.Add(b, true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, direct bool) {
+		checkMessage(t, withFrame(MsgBeats, direct, body))
 	})
 }
 

@@ -74,6 +74,11 @@ type Record struct {
 	// Endpoints are addresses the instance serves other protocols on, by
 	// protocol name (e.g. "grpc" → "10.0.0.5:50051").
 	Endpoints map[string]string
+	// Life is the hosting node's life (random, fixed while it runs) and
+	// Index the instance's number there (1 up, never reused in a life;
+	// 0: none): compact heartbeats (Beats) name the instance by them.
+	Life  uint64
+	Index uint32
 }
 
 // Why a tombstone deleted an instance, carried in its Status.
@@ -164,7 +169,7 @@ var handle = func() *codec.MsgpackHandle {
 }()
 
 // Encode returns the framed encoding of v, which must be a *Record,
-// *HeartbeatBatch, *State, *ClaimBatch or *Leave.
+// *HeartbeatBatch, *State, *ClaimBatch, *Leave or *Beats.
 func Encode(v any) ([]byte, error) {
 	var t MsgType
 	switch v.(type) {
@@ -178,6 +183,8 @@ func Encode(v any) ([]byte, error) {
 		t = MsgClaims
 	case *Leave:
 		t = MsgLeave
+	case *Beats:
+		t = MsgBeats
 	default:
 		return nil, fmt.Errorf("wire: cannot encode %T", v)
 	}
@@ -200,6 +207,7 @@ type Message struct {
 	State      *State
 	Claims     *ClaimBatch
 	Leave      *Leave
+	Beats      *Beats
 }
 
 // Decode is DecodeLimited with DefaultLimits.
@@ -247,6 +255,9 @@ func DecodeLimited(b []byte, l Limits) (Message, error) {
 	case MsgLeave:
 		msg.Leave = new(Leave)
 		target, limit = msg.Leave, l.MaxRecordSize
+	case MsgBeats:
+		msg.Beats = new(Beats)
+		target, limit = msg.Beats, l.MaxBatchSize
 	default:
 		return Message{}, fmt.Errorf("%w: %d", ErrUnknownType, b[1])
 	}
@@ -259,6 +270,13 @@ func DecodeLimited(b []byte, l Limits) (Message, error) {
 	}
 	if err := decodeBody(b[frameSize:], target); err != nil {
 		return Message{}, err
+	}
+	if msg.Beats != nil {
+		entries, err := unpackBeats(msg.Beats.Packed, len(b))
+		if err != nil {
+			return Message{}, fmt.Errorf("beats: %w", err)
+		}
+		msg.Beats.Entries = entries
 	}
 	return msg, nil
 }

@@ -52,6 +52,8 @@ func (s *scanner) message(t MsgType) error {
 		err = s.claimBatch()
 	case MsgLeave:
 		err = s.leave()
+	case MsgBeats:
+		err = s.beats()
 	}
 	if err == nil && s.off != len(s.b) {
 		err = s.malformed("%d bytes after the message", len(s.b)-s.off)

@@ -16,7 +16,7 @@ const frameSize = 2
 
 // recordSize returns len(Encode(r)).
 func recordSize(r *Record) int {
-	n := frameSize + arrayHeaderSize(18)
+	n := frameSize + arrayHeaderSize(20)
 	n += strSize(r.Service) + strSize(r.ID) + strSize(r.Node) + strSize(r.Addr)
 	n += uintSize(uint64(r.Role)) + uintSize(uint64(r.Status))
 	n += strMapSize(r.Meta)
@@ -24,7 +24,7 @@ func recordSize(r *Record) int {
 	n += 2 // Deleted, Heartbeats
 	n += strsSize(r.NonIdempotent)
 	n += strSize(r.Group) + intSize(int64(r.Priority)) + uintSize(uint64(r.Promotion)) + uintSize(r.Epoch)
-	return n + strMapSize(r.Endpoints)
+	return n + strMapSize(r.Endpoints) + uintSize(r.Life) + uintSize(uint64(r.Index))
 }
 
 func strMapSize(m map[string]string) int {

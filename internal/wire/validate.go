@@ -28,6 +28,8 @@ func (m *Message) Validate(l Limits) error {
 		return m.Claims.Validate(l)
 	case m.Leave != nil:
 		return m.Leave.Validate()
+	case m.Beats != nil:
+		return m.Beats.Validate()
 	}
 	return fmt.Errorf("%w: empty message", ErrInvalid)
 }
@@ -133,6 +135,8 @@ func (r *Record) check(l *Limits) error {
 		return fmt.Errorf("Promotion %d: not 0 to %d", r.Promotion, maxPromotion)
 	case r.Epoch > MaxEpoch:
 		return fmt.Errorf("Epoch %d: more than MaxEpoch (%d)", r.Epoch, MaxEpoch)
+	case r.Index > MaxIndex:
+		return fmt.Errorf("Index %d: more than MaxIndex (%d)", r.Index, MaxIndex)
 	}
 	if err := checkVersion(r.Incarnation, r.Seq); err != nil {
 		return err

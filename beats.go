@@ -1,0 +1,207 @@
+// This file holds compact heartbeats (wire.Beats): the index by which a
+// node's heartbeats name its instances, building a round's messages, and
+// applying received ones.
+
+package aegis
+
+import (
+	"cmp"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+// nodeIndex names an instance in compact heartbeats: its node and the
+// index its record carries there.
+type nodeIndex struct {
+	node  string
+	index uint32
+}
+
+// indexLocked files k under its record's compact-heartbeat index.
+func (r *registry) indexLocked(k instKey, rec *wire.Record) {
+	if rec.Index != 0 && !rec.Deleted {
+		r.byIndex[nodeIndex{rec.Node, rec.Index}] = k
+	}
+}
+
+// unindexLocked removes k's index entry when it is still k's.
+func (r *registry) unindexLocked(k instKey, rec *wire.Record) {
+	ni := nodeIndex{rec.Node, rec.Index}
+	if rec.Index != 0 && r.byIndex[ni] == k {
+		delete(r.byIndex, ni)
+	}
+}
+
+// indexedLocked returns the entry of the instance node names index in its
+// life, if this node has its record.
+func (r *registry) indexedLocked(node string, life uint64, index uint32) (instKey, *entry, bool) {
+	k, ok := r.byIndex[nodeIndex{node, index}]
+	if !ok {
+		return k, nil, false
+	}
+	e, ok := r.entries[k]
+	if !ok || e.rec.Node != node || e.rec.Life != life || e.rec.Index != index {
+		return k, nil, false
+	}
+	return k, e, true
+}
+
+// beatOutcome is what applying one compact heartbeat found.
+type beatOutcome struct {
+	fresh   int // beats that advanced an instance (worth passing on)
+	unknown int // beats naming an instance whose record this node lacks
+}
+
+// beats applies a compact heartbeat message from another node.
+func (r *registry) beats(b *wire.Beats) beatOutcome {
+	var out beatOutcome
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.clk.Now()
+	for _, hb := range b.Entries {
+		_, e, ok := r.indexedLocked(b.Node, b.Life, hb.Index)
+		switch {
+		case !ok:
+			out.unknown++
+		case hb.Seq > e.rec.Seq:
+			r.applyBeatLocked(e, hb.Seq, hb.Status, hb.Role, hb.Epoch, e.rec.Time, now)
+			out.fresh++
+		}
+	}
+	return out
+}
+
+// ownIndexed returns the local instances a compact heartbeat naming this
+// node claims newer versions of, with the version claimed (the
+// incarnation being this node's own): a forgery, to refute.
+func (r *registry) ownIndexed(b *wire.Beats) (keys []instKey, incs []int64, seqs []uint64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, hb := range b.Entries {
+		k, e, ok := r.indexedLocked(r.self, b.Life, hb.Index)
+		if ok && hb.Seq > e.rec.Seq {
+			keys, incs, seqs = append(keys, k), append(incs, e.rec.Incarnation), append(seqs, hb.Seq)
+		}
+	}
+	return keys, incs, seqs
+}
+
+// applyCompact applies a received compact heartbeat message (encoded as
+// b) and passes it on when anything in it was new here. One that names
+// this node is a forgery or an echo: newer versions in it are refuted.
+func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
+	if msg.Node == g.name {
+		keys, incs, seqs := g.reg.ownIndexed(msg)
+		for i, k := range keys {
+			g.defend(k, incs[i], seqs[i], nil)
+		}
+		return
+	}
+	out := g.reg.beats(msg)
+	g.stats.heartbeatsReceived.Add(uint64(len(msg.Entries)))
+	g.met.heartbeatsRecv.Add(bg, int64(len(msg.Entries)))
+	if out.unknown > 0 {
+		g.stats.heartbeatsUnknown.Add(uint64(out.unknown))
+		g.requestPull(msg.Node)
+	}
+	if out.fresh > 0 && !direct {
+		g.enqueue(g.hbQueue, beatsName(msg.Node, msg.Entries), append([]byte(nil), b...))
+	}
+}
+
+// beatsName names a compact heartbeat message in the broadcast queue: a
+// newer one from the same node starting at the same index replaces it.
+func beatsName(node string, entries []wire.Beat) string {
+	first := uint32(0)
+	if len(entries) > 0 {
+		first = entries[0].Index
+	}
+	return "b:" + node + "/" + strconv.FormatUint(uint64(first), 10)
+}
+
+// maxPackedBytes bounds the packed beats of one compact message, so that
+// it fits a gossip packet beside other broadcasts.
+const maxPackedBytes = 600
+
+// compactMessages splits a round's beats (any order) into compact
+// messages of at most maxPackedBytes of beats each and encodes them.
+func (n *Node) compactMessages(beats []wire.Beat) ([]*wire.Beats, [][]byte) {
+	slices.SortFunc(beats, func(a, b wire.Beat) int { return cmp.Compare(a.Index, b.Index) })
+	var msgs []*wire.Beats
+	var encs [][]byte
+	for len(beats) > 0 {
+		packed, k := wire.PackBeatsLimit(beats, maxPackedBytes)
+		m := &wire.Beats{Node: n.name, Life: n.life, Packed: packed, Entries: beats[:k]}
+		beats = beats[k:]
+		enc, err := wire.Encode(m)
+		if err != nil {
+			n.log.Error("encode heartbeats", "err", err)
+			continue
+		}
+		msgs, encs = append(msgs, m), append(encs, enc)
+	}
+	return msgs, encs
+}
+
+// newLife returns a random non-zero life for a node.
+func newLife() uint64 {
+	for {
+		if v := rand.Uint64(); v != 0 {
+			return v
+		}
+	}
+}
+
+// newIndex returns the next instance index of this node's life; 0 (no
+// compact heartbeats: the older form is used) once they run out.
+func (n *Node) newIndex() uint32 {
+	i := n.nextIndex.Add(1)
+	if i == 0 || i > wire.MaxIndex {
+		n.nextIndex.Store(wire.MaxIndex + 1)
+		return 0
+	}
+	return i
+}
+
+// recentBeats remembers the bodies of the compact heartbeat messages
+// received lately, so that the copies gossip brings again (each node hears
+// a message about 8 times) are dropped before they are decoded: applying
+// one twice changes nothing. Two generations of at most max bodies each;
+// when the newer fills, the older is forgotten.
+type recentBeats struct {
+	mu       sync.Mutex
+	cur, old map[string]struct{}
+	max      int
+}
+
+func newRecentBeats(max int) *recentBeats {
+	return &recentBeats{cur: make(map[string]struct{}), old: make(map[string]struct{}), max: max}
+}
+
+// seen reports whether body was added lately.
+func (r *recentBeats) seen(body []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, cur := r.cur[string(body)]
+	_, old := r.old[string(body)]
+	return cur || old
+}
+
+// add remembers body.
+func (r *recentBeats) add(body []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.cur) >= r.max {
+		r.old, r.cur = r.cur, make(map[string]struct{}, r.max)
+	}
+	r.cur[string(body)] = struct{}{}
+}
+
+// recentBeatsMax bounds each generation of recentBeats: at 5,000 nodes
+// beating every 5 s it spans about four seconds, far longer than the
+// copies of one message take to arrive.
+const recentBeatsMax = 4096
