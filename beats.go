@@ -91,8 +91,9 @@ func (r *registry) ownIndexed(b *wire.Beats) (keys []instKey, incs []int64, seqs
 }
 
 // applyCompact applies a received compact heartbeat message (encoded as
-// b) and passes it on when anything in it was new here. One that names
-// this node is a forgery or an echo: newer versions in it are refuted.
+// b, frame included) and passes it on when anything in it was new here.
+// One that names this node is a forgery or an echo: newer versions in it
+// are refuted.
 func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
 	if msg.Node == g.name {
 		keys, incs, seqs := g.reg.ownIndexed(msg)
@@ -102,6 +103,12 @@ func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
 		return
 	}
 	out := g.reg.beats(msg)
+	if out.unknown == 0 {
+		// Copies of it can be skipped unread from now on; not while it
+		// names instances whose records have yet to arrive: a copy coming
+		// after them must still count.
+		g.recent.add(b[2:])
+	}
 	g.stats.heartbeatsReceived.Add(uint64(len(msg.Entries)))
 	g.met.heartbeatsRecv.Add(bg, int64(len(msg.Entries)))
 	if out.unknown > 0 {

@@ -343,9 +343,7 @@ func (g *gossiper) handleGossip(b []byte) {
 	if !ok {
 		return
 	}
-	if beats {
-		g.recent.add(b[2:])
-	}
+
 	switch msg.Type {
 	case wire.MsgRecord:
 		if g.applyRecord(msg.Record) && !msg.Direct {
