@@ -582,31 +582,32 @@ func TestMemberAnswers(t *testing.T) {
 	require.True(t, ask(roleLease, 7, "x", none).granted, "x renews")
 }
 
-// Two instances registered as active at once on nodes that cannot reach
-// each other, with one member both reach: it confirms one lease only, so
-// at no moment do both serve.
+// Two instances registered as active at once on nodes that cannot see
+// each other, with one member both can still call: it confirms one lease
+// only, so at no moment do both serve. Nodes 0 and 1 are cut from each
+// other entirely and from node 2's gossip (so neither learns of the
+// other's active through it, and both registrations succeed), while the
+// calls they open to node 2, where the witness answers lease round trips,
+// still work.
 func TestSimultaneousActivesNeverBothServe(t *testing.T) {
 	c := newCluster(t, 3, false, roleConfig)
 	c.waitConverged(10 * time.Second)
 	ctx := context.Background()
 	_, err := c.nodes[2].Register(ctx, Service{Name: "db", InstanceID: "db-w", Role: RoleStandby, GroupSize: 3, Handler: echoHandler})
 	require.NoError(t, err)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return len(c.nodes[0].Instances("db")) == 1 && len(c.nodes[1].Instances("db")) == 1
+	}, "nodes 0 and 1 know the witness")
 	c.net.Partition([]string{c.nodes[0].Addr(), c.nodes[0].tr.CallAddr()}, []string{c.nodes[1].Addr(), c.nodes[1].tr.CallAddr()})
+	c.net.SetLoss(c.nodes[2].Addr(), c.nodes[0].Addr(), 1) // node 2's gossip (and dials) to 0 and 1 are lost;
+	c.net.SetLoss(c.nodes[2].Addr(), c.nodes[1].Addr(), 1) // calls 0 and 1 open to node 2 still work
 	t.Cleanup(func() { c.net.Heal(); c.waitConverged(30 * time.Second) })
 	regs := make([]*Registration, 2)
-	var wg sync.WaitGroup
-	for i := range 2 {
-		wg.Go(func() {
-			r, err := c.nodes[i].Register(ctx, Service{Name: "db", InstanceID: fmt.Sprintf("db-%d", i), Role: RoleActive,
-				GroupSize: 3, Handler: echoHandler})
-			if err == nil {
-				regs[i] = r
-			}
-		})
-	}
-	wg.Wait()
-	if regs[0] == nil || regs[1] == nil {
-		t.Skip("one registration already saw the other's active (ErrRoleConflict): not the race this test is about")
+	for i := range regs {
+		regs[i], err = c.nodes[i].Register(ctx, Service{Name: "db", InstanceID: fmt.Sprintf("db-%d", i), Role: RoleActive,
+			GroupSize: 3, Handler: echoHandler})
+		require.NoError(t, err, "node %d cannot see the other active", i)
+		require.Equal(t, uint64(1), regs[i].role.epoch.Load(), "both took epoch 1")
 	}
 	both, one := 0, 0
 	deadline := time.Now().Add(6 * c.nodes[0].cfg.RoleLeaseTimeout)
