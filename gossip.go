@@ -332,8 +332,12 @@ func (d *delegate) NotifyUpdate(node *memberlist.Node) {
 
 // handleGossip decodes and applies one gossip message. Bad messages are
 // dropped with a log line and a counter. What is new to this node is
-// re-broadcast (epidemic gossip), unless it came straight from its origin,
-// which reaches every member directly and gossips it itself.
+// re-broadcast (epidemic gossip). Heartbeats, claims and leave notices
+// that came straight from their origin are not: it sends them to every
+// member and gossips them itself, and they repeat or are repaired by
+// push/pull. Records and tombstones are passed on even then (relay), since
+// the origin reaches only the members it knows, and a member cut off from
+// the origin alone (an asymmetric fault) still hears it from the others.
 func (g *gossiper) handleGossip(b []byte) {
 	beats := len(b) > 2 && wire.MsgType(b[1]&^wire.FlagDirect) == wire.MsgBeats
 	if beats && g.recent.seen(b[2:]) {
@@ -346,8 +350,8 @@ func (g *gossiper) handleGossip(b []byte) {
 
 	switch msg.Type {
 	case wire.MsgRecord:
-		if g.applyRecord(msg.Record) && !msg.Direct {
-			g.enqueue(g.queue, recordName(instKey{msg.Record.Service, msg.Record.ID}), append([]byte(nil), b...))
+		if g.applyRecord(msg.Record) {
+			g.relay(recordName(instKey{msg.Record.Service, msg.Record.ID}), b, msg.Direct)
 		}
 	case wire.MsgHeartbeats:
 		g.applyHeartbeats(msg.Heartbeats, b, msg.Direct)
@@ -525,6 +529,21 @@ func (g *gossiper) enqueue(q *bqueue.Queue, name string, msg []byte) bool {
 		return false
 	}
 	return true
+}
+
+// relay queues a copy of a record or tombstone received from another node
+// (encoded as b) for gossip, without the direct flag when it came
+// straight from its origin. A copy that does not fit is dropped quietly:
+// its origin gossips it too, and a burst (thousands of registrations) is
+// carried by push/pull.
+func (g *gossiper) relay(name string, b []byte, direct bool) {
+	cp := append([]byte(nil), b...)
+	if direct && len(cp) > 1 {
+		cp[1] &^= wire.FlagDirect
+	}
+	if g.queue.Len() < maxQueued/2 {
+		g.queue.Queue(name, cp)
+	}
 }
 
 // maxQueued bounds each broadcast queue; a message past it is not gossiped

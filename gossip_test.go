@@ -1,6 +1,7 @@
 package aegis
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -64,4 +65,47 @@ func TestRefuteStaleOwnRecord(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		return status(c.nodes[0], "ghost") == -1 && status(c.nodes[1], "ghost") == -1
 	}, "ghost refuted")
+}
+
+// A member that packets from an instance's node cannot reach (a one-way
+// fault; memberlist still sees it alive through indirect probes) learns
+// of the instance's deregistration from the other members, not only from a
+// push/pull, which is switched off here.
+func TestTombstoneReachesMemberAroundOneWayFault(t *testing.T) {
+	c := newCluster(t, 3, false, func(cfg *Config) { cfg.Gossip.PushPullInterval = time.Hour })
+	c.waitConverged(10 * time.Second)
+	c.net.SetLoss(c.nodes[0].Addr(), c.nodes[2].Addr(), 1)
+	t.Cleanup(c.net.Heal)
+	require.NoError(t, c.regs[0].Deregister(context.Background()))
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		return status(c.nodes[2], "inst-0") == -1
+	}, "node 2 drops inst-0, whose node cannot reach it")
+	require.Equal(t, 3, len(c.nodes[0].Members()), "node 2 is still a member for node 0")
+}
+
+// A record or tombstone that arrives straight from its origin is passed
+// on all the same (the origin sends only to the members it knows), as a
+// gossip message, without the direct flag.
+func TestDirectRecordIsRelayed(t *testing.T) {
+	c := newCluster(t, 1, false)
+	g := c.nodes[0].gossip
+	for g.queue.Len() > 0 { // inst-0's own record
+		g.queue.GetBroadcasts(0, 1400)
+	}
+	for _, rec := range []wire.Record{
+		{Service: "svc", ID: "far", Node: "node-x", Addr: "10.9.9.9:1", Incarnation: 5, Heartbeats: true},
+		{Service: "svc", ID: "far", Node: "node-x", Incarnation: 5, Seq: 1, Deleted: true},
+	} {
+		b, err := wire.Encode(&rec)
+		require.NoError(t, err)
+		g.handleGossip(wire.Direct(b))
+		out := g.queue.GetBroadcasts(0, 1400)
+		require.Len(t, out, 1, "relayed: %+v", rec)
+		require.Equal(t, b, out[0], "relayed as gossip, not as a direct send")
+		for g.queue.Len() > 0 {
+			g.queue.GetBroadcasts(0, 1400)
+		}
+		g.handleGossip(wire.Direct(b))
+		require.Zero(t, g.queue.Len(), "a copy of what was applied already is not relayed")
+	}
 }

@@ -6,6 +6,7 @@
 package aegis
 
 import (
+	"slices"
 	"time"
 
 	"github.com/aegisipc/aegis/internal/wire"
@@ -198,4 +199,26 @@ func (r *registry) localRecords() []wire.Record {
 		}
 	}
 	return out
+}
+
+// localTombstones returns the tombstones of instances this node hosted
+// that it stored after since, at most max of them (the newest).
+func (r *registry) localTombstones(since time.Time, max int) []wire.Record {
+	r.mu.RLock()
+	var out []tombstone
+	for _, t := range r.tombs {
+		if t.rec.Node == r.self && t.at.After(since) {
+			out = append(out, t)
+		}
+	}
+	r.mu.RUnlock()
+	if len(out) > max {
+		slices.SortFunc(out, func(a, b tombstone) int { return b.at.Compare(a.at) })
+		out = out[:max]
+	}
+	recs := make([]wire.Record, len(out))
+	for i := range out {
+		recs[i] = out[i].rec
+	}
+	return recs
 }

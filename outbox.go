@@ -33,16 +33,22 @@ type delayed struct {
 // still carries the same messages).
 const outboxSize = 1024
 
+// introduceTombWindow and introduceTombMax bound the tombstones introduce
+// sends: those stored in the last few push/pull intervals, at most a
+// thousand (push/pull carries the rest).
+const (
+	introduceTombWindow = 2 * time.Minute
+	introduceTombMax    = 1000
+)
+
 // reannounceDelay is the least wait before an announcement is repeated (up
 // to twice that, with jitter).
 const reannounceDelay = 150 * time.Millisecond
 
 // sendDirectTwice sends msg straight to every member now and once more a
-// moment later. Receivers do not re-gossip what they got directly (every
-// member got it), so a packet lost in a burst (a hundred nodes announcing
-// at once overflow socket buffers) would otherwise wait for the origin's
-// own gossip or for a pull; the repeat makes such a loss cost a few hundred
-// milliseconds. Applying a message twice is harmless. It reports false
+// moment later. A packet lost in a burst (a hundred nodes announcing at
+// once overflow socket buffers) would otherwise wait for gossip or a pull;
+// the repeat makes such a loss cost a few hundred milliseconds. Applying a message twice is harmless. It reports false
 // when the outbox was full and msg was dropped.
 func (g *gossiper) sendDirectTwice(msg []byte) bool {
 	return g.queueDirect(outMsg{msg: msg, repeat: true})
@@ -128,9 +134,16 @@ func (g *gossiper) deliver(m outMsg) {
 	}
 }
 
-// introduce sends every local record to a newcomer.
+// introduce sends every local record to a newcomer, and the tombstones of
+// the instances this node deregistered lately (introduceTombWindow). A
+// node can learn of a peer long after that peer joined (memberlist spreads
+// joins by gossip, in seconds in a large cluster), and the peer may have
+// learned of this node's instances meanwhile from others; a deregistration
+// made in between was sent straight to the members this node knew then;
+// relays (handleGossip) usually reach the newcomer, and these tombstones
+// make sure, ahead of the next push/pull or the heartbeat timeout.
 func (g *gossiper) introduce(to *memberlist.Node) {
-	recs := g.reg.localRecords()
+	recs := append(g.reg.localRecords(), g.reg.localTombstones(g.clk.Now().Add(-introduceTombWindow), introduceTombMax)...)
 	for i := range recs {
 		b, err := wire.Encode(&recs[i])
 		if err != nil {

@@ -393,11 +393,30 @@ func (c *cluster) settle(ctx context.Context) error {
 		_ = r.Deregister(ctx)
 	}
 	if ok, k := c.waitCount("warmup", 0, nil, c.opt.cap); !ok {
+		c.reportLeftovers("warmup", 10)
 		return fmt.Errorf("settle: only %d/%d nodes saw the warmup instances deregistered after %v", k, n, c.opt.cap)
 	}
 	progress("  warmup seen by all in %v, its deregistration in %v; settling %v", roundD(t1.Sub(t0)), roundD(time.Since(t1)), c.opt.settle)
 	time.Sleep(c.opt.settle)
 	return nil
+}
+
+// reportLeftovers prints, for up to max nodes, the instances of svc they
+// still hold (what a failed settle step left behind).
+func (c *cluster) reportLeftovers(svc string, max int) {
+	for i, nd := range c.nodes {
+		insts := nd.Instances(svc)
+		if len(insts) == 0 {
+			continue
+		}
+		if max--; max < 0 {
+			progress("  (more nodes hold %s instances)", svc)
+			return
+		}
+		for _, in := range insts {
+			progress("  node %d still holds %s/%s of node %s (%v, learned or last heard %v ago)", i, svc, in.ID, in.Node, in.Status, time.Since(in.LastHeartbeat).Round(time.Millisecond))
+		}
+	}
 }
 
 // shutdown stops every node concurrently.
