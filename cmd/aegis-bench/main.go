@@ -14,8 +14,14 @@
 //	aegis-bench cost      [-n 50] [-instances 5] [-duration 30s]
 //	aegis-bench many      [-n 3] [-instances 10000] [-watch 2m]
 //	aegis-bench promotion [-runs 20] [-modes majority,always] [-lease 400ms]
+//	aegis-bench verdicts  [-n 20] [-duration 10m] [-loss 0.1] [-starve busy|cpumax|stop|none]
 //
-// Common flags: -gossip lan|local, -mem, -cap, -settle, -seeds.
+// Common flags: -gossip lan|fast|local, -mem, -cap, -settle, -seeds.
+//
+// verdicts is the exception to "one process": it runs aegis agent
+// processes in a network namespace (Linux, as root) and counts the false
+// node-failed verdicts they report under packet loss while one of them is
+// starved of CPU.
 package main
 
 import (
@@ -43,6 +49,7 @@ var subcommands = []subcommand{
 	{"cost", "steady-state gossip bytes and CPU per node per second", runCost},
 	{"many", "one node of a few registers thousands of instances; registration time, time until all are healthy everywhere, verdicts afterwards", runMany},
 	{"promotion", "a role group's active crashes (Shutdown); time until a standby is promoted and answers calls", runPromotion},
+	{"verdicts", "agent processes in a network namespace with packet loss, one starved of CPU at intervals; false node-failed verdicts (Linux, root)", runVerdicts},
 }
 
 func usage() {
@@ -60,6 +67,10 @@ func progName() string { return filepath.Base(os.Args[0]) }
 var fdLimit string
 
 func main() {
+	if v := os.Getenv(hogEnv); v != "" {
+		runHog(v) // the busy loop of aegis-bench verdicts -starve busy
+		return
+	}
 	if len(os.Args) < 2 {
 		usage()
 		os.Exit(2)
