@@ -103,7 +103,7 @@ func TestVerdictsTrackerAndReport(t *testing.T) {
 	tr.line("a00", agentLine(t, at(80), map[string]any{"level": "WARN", "msg": "node failed", "peer": "a01"}))
 
 	r := &verdictsRun{opt: o, command: "aegis-bench verdicts -n 3", started: at(0), ended: at(75), lossMethod: "netem", lossSent: 900, lossDropped: 100,
-		windows: []starveWindow{{start: at(15), end: at(20), victimCPU: 20 * time.Millisecond}, {start: at(45), end: at(50)}},
+		windows:     []starveWindow{{start: at(15), end: at(20), victimCPU: 20 * time.Millisecond}, {start: at(45), end: at(50)}},
 		agentsAlive: 3, cpu: []time.Duration{time.Second, 2 * time.Second, time.Second}, victimCPU: time.Second, t: tr}
 	assert.Equal(t, 2, r.falseVerdicts())
 	assert.False(t, r.pass())
