@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aegisipc/aegis"
 	"github.com/aegisipc/aegis/internal/agentproc"
 )
 
@@ -80,6 +81,7 @@ type verdictsOptions struct {
 	hbTimeout   time.Duration
 	agentBin    string
 	logDir      string
+	builtAgent  bool // agentBin was built from this module by the run
 }
 
 // parseVerdicts parses the verdicts subcommand's flags.
@@ -159,6 +161,17 @@ func (o *verdictsOptions) windows() []time.Duration {
 // niceWeight is the CFS weight of each nice value from 0 to 19 (the
 // kernel's sched_prio_to_weight).
 var niceWeight = [20]int{1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15}
+
+// profileByName returns the gossip profile the agent's -gossip names.
+func profileByName(name string) aegis.GossipConfig {
+	switch name {
+	case "fast":
+		return aegis.FastLANGossip()
+	case "local":
+		return aegis.LocalGossip()
+	}
+	return aegis.LANGossip()
+}
 
 // agentName is the name of agent i.
 func agentName(i int) string { return fmt.Sprintf("a%02d", i) }

@@ -56,6 +56,7 @@ func runVerdicts(args []string) error {
 		return err
 	}
 	if o.agentBin == "" {
+		o.builtAgent = true
 		progress("building the aegis command")
 		if o.agentBin, err = agentproc.Build(ctx, o.logDir); err != nil {
 			return err
@@ -106,6 +107,11 @@ func verdictsRunAll(ctx context.Context, o *verdictsOptions) (*verdictsRun, []st
 		"library: " + libraryVersion(),
 		fmt.Sprintf("runtime: %s %s/%s, %d CPUs; agents are separate processes", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU()),
 	}
+	agent := "built from this module"
+	if !o.builtAgent {
+		agent = "given by -agent (the profile below is this aegis-bench's, which that binary may not share)"
+	}
+	settings = append(settings, fmt.Sprintf("gossip -%s (agent binary %s): %s", o.gossip, agent, gossipString(profileByName(o.gossip))))
 	if err := runCmd("ip", "netns", "add", lab.ns); err != nil {
 		return nil, nil, err
 	}
