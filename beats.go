@@ -116,7 +116,10 @@ func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
 		g.stats.heartbeatsUnknown.Add(uint64(out.unknown))
 		g.requestPull(msg.Node)
 	}
-	if out.fresh > 0 && !direct {
+	if out.fresh > 0 && !direct && g.hbGossip() {
+		// Gossiped by a node with HeartbeatRetransmitMult set: passed on
+		// when this node gossips heartbeats too (a queue with no
+		// retransmits would keep it forever).
 		g.enqueue(g.hbQueue, beatsName(msg.Node, msg.Entries), append([]byte(nil), b...))
 	}
 }

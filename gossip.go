@@ -459,14 +459,9 @@ func (g *gossiper) applyHeartbeats(batch *wire.HeartbeatBatch, b []byte, direct 
 		}
 		anyFresh = anyFresh || fresh
 	}
-	if anyFresh && !direct && batch.Node != g.name {
+	if anyFresh && !direct && batch.Node != g.name && g.hbGossip() {
 		g.enqueue(g.hbQueue, batchName(batch), append([]byte(nil), b...))
 	}
-}
-
-// queueHeartbeats queues a batch this node originated (encoded as msg).
-func (g *gossiper) queueHeartbeats(batch *wire.HeartbeatBatch, msg []byte) {
-	g.enqueue(g.hbQueue, batchName(batch), msg)
 }
 
 // applyRecord merges a record and reports whether it was new here. A node

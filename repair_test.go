@@ -117,3 +117,15 @@ func TestHeartbeatsRepairedAroundOneWayFault(t *testing.T) {
 		return c.nodes[0].Stats().HeartbeatWants == 0
 	}, "node 0 hears everyone")
 }
+
+// Heartbeats travel by gossip as well only with HeartbeatRetransmitMult
+// set; by default a round goes straight to the members alone.
+func TestHeartbeatGossipOnlyWhenAsked(t *testing.T) {
+	for _, mult := range []int{0, 2} {
+		c := newCluster(t, 2, true, func(cfg *Config) { cfg.Gossip.HeartbeatRetransmitMult = mult })
+		c.waitConverged(10 * time.Second)
+		c.nodes[0].heartbeatRound(gossipOnly)
+		require.Equal(t, mult > 0, c.nodes[0].gossip.hbQueue.Len() > 0, "mult %d", mult)
+		require.Zero(t, c.nodes[1].gossip.hbQueue.Len(), "mult %d: a direct copy is not passed on", mult)
+	}
+}
