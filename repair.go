@@ -9,7 +9,7 @@
 // What a lost packet costs is made up here: a receiver that has heard
 // nothing new from a member for 1.25 heartbeat intervals asks two random
 // other members, which very likely heard that round, and asks again every
-// fifth of an interval until it hears one, for up to three intervals
+// tenth of an interval until it hears one, for up to three intervals
 // (then the member is taken to have stopped beating: its instances are
 // paused, deregistered or its node is gone, which the heartbeat timeout
 // and memberlist judge). Asking others rather than the origin also routes
@@ -35,7 +35,7 @@ import (
 // repairGiveUp (until it is heard from again).
 const (
 	repairLateNum, repairLateDen = 5, 4 // 1.25 intervals
-	repairRetryDiv               = 5    // a fifth of an interval
+	repairRetryDiv               = 10   // a tenth of an interval
 	repairGiveUp                 = 3    // intervals
 	repairAsk                    = 2    // members asked at once
 )
@@ -135,7 +135,9 @@ func (s *beatStore) late(self string, live func(string) bool, now time.Time, lat
 			continue
 		}
 		since := now.Sub(o.fresh)
-		if since <= late || now.Sub(o.asked) < retry {
+		// The ticker fires every retry, give or take: a tenth of slack
+		// keeps a member from being skipped at every other tick.
+		if since <= late || now.Sub(o.asked) < retry-retry/10 {
 			continue
 		}
 		if !live(node) {
@@ -196,7 +198,7 @@ func undirect(frame []byte) []byte {
 	return cp
 }
 
-// repairLoop asks for missed heartbeats at every tick of t (a fifth of a
+// repairLoop asks for missed heartbeats at every tick of t (a tenth of a
 // heartbeat interval, on the node's clock).
 func (g *gossiper) repairLoop(t clock.Ticker) {
 	interval := g.hbInterval
