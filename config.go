@@ -243,7 +243,7 @@ type GossipConfig struct {
 	// up to about 200 instances) straight to every member once, and a
 	// member that has heard nothing new from a node for 1.25 intervals
 	// asks two others for what they heard (Stats.HeartbeatWants). That
-	// keeps the age of the newest heartbeat under 1.5 intervals with 10%
+	// keeps the age of the newest heartbeat near 1.5 intervals with 10%
 	// packet loss, at one copy per receiver where gossip needs about
 	// eight for the same (measured in BENCHMARKS.md); gossip as well only
 	// adds redundancy, for networks losing far more.
