@@ -214,6 +214,8 @@ type cluster struct {
 	nodes    []*aegis.Node
 	views    []*view
 	counters []*countingTransport
+	mems     []*transport.MemTransport // with -mem: each node's transport
+	regs     sync.Map                  // instKey → *aegis.Registration, from register
 }
 
 // newCluster prepares a cluster of n node slots; nodes start with start or
@@ -226,6 +228,7 @@ func newCluster(opt *common, n int, count bool) *cluster {
 		nodes:    make([]*aegis.Node, n),
 		views:    make([]*view, n),
 		counters: make([]*countingTransport, n),
+		mems:     make([]*transport.MemTransport, n),
 	}
 	for i := range c.views {
 		c.views[i] = newView()
@@ -252,7 +255,9 @@ func (c *cluster) start(i int, tweak func(*aegis.Config)) error {
 	cfg.Gossip = c.opt.gossipConfig()
 	var tr transport.Transport
 	if c.opt.mem {
-		tr = c.nw.NewTransport(fmt.Sprintf("10.0.%d.%d:7946", i/250, i%250+1))
+		mt := c.nw.NewMemTransport(fmt.Sprintf("10.0.%d.%d:7946", i/250, i%250+1))
+		c.mems[i] = mt
+		tr = mt
 	} else if c.count {
 		nt, err := transport.NewNet(transport.NetConfig{BindAddr: "127.0.0.1:0"})
 		if err != nil {
@@ -341,6 +346,7 @@ func (c *cluster) register(ctx context.Context, i int, svc, id string) (*aegis.R
 	if err != nil {
 		return nil, fmt.Errorf("node %d: register %s/%s: %w", i, svc, id, err)
 	}
+	c.regs.Store(instKey{svc, id}, r)
 	return r, nil
 }
 
