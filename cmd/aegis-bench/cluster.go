@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
@@ -211,24 +212,28 @@ type cluster struct {
 	nw    *transport.Network
 	count bool // wrap transports in countingTransport
 
-	nodes    []*aegis.Node
-	views    []*view
-	counters []*countingTransport
-	mems     []*transport.MemTransport // with -mem: each node's transport
-	regs     sync.Map                  // instKey → *aegis.Registration, from register
+	nodes     []*aegis.Node
+	views     []*view
+	counters  []*countingTransport
+	mems      []*transport.MemTransport // with -mem: each node's transport
+	regs      sync.Map                  // instKey → *aegis.Registration, from register
+	logs      *logCounter               // when set, counts every node's warnings
+	pace      float64                   // pacer limit for setup steps (scale)
+	stopWatch func()                    // ends watch (scale); set once every node exists
 }
 
 // newCluster prepares a cluster of n node slots; nodes start with start or
 // startAll.
 func newCluster(opt *common, n int, count bool) *cluster {
 	c := &cluster{
-		opt:      opt,
-		tag:      randomHex(3),
-		count:    count,
-		nodes:    make([]*aegis.Node, n),
-		views:    make([]*view, n),
-		counters: make([]*countingTransport, n),
-		mems:     make([]*transport.MemTransport, n),
+		opt:       opt,
+		tag:       randomHex(3),
+		count:     count,
+		nodes:     make([]*aegis.Node, n),
+		views:     make([]*view, n),
+		counters:  make([]*countingTransport, n),
+		mems:      make([]*transport.MemTransport, n),
+		stopWatch: func() {},
 	}
 	for i := range c.views {
 		c.views[i] = newView()
@@ -273,6 +278,9 @@ func (c *cluster) start(i int, tweak func(*aegis.Config)) error {
 		tr = ct
 	}
 	cfg.Transport = tr
+	if c.logs != nil {
+		cfg.Logger = slog.New(c.logs)
+	}
 	if tweak != nil {
 		tweak(cfg)
 	}

@@ -2,8 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/csv"
 	"flag"
 	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -25,18 +30,25 @@ type scaleOpts struct {
 	freshWin   time.Duration // freshness window
 	every      time.Duration // freshness sampling period
 	profPrefix string        // per-phase CPU profiles
+	gogc       int           // debug.SetGCPercent
+	csv        string        // also write the results here, for aegis-bench model
+	joinCPU    float64       // pause joins while the process uses more cores than this
+	regRate    float64       // registrations a second before the spread
 }
 
 // scaleResult is what one cluster size measured.
 type scaleResult struct {
 	n        int
 	spread   []convergence
+	spreadOt []float64 // CPU other processes used during each spread, in cores
 	cold     []convergence
 	cost     costWindow
 	fresh    freshWindow
-	setup    time.Duration // start + join + settle + registration
-	joinTime time.Duration
-	err      error // the size's run stopped early
+	setup    time.Duration // start, join, members seen, registration, settle
+	joinTime time.Duration // start and join
+	members  time.Duration // until every node saw every other alive
+	setupCPU time.Duration // process CPU time spent on the setup
+	err      error         // the size's run stopped early
 }
 
 // costWindow is the quiet window's per-node figures.
@@ -45,11 +57,12 @@ type costWindow struct {
 	secs                  float64
 	udpBytes, udpPackets  float64 // per node per second
 	tcpBytes, tcpDials    float64
+	bytesPerDial          float64 // TCP bytes per stream dialed in the window (0: none)
 	cpuMs                 float64
 	hbRecv, wants, repair float64
 	unknown               float64
-	dropped               uint64 // in-memory packets dropped at full receivers (all nodes)
-	pushPullNote          string
+	dropped               uint64  // in-memory packets dropped at full receivers (all nodes)
+	others                float64 // CPU other processes used meanwhile, in cores
 }
 
 // freshWindow is the freshness window's figures.
@@ -78,7 +91,11 @@ func runScale(args []string) error {
 	fs.DurationVar(&so.costWin, "cost", 30*time.Second, "quiet window for bytes and CPU per node")
 	fs.DurationVar(&so.freshWin, "fresh", 60*time.Second, "freshness window (0: none)")
 	fs.DurationVar(&so.every, "every", time.Second, "freshness sampling period")
-	fs.StringVar(&so.profPrefix, "phase-cpuprofile", "", "write a CPU profile of each phase to <prefix>-n<N>-<phase>.prof (phases: setup, spread, cost, fresh, cold)")
+	fs.StringVar(&so.profPrefix, "phase-cpuprofile", "", "write a CPU profile of each phase to <prefix>-n<N>-<phase>.prof (phases: setup, spread, cost, fresh, cold), and a heap profile after the cost window to <prefix>-n<N>-heap.prof")
+	fs.StringVar(&so.csv, "csv", "", "also write one line of figures per size to this CSV file (aegis-bench model -measured reads it)")
+	fs.IntVar(&so.gogc, "gogc", 400, "garbage collector target percentage for this process (debug.SetGCPercent; Go's default is 100): hundreds of nodes in one process allocate fast, and memory is plentiful")
+	fs.Float64Var(&so.joinCPU, "pace-cpu", 0.8, "join nodes and register the \"svc\" instances one after another, pausing while this process uses more than this many cores or the machine all its cores less a fifth (memberlist re-gossips every member a joiner learns, so joins cost O(N² log N) cluster-wide, and a process starved by them misses probes and declares live nodes dead); 0: no pauses")
+	fs.Float64Var(&so.regRate, "reg-rate", 100, "registrations a second of the \"svc\" instances before the spread (all nodes together; 0: as fast as they go)")
 	fs.DurationVar(&watchEvery, "watch", 10*time.Second, "print a progress line about the cluster this often (0: never)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -87,6 +104,7 @@ func runScale(args []string) error {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
 	opt.mem = true // scale always runs on the in-memory network
+	debug.SetGCPercent(so.gogc)
 	if err := opt.validate(); err != nil {
 		return err
 	}
@@ -116,13 +134,19 @@ func runScale(args []string) error {
 
 	def := aegis.DefaultConfig()
 	header("scale", &opt,
-		fmt.Sprintf("sizes %v, %d instances per node at rest; every node runs in this process on the in-memory network", sizes, so.per),
-		fmt.Sprintf("procedure per size: start N nodes, join them, settle (as spread: a warmup instance on every node, seen everywhere, deregistered, seen gone, then -settle %v); register %d instance(s) of service \"svc\" on every node and wait until every node sees all; then spread (%d run(s)): every node registers one instance of service \"spread\" at the same moment (the spread subcommand's measured phase), all but the last run deregistered again", opt.settle, so.per-1, so.spreadRuns),
+		fmt.Sprintf("sizes %v, %d instances per node at rest; every node runs in this process on the in-memory network; GOGC %d", sizes, so.per, so.gogc),
+		fmt.Sprintf("procedure per size: start N nodes, join them one by one, wait until every node sees every node alive; register %d instance(s) of service \"svc\" on every node (one node after another), wait until every node sees all, sleep -settle %v (unlike spread's settle step, no warmup instances are registered and deregistered: a mass deregistration costs O(N² log N) tombstone relays); then spread (%d run(s)): behind a barrier every node registers one instance of service \"spread\" at the same moment (the spread subcommand's measured phase, same code), all but the last run deregistered again", so.per-1, opt.settle, so.spreadRuns),
 		fmt.Sprintf("then -warm %v, a quiet cost window of %v (bytes counted as in the cost subcommand: UDP = payload bytes of every gossip packet sent, TCP = gossip stream bytes both ways counted at the dialer; CPU = process user+system time, so it includes the Go runtime and this program, divided by nodes and seconds), then a freshness window of %v sampling every node's Instances() every %v (age = now - LastHeartbeat)", so.warm, so.costWin, so.freshWin, so.every),
 		fmt.Sprintf("false verdicts: instances of \"svc\" and \"spread\" ever sampled not healthy, and node×instance pairs with an event turning the instance unhealthy at any time after registration (must both be 0); heartbeats every %v, timeout %v", def.HeartbeatInterval, def.HeartbeatTimeout),
 		fmt.Sprintf("cold start (%d run(s) per size): a second cluster, as the coldstart subcommand: node 0 starts, then N-1 nodes start, join node 0 and register one instance each at once", so.coldRuns),
 	)
 	printScaleTables(results, so.per)
+	if so.csv != "" {
+		if err := writeScaleCSV(so.csv, results, so.per, opt.loss); err != nil {
+			return err
+		}
+		progress("wrote %s", so.csv)
+	}
 	return nil
 }
 
@@ -144,31 +168,37 @@ func scaleRun(opt *common, so *scaleOpts, n int) (r scaleResult) {
 
 	func() {
 		c := newCluster(opt, n, true)
+		c.logs = newLogCounter()
+		c.pace = so.joinCPU
 		defer c.shutdown()
-		t0 := time.Now()
+		t0, cpu0 := time.Now(), processCPU()
 		stopProf := prof("setup")
-		if err := c.startAll(ctx, nil); err != nil {
+		if err := c.startPaced(ctx, so.joinCPU); err != nil {
 			stopProf()
 			r.err = err
 			return
 		}
 		r.joinTime = time.Since(t0)
-		stopWatch := c.watch(watchEvery)
-		defer stopWatch()
-		if err := c.settle(ctx); err != nil {
+		defer func() { c.stopWatch() }()
+		if err := c.waitMembers(opt.cap); err != nil {
 			stopProf()
 			r.err = err
 			return
 		}
+		r.members = time.Since(t0)
+		c.waitQuiet(so.joinCPU/2, opt.cap)
 		if so.per > 1 {
-			if err := c.registerEach(ctx, "svc", so.per-1); err != nil {
+			if err := c.registerPaced(ctx, "svc", so.per-1, so.regRate); err != nil {
 				stopProf()
 				r.err = err
 				return
 			}
+		} else {
+			time.Sleep(opt.settle)
 		}
 		stopProf()
-		r.setup = time.Since(t0)
+		r.setup, r.setupCPU = time.Since(t0), processCPU()-cpu0
+		progress("  setup took %v and %v of CPU", roundD(r.setup), roundD(r.setupCPU))
 
 		var keys []instKey
 		for run := 1; run <= so.spreadRuns; run++ {
@@ -178,7 +208,9 @@ func scaleRun(opt *common, so *scaleOpts, n int) (r scaleResult) {
 			}
 			progress("  spread run %d/%d", run, so.spreadRuns)
 			stopProf := prof(fmt.Sprintf("spread%d", run))
+			b0, c0, t0 := machineBusy(), processCPU(), time.Now()
 			cv := c.spreadOnce(ctx, keys)
+			r.spreadOt = append(r.spreadOt, otherCPU(b0, machineBusy(), c0, processCPU(), time.Since(t0).Seconds()))
 			stopProf()
 			r.spread = append(r.spread, cv)
 			if cv.err != nil || !cv.ok {
@@ -202,6 +234,9 @@ func scaleRun(opt *common, so *scaleOpts, n int) (r scaleResult) {
 		stopProf = prof("cost")
 		r.cost = c.costWindow(so.costWin)
 		stopProf()
+		if so.profPrefix != "" {
+			writeHeapProfile(fmt.Sprintf("%s-n%d-heap.prof", so.profPrefix, n))
+		}
 		progress("  cost: UDP %.0f B/s, %.1f packets/s, TCP %.0f B/s, CPU %.3f ms/s per node", r.cost.udpBytes, r.cost.udpPackets, r.cost.tcpBytes, r.cost.cpuMs)
 
 		if so.freshWin > 0 {
@@ -272,6 +307,7 @@ func (c *cluster) costWindow(d time.Duration) costWindow {
 	a, ha := c.costSnap(), c.health(false)
 	time.Sleep(d)
 	b, hb := c.costSnap(), c.health(false)
+	others := otherCPU(ha.busy, hb.busy, ha.cpu, hb.cpu, hb.at.Sub(ha.at).Seconds())
 	secs := b.at.Sub(a.at).Seconds()
 	per := func(x uint64) float64 { return float64(x) / secs / n }
 	st := statsDelta(a.stats, b.stats)
@@ -282,12 +318,19 @@ func (c *cluster) costWindow(d time.Duration) costWindow {
 		udpPackets: per(b.udpPackets - a.udpPackets),
 		tcpBytes:   per(b.tcpBytes - a.tcpBytes),
 		tcpDials:   per(b.tcpDials - a.tcpDials),
-		cpuMs:      float64((b.user+b.sys)-(a.user+a.sys)) / float64(time.Millisecond) / secs / n,
-		hbRecv:     per(st.HeartbeatsReceived),
-		wants:      per(st.HeartbeatWants),
-		repair:     per(st.HeartbeatRepairs),
-		unknown:    per(st.HeartbeatsUnknown),
-		dropped:    hb.dropped - ha.dropped,
+		bytesPerDial: func() float64 {
+			if b.tcpDials == a.tcpDials {
+				return 0
+			}
+			return float64(b.tcpBytes-a.tcpBytes) / float64(b.tcpDials-a.tcpDials)
+		}(),
+		cpuMs:   float64((b.user+b.sys)-(a.user+a.sys)) / float64(time.Millisecond) / secs / n,
+		hbRecv:  per(st.HeartbeatsReceived),
+		wants:   per(st.HeartbeatWants),
+		repair:  per(st.HeartbeatRepairs),
+		unknown: per(st.HeartbeatsUnknown),
+		dropped: hb.dropped - ha.dropped,
+		others:  others,
 	}
 }
 
@@ -377,31 +420,32 @@ func printScaleTables(results []scaleResult, per int) {
 		} else {
 			row = append(row, "—", "—", "—", "—")
 		}
-		row = append(row, resultNote(r))
+		row = append(row, othersCell(r.spreadOt...), resultNote(r))
 		rows = append(rows, row)
 	}
 	table([]string{"N", "instances", "spread 50%", "spread 99%", "spread 100% (max over runs)",
 		"cold start 50%", "cold start 99%", "cold start 100% (max over runs)",
-		"heartbeat age median", "age p99", "age max", "false verdicts (sampled / events)", "notes"}, rows)
+		"heartbeat age median", "age p99", "age max", "false verdicts (sampled / events)",
+		"other processes' CPU during spread (cores)", "notes"}, rows)
 
 	fmt.Println("Cost per node per second over the quiet window:")
 	fmt.Println()
 	rows = nil
 	for _, r := range results {
 		if !r.cost.ok {
-			rows = append(rows, []string{strconv.Itoa(r.n), "—", "—", "—", "—", "—", "—", "—", "—", "—"})
+			rows = append(rows, []string{strconv.Itoa(r.n), "—", "—", "—", "—", "—", "—", "—", "—", "—", "—", "—"})
 			continue
 		}
 		c := r.cost
 		rows = append(rows, []string{strconv.Itoa(r.n),
 			fmt.Sprintf("%.0f", c.udpBytes), fmt.Sprintf("%.1f", c.udpBytes/float64(r.n-1)),
-			fmt.Sprintf("%.1f", c.udpPackets), fmt.Sprintf("%.0f", c.tcpBytes),
+			fmt.Sprintf("%.1f", c.udpPackets), fmt.Sprintf("%.0f", c.tcpBytes), perDialCell(c.bytesPerDial),
 			fmt.Sprintf("%.3f", c.cpuMs), fmt.Sprintf("%.1f", c.hbRecv),
 			fmt.Sprintf("%.2f / %.2f", c.wants, c.repair), fmt.Sprintf("%.2f", c.unknown),
-			strconv.FormatUint(c.dropped, 10)})
+			strconv.FormatUint(c.dropped, 10), othersCell(c.others)})
 	}
-	table([]string{"N", "UDP B/s", "UDP B/s ÷ (N−1)", "UDP packets/s", "TCP B/s", "CPU ms/s",
-		"heartbeats received/s", "wants / repairs sent/s", "unknown beats/s", "packets dropped at full receivers (all nodes)"}, rows)
+	table([]string{"N", "UDP B/s", "UDP B/s ÷ (N−1)", "UDP packets/s", "TCP B/s", "TCP bytes per stream dialed (push/pull)", "CPU ms/s",
+		"heartbeats received/s", "wants / repairs sent/s", "unknown beats/s", "packets dropped at full receivers (all nodes)", "other processes' CPU (cores)"}, rows)
 }
 
 // convCells are the 50%, 99% and max-of-100% cells of convergence runs.
@@ -435,7 +479,229 @@ func resultNote(r scaleResult) string {
 		}
 	}
 	if len(notes) == 0 {
-		return fmt.Sprintf("setup %v", roundD(r.setup))
+		return fmt.Sprintf("setup %v (CPU %v)", roundD(r.setup), roundD(r.setupCPU))
 	}
 	return strings.Join(notes, "; ")
+}
+
+// writeHeapProfile writes a heap profile (after a GC) to path.
+func writeHeapProfile(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		progress("  heap profile: %v", err)
+		return
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		progress("  heap profile: %v", err)
+	}
+}
+
+// waitMembers waits until every node sees every node alive.
+func (c *cluster) waitMembers(limit time.Duration) error {
+	t0 := time.Now()
+	n := len(c.nodes)
+	for {
+		worst := n
+		for _, nd := range c.nodes {
+			alive := 0
+			for _, m := range nd.Members() {
+				if m.State == aegis.MemberAlive {
+					alive++
+				}
+			}
+			worst = min(worst, alive)
+		}
+		if worst == n {
+			progress("  every node sees all %d members alive after %v", n, roundD(time.Since(t0)))
+			return nil
+		}
+		if time.Since(t0) > limit {
+			return fmt.Errorf("after %v a node sees only %d of %d members alive", limit, worst, n)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// othersCell formats the CPU other processes used (in cores), the largest
+// of several windows; "?" where it could not be read.
+func othersCell(v ...float64) string {
+	if len(v) == 0 {
+		return "—"
+	}
+	m := v[0]
+	for _, x := range v {
+		if x < 0 {
+			return "?"
+		}
+		m = max(m, x)
+	}
+	return fmt.Sprintf("%.2f", m)
+}
+
+// startPaced starts every node, then joins nodes 1..n-1 one after another
+// as startAll does, but pauses while the process has used more than
+// maxCPU cores over the last quarter second, or the machine more than
+// all its cores but a fifth (see pacer).
+func (c *cluster) startPaced(ctx context.Context, maxCPU float64) error {
+	t0 := time.Now()
+	for i := range c.nodes {
+		if err := c.start(i, nil); err != nil {
+			return err
+		}
+	}
+	t1 := time.Now()
+	c.stopWatch = c.watch(watchEvery) // every node exists now
+	var paused time.Duration
+	p := newPacer(maxCPU)
+	for i := 1; i < len(c.nodes); i++ {
+		paused += p.wait()
+		if err := c.join(ctx, i); err != nil {
+			return err
+		}
+	}
+	progress("  started %d nodes in %v, joined in %v (paused %v, -pace-cpu %.2f)", len(c.nodes), roundD(t1.Sub(t0)), roundD(time.Since(t1)), roundD(paused), maxCPU)
+	return nil
+}
+
+// registerPaced registers perNode instances of svc on every node (IDs
+// i-<node>-<j>, node after node) at rate registrations a second (0: no
+// pause), then waits until every node sees all of them and sleeps -settle.
+func (c *cluster) registerPaced(ctx context.Context, svc string, perNode int, rate float64) error {
+	n := len(c.nodes)
+	t0 := time.Now()
+	k := 0
+	p := newPacer(c.pace)
+	for i := range c.nodes {
+		for j := range perNode {
+			p.wait()
+			if rate > 0 {
+				if d := time.Until(t0.Add(time.Duration(float64(k) / rate * float64(time.Second)))); d > 0 {
+					time.Sleep(d)
+				}
+			}
+			if _, err := c.register(ctx, i, svc, fmt.Sprintf("i-%d-%d", i, j)); err != nil {
+				return err
+			}
+			k++
+		}
+	}
+	t1 := time.Now()
+	if ok, got := c.waitCount(svc, n*perNode, nil, c.opt.cap); !ok {
+		return fmt.Errorf("only %d/%d nodes saw all %d %q instances after %v", got, n, n*perNode, svc, c.opt.cap)
+	}
+	progress("  registered %d %q instances in %v (-reg-rate %.0f/s); all %d nodes saw all of them %v later; settling %v", n*perNode, svc, roundD(t1.Sub(t0)), rate, n, roundD(time.Since(t1)), c.opt.settle)
+	time.Sleep(c.opt.settle)
+	return nil
+}
+
+// pacer holds a loop back while this process uses more than max cores or
+// the whole machine (other processes included) more than its cores less a
+// fifth of a core, each measured over the last quarter second. max 0
+// turns it off.
+type pacer struct {
+	max        float64
+	cpu0, busy time.Duration
+	at         time.Time
+}
+
+func newPacer(max float64) *pacer {
+	return &pacer{max: max, cpu0: processCPU(), busy: machineBusy(), at: time.Now()}
+}
+
+// wait returns at once unless the last quarter second was over the
+// limits; then it sleeps in quarter seconds until one is not. It returns
+// how long it slept.
+func (p *pacer) wait() time.Duration {
+	var slept time.Duration
+	for p.max > 0 {
+		el := time.Since(p.at)
+		if el < 250*time.Millisecond {
+			return slept
+		}
+		cpu, busy := processCPU(), machineBusy()
+		own := (cpu - p.cpu0).Seconds() / el.Seconds()
+		all := (busy - p.busy).Seconds() / el.Seconds()
+		p.cpu0, p.busy, p.at = cpu, busy, time.Now()
+		if own <= p.max && (p.busy < 0 || all <= float64(runtime.NumCPU())-0.2) {
+			return slept
+		}
+		time.Sleep(250 * time.Millisecond)
+		slept += 250 * time.Millisecond
+	}
+	return slept
+}
+
+// waitQuiet waits until this process used at most max cores over a
+// second (the gossip that joins set off has died down), for at most limit.
+func (c *cluster) waitQuiet(max float64, limit time.Duration) {
+	if max <= 0 {
+		return
+	}
+	t0 := time.Now()
+	for time.Since(t0) < limit {
+		c0, w0 := processCPU(), time.Now()
+		time.Sleep(time.Second)
+		if used := (processCPU() - c0).Seconds() / time.Since(w0).Seconds(); used <= max {
+			progress("  quiet (%.2f cores) after %v", used, roundD(time.Since(t0)))
+			return
+		}
+	}
+	progress("  still above %.2f cores after %v; going on", max, roundD(time.Since(t0)))
+}
+
+// scaleCSVHeader names the columns writeScaleCSV writes; readMeasured
+// (model.go) reads them by name.
+var scaleCSVHeader = []string{"n", "instances", "interval_s", "loss",
+	"spread_p50_ms", "spread_p99_ms", "spread_max_ms", "cold_max_ms",
+	"age_med_ms", "age_p99_ms", "age_max_ms", "false_sampled", "false_events",
+	"udp_Bps", "udp_pps", "tcp_Bps", "tcp_bytes_per_dial", "cpu_ms_per_s",
+	"hb_recv_ps", "wants_ps", "repairs_ps", "others_cores"}
+
+// writeScaleCSV writes one line per measured size (sizes that stopped
+// early are left out).
+func writeScaleCSV(path string, results []scaleResult, per int, loss float64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	_ = w.Write(scaleCSVHeader)
+	interval := aegis.DefaultConfig().HeartbeatInterval.Seconds()
+	msf := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) }
+	ff := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
+	for _, r := range results {
+		if r.err != nil || !r.cost.ok {
+			continue
+		}
+		var p50, p99, p100, cold time.Duration = -1, -1, -1, -1
+		for _, cv := range r.spread {
+			p50, p99, p100 = max(p50, cv.p50), max(p99, cv.p99), max(p100, cv.p100)
+		}
+		for _, cv := range r.cold {
+			if cv.ok && cv.err == nil {
+				cold = max(cold, cv.p100)
+			}
+		}
+		c := r.cost
+		_ = w.Write([]string{strconv.Itoa(r.n), strconv.Itoa(per), ff(interval, 1), ff(loss, 3),
+			msf(p50), msf(p99), msf(p100), msf(cold),
+			msf(r.fresh.med), msf(r.fresh.p99), msf(r.fresh.max), strconv.Itoa(r.fresh.badInsts), strconv.Itoa(r.fresh.badEv),
+			ff(c.udpBytes, 1), ff(c.udpPackets, 2), ff(c.tcpBytes, 1), ff(c.bytesPerDial, 0), ff(c.cpuMs, 3),
+			ff(c.hbRecv, 2), ff(c.wants, 3), ff(c.repair, 3), ff(c.others, 2)})
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func perDialCell(v float64) string {
+	if v <= 0 {
+		return "— (none in window)"
+	}
+	return fmt.Sprintf("%.0f", v)
 }
