@@ -15,8 +15,14 @@
 //	aegis-bench many      [-n 3] [-instances 10000] [-watch 2m]
 //	aegis-bench promotion [-runs 20] [-modes majority,always] [-lease 400ms]
 //	aegis-bench scale     [-n 50,100,200,500] [-instances 2] [-cost 30s] [-fresh 60s]
+//	aegis-bench verdicts  [-n 20] [-duration 10m] [-loss 0.1] [-starve busy|cpumax|stop|none]
 //
-// Common flags: -gossip lan|local, -mem, -cap, -settle, -seeds.
+// Common flags: -gossip lan|fast|local, -mem, -cap, -settle, -seeds.
+//
+// verdicts is the exception to "one process": it runs aegis agent
+// processes in a network namespace (Linux, as root) and counts the false
+// node-failed verdicts they report under packet loss while one of them is
+// starved of CPU.
 package main
 
 import (
@@ -45,6 +51,7 @@ var subcommands = []subcommand{
 	{"many", "one node of a few registers thousands of instances; registration time, time until all are healthy everywhere, verdicts afterwards", runMany},
 	{"promotion", "a role group's active crashes (Shutdown); time until a standby is promoted and answers calls", runPromotion},
 	{"scale", "for each cluster size on the in-memory network: spread, cold start, heartbeat freshness, bytes and CPU per node", runScale},
+	{"verdicts", "agent processes in a network namespace with packet loss, one starved of CPU at intervals; false node-failed verdicts (Linux, root)", runVerdicts},
 }
 
 func usage() {
@@ -62,6 +69,10 @@ func progName() string { return filepath.Base(os.Args[0]) }
 var fdLimit string
 
 func main() {
+	if v := os.Getenv(hogEnv); v != "" {
+		runHog(v) // the busy loop of aegis-bench verdicts -starve busy
+		return
+	}
 	if len(os.Args) < 2 {
 		usage()
 		os.Exit(2)

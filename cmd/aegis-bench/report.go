@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"os/exec"
@@ -117,9 +118,11 @@ func summarize(d []time.Duration) spreadStats {
 	return spreadStats{s[0], med, s[len(s)-1]}
 }
 
-// table prints a Markdown table.
-func table(head []string, rows [][]string) {
-	w := os.Stdout
+// table prints a Markdown table on stdout.
+func table(head []string, rows [][]string) { tableTo(os.Stdout, head, rows) }
+
+// tableTo writes a Markdown table to w.
+func tableTo(w io.Writer, head []string, rows [][]string) {
 	fmt.Fprintf(w, "| %s |\n", strings.Join(head, " | "))
 	seps := make([]string, len(head))
 	for i := range seps {
