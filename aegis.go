@@ -84,6 +84,7 @@ type Node struct {
 	lastHealth atomic.Int64 // wall clock (unix ns) of the last health check
 
 	roleKick chan struct{} // capacity 1: run the role loop now (promote.go)
+	roleRuns atomic.Uint64 // role loop passes, for tests
 	started  time.Time     // the node's clock at construction, with its monotonic reading (see mono)
 
 	lifeMu       sync.Mutex // serializes Leave and Shutdown

@@ -103,6 +103,7 @@ func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
 		return
 	}
 	out := g.reg.beats(msg)
+	g.beats.keep(msg.Node, msg.Life, msg.Round, b, out.fresh > 0, g.clk.Now())
 	if out.unknown == 0 {
 		// Copies of it can be skipped unread from now on; not while it
 		// names instances whose records have yet to arrive: a copy coming
@@ -115,7 +116,10 @@ func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
 		g.stats.heartbeatsUnknown.Add(uint64(out.unknown))
 		g.requestPull(msg.Node)
 	}
-	if out.fresh > 0 && !direct {
+	if out.fresh > 0 && !direct && g.hbGossip() {
+		// Gossiped by a node with HeartbeatRetransmitMult set: passed on
+		// when this node gossips heartbeats too (a queue with no
+		// retransmits would keep it forever).
 		g.enqueue(g.hbQueue, beatsName(msg.Node, msg.Entries), append([]byte(nil), b...))
 	}
 }
@@ -134,15 +138,15 @@ func beatsName(node string, entries []wire.Beat) string {
 // it fits a gossip packet beside other broadcasts.
 const maxPackedBytes = 600
 
-// compactMessages splits a round's beats (any order) into compact
-// messages of at most maxPackedBytes of beats each and encodes them.
-func (n *Node) compactMessages(beats []wire.Beat) ([]*wire.Beats, [][]byte) {
+// compactMessages splits round's beats (any order) into compact messages
+// of at most maxPackedBytes of beats each and encodes them.
+func (n *Node) compactMessages(beats []wire.Beat, round uint64) ([]*wire.Beats, [][]byte) {
 	slices.SortFunc(beats, func(a, b wire.Beat) int { return cmp.Compare(a.Index, b.Index) })
 	var msgs []*wire.Beats
 	var encs [][]byte
 	for len(beats) > 0 {
 		packed, k := wire.PackBeatsLimit(beats, maxPackedBytes)
-		m := &wire.Beats{Node: n.name, Life: n.life, Packed: packed, Entries: beats[:k]}
+		m := &wire.Beats{Node: n.name, Life: n.life, Packed: packed, Entries: beats[:k], Round: round}
 		beats = beats[k:]
 		enc, err := wire.Encode(m)
 		if err != nil {

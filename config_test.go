@@ -72,7 +72,7 @@ func TestValidate(t *testing.T) {
 		"Gossip.SuspicionMult":           {func(c *Config) *int { return &c.Gossip.SuspicionMult }, 1},
 		"Gossip.GossipNodes":             {func(c *Config) *int { return &c.Gossip.GossipNodes }, 1},
 		"Gossip.RetransmitMult":          {func(c *Config) *int { return &c.Gossip.RetransmitMult }, 1},
-		"Gossip.HeartbeatRetransmitMult": {func(c *Config) *int { return &c.Gossip.HeartbeatRetransmitMult }, 1},
+		"Gossip.HeartbeatRetransmitMult": {func(c *Config) *int { return &c.Gossip.HeartbeatRetransmitMult }, 0},
 		"MaxFrameSize":                   {func(c *Config) *int { return &c.MaxFrameSize }, rpc.MinMaxFrameSize},
 		"RetryBudgetMinPerSecond":        {func(c *Config) *int { return &c.RetryBudgetMinPerSecond }, 0},
 		"EjectAfterFailures":             {func(c *Config) *int { return &c.EjectAfterFailures }, 0},

@@ -12,11 +12,14 @@ package aegis
 //     from gossip, with health verdicts, passive ejection and the immutable
 //     per-service routing snapshots (rebuilt lazily on the first read after
 //     a change). It emits Events through the event bus (events.go).
-//   - gossiper (gossip.go, outbox.go, members.go): memberlist and what
-//     travels through it: record and heartbeat broadcast queues, direct
-//     sends with one delayed repeat, pulls, the copies of live peers and
-//     the failed nodes it keeps rejoining. Received messages are decoded
-//     and written into the registry.
+//   - gossiper (gossip.go, outbox.go, members.go, beats.go, repair.go):
+//     memberlist and what travels through it: the record broadcast queue,
+//     direct sends (announcements twice, a moment apart; each heartbeat
+//     round once to every member), heartbeat repair (every member's
+//     newest round kept, and asked of two others when one is missed),
+//     pulls, the copies of live peers and the failed nodes it keeps
+//     rejoining. Received messages are decoded and written into the
+//     registry.
 //   - caller (caller.go, failover.go, classify.go): outgoing calls. pick
 //     reads a routing snapshot, attempt makes one call, classify turns its
 //     result into an outcome once, and outcomeRules says what may follow

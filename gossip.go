@@ -53,6 +53,7 @@ type gossiper struct {
 	queue   *bqueue.Queue                         // records and tombstones
 	hbQueue *bqueue.Queue                         // heartbeat batches
 	recent  *recentBeats                          // compact heartbeat messages received lately
+	beats   *beatStore                            // each member's newest heartbeats, for repair (repair.go)
 	outbox  chan outMsg                           // direct sends, run by outboxLoop
 
 	peersMu sync.RWMutex // guards peers
@@ -78,6 +79,7 @@ type gossiper struct {
 	syncKick         chan struct{} // syncSoon's requests to syncLoop (1 pending at most)
 	pushPulls        atomic.Uint64 // push/pull states sent (see LocalState)
 	pushPullInterval time.Duration // cfg.PushPullInterval
+	hbInterval       time.Duration // Config.HeartbeatInterval; 0 when heartbeats are off
 }
 
 // newGossiper builds the gossiper of n and starts memberlist (which may
@@ -95,6 +97,10 @@ func newGossiper(n *Node) (*gossiper, error) {
 		outbox:   make(chan outMsg, outboxSize),
 		syncKick: make(chan struct{}, 1),
 		recent:   newRecentBeats(recentBeatsMax),
+		beats:    newBeatStore(),
+	}
+	if n.cfg.HeartbeatEnabled {
+		g.hbInterval = n.cfg.HeartbeatInterval
 	}
 	numNodes := func() int {
 		if ml := g.mlp.Load(); ml != nil {
@@ -125,6 +131,10 @@ func (g *gossiper) start() {
 	reconnect := g.clk.NewTicker(g.cfg.ReconnectInterval)
 	g.spawn(func() { everyTick(g.stopCh, reconnect, g.reconnect) })
 	g.spawn(g.syncLoop)
+	if g.hbInterval > 0 {
+		repair := g.clk.NewTicker(repairRetry(g.hbInterval))
+		g.spawn(func() { g.repairLoop(repair) })
+	}
 }
 
 func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) *memberlist.Config {
@@ -310,6 +320,7 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	g.peersMu.Lock()
 	delete(g.peers, node.Name)
 	g.peersMu.Unlock()
+	g.beats.forget(node.Name)
 	// memberlist passes its Node without the state (left or dead), so a
 	// departure counts as graceful when the node said so (its leave notice
 	// or its instances' tombstones), or memberlist's own state says left
@@ -332,12 +343,15 @@ func (d *delegate) NotifyUpdate(node *memberlist.Node) {
 
 // handleGossip decodes and applies one gossip message. Bad messages are
 // dropped with a log line and a counter. What is new to this node is
-// re-broadcast (epidemic gossip). Heartbeats, claims and leave notices
-// that came straight from their origin are not: it sends them to every
-// member and gossips them itself, and they repeat or are repaired by
-// push/pull. Records and tombstones are passed on even then (relay), since
-// the origin reaches only the members it knows, and a member cut off from
-// the origin alone (an asymmetric fault) still hears it from the others.
+// re-broadcast (epidemic gossip), except what came straight from its
+// origin, which sends it to every member it knows and gossips it itself;
+// what that misses is repaired: a missed registration by the pull that its
+// heartbeats trigger where they name an unknown instance, missed
+// heartbeats by repair (repair.go), claims by push/pull. Tombstones are
+// passed on even then (relay): nothing else would remove an instance
+// whose deregistration a member missed, because the origin did not know
+// it yet (a large cluster learns of a joining node over seconds) or cannot
+// reach it (a fault in one direction only), before the next push/pull.
 func (g *gossiper) handleGossip(b []byte) {
 	beats := len(b) > 2 && wire.MsgType(b[1]&^wire.FlagDirect) == wire.MsgBeats
 	if beats && g.recent.seen(b[2:]) {
@@ -350,7 +364,7 @@ func (g *gossiper) handleGossip(b []byte) {
 
 	switch msg.Type {
 	case wire.MsgRecord:
-		if g.applyRecord(msg.Record) {
+		if g.applyRecord(msg.Record) && (!msg.Direct || msg.Record.Deleted) {
 			g.relay(recordName(instKey{msg.Record.Service, msg.Record.ID}), b, msg.Direct)
 		}
 	case wire.MsgHeartbeats:
@@ -369,6 +383,8 @@ func (g *gossiper) handleGossip(b []byte) {
 		if g.noteLeave(msg.Leave) && !msg.Direct {
 			g.enqueue(g.queue, leaveName(msg.Leave.Node), append([]byte(nil), b...))
 		}
+	case wire.MsgWant:
+		g.answerWant(msg.Want)
 	default:
 		g.dropGossip("message", errors.New("state message outside push/pull"))
 	}
@@ -443,14 +459,9 @@ func (g *gossiper) applyHeartbeats(batch *wire.HeartbeatBatch, b []byte, direct 
 		}
 		anyFresh = anyFresh || fresh
 	}
-	if anyFresh && !direct && batch.Node != g.name {
+	if anyFresh && !direct && batch.Node != g.name && g.hbGossip() {
 		g.enqueue(g.hbQueue, batchName(batch), append([]byte(nil), b...))
 	}
-}
-
-// queueHeartbeats queues a batch this node originated (encoded as msg).
-func (g *gossiper) queueHeartbeats(batch *wire.HeartbeatBatch, msg []byte) {
-	g.enqueue(g.hbQueue, batchName(batch), msg)
 }
 
 // applyRecord merges a record and reports whether it was new here. A node
@@ -475,7 +486,13 @@ func (g *gossiper) applyRecord(rec *wire.Record) bool {
 	case rec.Deleted:
 		reason = "deregistered"
 	}
-	return g.reg.apply(rec, reason)
+	if !g.reg.apply(rec, reason) {
+		return false
+	}
+	if !rec.Deleted && rec.Index != 0 && rec.Life != 0 && rec.Heartbeats {
+		g.beats.expect(rec.Node, rec.Life, g.clk.Now())
+	}
+	return true
 }
 
 // defend answers foreign state about an instance this node hosts (a whole

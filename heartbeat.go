@@ -16,10 +16,13 @@ import (
 type delivery bool
 
 const (
-	// gossipOnly queues the batches for gossip: the periodic rounds.
+	// gossipOnly is the periodic round: its messages go straight to every
+	// member once (a member that misses one asks others for it, see
+	// repair.go), and by gossip too when Gossip.HeartbeatRetransmitMult
+	// is set.
 	gossipOnly delivery = false
-	// gossipAndDirect also sends them straight to every member: a
-	// self-reported status change that routing should see at once.
+	// gossipAndDirect sends them to every member twice, a moment apart: a
+	// self-reported status or role change that routing should see at once.
 	gossipAndDirect delivery = true
 )
 
@@ -45,8 +48,9 @@ func (n *Node) heartbeatRound(how delivery) {
 	n.beatRounds++
 	compact, beats := n.reg.localHeartbeats(keys, states, n.beatRounds)
 	now := n.clk.Now().UnixNano()
-	msgs, encs := n.compactMessages(compact)
+	msgs, encs := n.compactMessages(compact, n.beatRounds)
 	for i, m := range msgs {
+		n.gossip.beats.keep(n.name, n.life, n.beatRounds, encs[i], true, n.clk.Now())
 		n.sendBeats(beatsName(n.name, m.Entries), encs[i], len(m.Entries), how)
 	}
 	for len(beats) > 0 {
@@ -62,12 +66,24 @@ func (n *Node) heartbeatRound(how delivery) {
 	}
 }
 
-// sendBeats queues an encoded heartbeat message of count beats for
-// gossip, and sends it to every member too when how says so.
+// hbGossip reports whether heartbeats also travel by gossip
+// (Gossip.HeartbeatRetransmitMult > 0).
+func (g *gossiper) hbGossip() bool { return g.cfg.HeartbeatRetransmitMult > 0 }
+
+// sendBeats sends an encoded heartbeat message of count beats straight to
+// every member, twice when how says so, and queues it for gossip when
+// heartbeats travel by gossip too.
 func (n *Node) sendBeats(name string, msg []byte, count int, how delivery) {
-	n.gossip.enqueue(n.gossip.hbQueue, name, msg)
+	g := n.gossip
+	if g.hbGossip() {
+		g.enqueue(g.hbQueue, name, msg)
+	}
 	if how == gossipAndDirect {
-		n.gossip.sendDirectTwice(wire.Direct(msg))
+		g.sendDirectTwice(wire.Direct(msg))
+	} else if !g.queueDirect(outMsg{msg: wire.Direct(msg)}) && !g.hbGossip() {
+		// The outbox is full (a burst of announcements): gossip it
+		// instead, with the records' retransmit count.
+		g.enqueue(g.queue, name, msg)
 	}
 	n.stats.heartbeatsSent.Add(uint64(count))
 	n.met.heartbeatsSent.Add(bg, int64(count))

@@ -53,6 +53,11 @@ type Stats struct {
 	// big for a gossip packet, or the queue full (direct sends and
 	// push/pull still carry the state).
 	BroadcastsRefused uint64
+	// HeartbeatWants counts requests this node sent for compact heartbeats
+	// it missed (to two members per late member; see
+	// Config.HeartbeatInterval), HeartbeatRepairs the heartbeat messages it
+	// sent in answer to such requests.
+	HeartbeatWants, HeartbeatRepairs uint64
 	// Calls are the call listener's counters.
 	Calls CallStats
 }
@@ -84,6 +89,8 @@ func (n *Node) Stats() Stats {
 		TLSRefused:          n.stats.tlsRefused.Load(),
 		BroadcastsRefused:   n.stats.broadcastsRefused.Load(),
 		Hedges:              n.stats.hedges.Load(),
+		HeartbeatWants:      n.stats.heartbeatWants.Load(),
+		HeartbeatRepairs:    n.stats.heartbeatRepairs.Load(),
 		HedgesWon:           n.stats.hedgesWon.Load(),
 		Calls:               n.server.rpc.Stats(),
 	}
@@ -101,4 +108,5 @@ type nodeStats struct {
 	duplicates, sameRetries, dedupEvictions                atomic.Uint64
 	reconnects, refutations, tlsRefused, broadcastsRefused atomic.Uint64
 	hedges, hedgesWon                                      atomic.Uint64
+	heartbeatWants, heartbeatRepairs                       atomic.Uint64
 }

@@ -91,21 +91,33 @@ func (r *Registration) serving(now int64) (bool, string) {
 }
 
 // roleLoop runs the role steps of the local members: every
-// RoleLeaseTimeout/4, and at once when the registry reports a change in a
-// role group.
+// RoleLeaseTimeout/4 while there are any, and at once when the registry
+// reports a change in a role group or a member registers (kickRoles). A
+// node without role members does not wake for them: in a cluster of
+// hundreds of nodes in one process (aegis-bench scale), 2 wakeups a second
+// per node for nothing were a measurable share of its idle CPU.
 func (n *Node) roleLoop() {
-	t := n.clk.NewTicker(n.cfg.RoleLeaseTimeout / 4)
+	period := n.cfg.RoleLeaseTimeout / 4
+	t := n.clk.NewTimer(period)
 	n.spawn(func() {
 		defer t.Stop()
+		armed := true // t is running
 		for {
 			select {
 			case <-n.stopCh:
 				return
 			case <-t.C():
+				armed = false
 			case <-n.roleKick:
 			}
-			for _, r := range n.roleMembers() {
+			n.roleRuns.Add(1)
+			members := n.roleMembers()
+			for _, r := range members {
 				n.roleStep(r)
+			}
+			if len(members) > 0 && !armed {
+				t.Reset(period)
+				armed = true
 			}
 		}
 	})

@@ -53,7 +53,7 @@ type NetConfig struct {
 // Net is the Transport for the real network. Create it with NewNet; it is
 // safe for concurrent use.
 type Net struct {
-	gossip     *memberlist.NetTransport
+	gossip     *gossipSockets
 	gossipAddr string
 	advIP      net.IP // nil unless NetConfig.AdvertiseAddr was set
 	advPort    int
@@ -105,14 +105,14 @@ func NewNet(cfg NetConfig) (*Net, error) {
 	}
 	ln, err := net.Listen("tcp", callBind)
 	if err != nil {
-		_ = stopGossip(gossip)
+		_ = gossip.shutdown()
 		return nil, fmt.Errorf("transport: listen for calls on %q: %w", callBind, err)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Net{
 		gossip:     gossip,
-		gossipAddr: net.JoinHostPort(bindIP, strconv.Itoa(gossip.GetAutoBindPort())),
+		gossipAddr: gossip.addr(),
 		advIP:      advIP,
 		advPort:    advPort,
 		streamCh:   make(chan net.Conn),
@@ -122,7 +122,7 @@ func NewNet(cfg NetConfig) (*Net, error) {
 	n.calls = &netCallListener{Listener: ln, n: n}
 	if n.callAddr, err = n.advertisedCallAddr(cfg.AdvertiseCallAddr); err != nil {
 		_ = ln.Close()
-		_ = stopGossip(gossip)
+		_ = gossip.shutdown()
 		cancel()
 		return nil, err
 	}
@@ -178,18 +178,14 @@ func parseAdvertiseAddr(addr string) (net.IP, int, error) {
 	return ip, port, nil
 }
 
-// bindGossip starts memberlist's UDP+TCP transport. With port 0 the kernel
-// picks the TCP port and the same number is then bound for UDP, which can
-// collide with another socket, so that case is retried.
-func bindGossip(ip string, port int, logger *log.Logger) (*memberlist.NetTransport, error) {
+// bindGossip binds the gossip port. With port 0 the kernel picks the TCP
+// port and the same number is then bound for UDP, which can collide with
+// another socket, so that case is retried.
+func bindGossip(ip string, port int, logger *log.Logger) (*gossipSockets, error) {
 	var err error
 	for attempt := 0; attempt < bindRetries; attempt++ {
-		var gossip *memberlist.NetTransport
-		gossip, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{ip},
-			BindPort:  port,
-			Logger:    logger,
-		})
+		var gossip *gossipSockets
+		gossip, err = listenGossip(ip, port, logger)
 		if err == nil {
 			return gossip, nil
 		}
@@ -200,29 +196,11 @@ func bindGossip(ip string, port int, logger *log.Logger) (*memberlist.NetTranspo
 	return nil, err
 }
 
-// stopGossip shuts memberlist's transport down. Its listener goroutines hand
-// every packet and stream to unbuffered channels and its Shutdown waits for
-// them, so whatever is still arriving is drained here; otherwise Shutdown
-// would hang whenever nobody (or no longer anybody) reads those channels.
-func stopGossip(gossip *memberlist.NetTransport) error {
-	done := make(chan error, 1)
-	go func() { done <- gossip.Shutdown() }()
-	for {
-		select {
-		case err := <-done:
-			return err
-		case <-gossip.PacketCh():
-		case c := <-gossip.StreamCh():
-			_ = c.Close()
-		}
-	}
-}
-
 // forwardStreams moves incoming gossip streams from memberlist's transport
 // to streamCh, recording each so Shutdown can close it.
 func (n *Net) forwardStreams() {
 	defer n.wg.Done()
-	in := n.gossip.StreamCh()
+	in := n.gossip.streamCh
 	for {
 		select {
 		case c := <-in:
@@ -256,21 +234,21 @@ func (n *Net) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
 	if ip == "" && n.advIP != nil {
 		return n.advIP, n.advPort, nil
 	}
-	return n.gossip.FinalAdvertiseAddr(ip, port)
+	return n.gossip.finalAdvertiseAddr(ip, port)
 }
 
 // WriteTo implements memberlist.Transport: it sends one UDP packet.
 func (n *Net) WriteTo(b []byte, addr string) (time.Time, error) {
-	return n.gossip.WriteTo(b, addr)
+	return n.gossip.writeTo(b, addr)
 }
 
 // WriteToAddress implements memberlist.NodeAwareTransport.
 func (n *Net) WriteToAddress(b []byte, addr memberlist.Address) (time.Time, error) {
-	return n.gossip.WriteToAddress(b, addr)
+	return n.gossip.writeTo(b, addr.Addr)
 }
 
 // PacketCh implements memberlist.Transport: incoming UDP packets.
-func (n *Net) PacketCh() <-chan *memberlist.Packet { return n.gossip.PacketCh() }
+func (n *Net) PacketCh() <-chan *memberlist.Packet { return n.gossip.packetCh }
 
 // StreamCh implements memberlist.Transport: incoming gossip TCP streams.
 // The channel is never closed.
@@ -364,7 +342,7 @@ func (n *Net) Shutdown() error {
 			err = nil // already closed by the user
 		}
 		n.wg.Wait()
-		if gerr := stopGossip(n.gossip); gerr != nil && err == nil {
+		if gerr := n.gossip.shutdown(); gerr != nil && err == nil {
 			err = gerr
 		}
 		n.conns.closeAll()

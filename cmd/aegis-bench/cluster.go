@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
@@ -211,21 +212,28 @@ type cluster struct {
 	nw    *transport.Network
 	count bool // wrap transports in countingTransport
 
-	nodes    []*aegis.Node
-	views    []*view
-	counters []*countingTransport
+	nodes     []*aegis.Node
+	views     []*view
+	counters  []*countingTransport
+	mems      []*transport.MemTransport // with -mem: each node's transport
+	regs      sync.Map                  // instKey → *aegis.Registration, from register
+	logs      *logCounter               // when set, counts every node's warnings
+	pace      float64                   // pacer limit for setup steps (scale)
+	stopWatch func()                    // ends watch (scale); set once every node exists
 }
 
 // newCluster prepares a cluster of n node slots; nodes start with start or
 // startAll.
 func newCluster(opt *common, n int, count bool) *cluster {
 	c := &cluster{
-		opt:      opt,
-		tag:      randomHex(3),
-		count:    count,
-		nodes:    make([]*aegis.Node, n),
-		views:    make([]*view, n),
-		counters: make([]*countingTransport, n),
+		opt:       opt,
+		tag:       randomHex(3),
+		count:     count,
+		nodes:     make([]*aegis.Node, n),
+		views:     make([]*view, n),
+		counters:  make([]*countingTransport, n),
+		mems:      make([]*transport.MemTransport, n),
+		stopWatch: func() {},
 	}
 	for i := range c.views {
 		c.views[i] = newView()
@@ -252,7 +260,9 @@ func (c *cluster) start(i int, tweak func(*aegis.Config)) error {
 	cfg.Gossip = c.opt.gossipConfig()
 	var tr transport.Transport
 	if c.opt.mem {
-		tr = c.nw.NewTransport(fmt.Sprintf("10.0.%d.%d:7946", i/250, i%250+1))
+		mt := c.nw.NewMemTransport(fmt.Sprintf("10.0.%d.%d:7946", i/250, i%250+1))
+		c.mems[i] = mt
+		tr = mt
 	} else if c.count {
 		nt, err := transport.NewNet(transport.NetConfig{BindAddr: "127.0.0.1:0"})
 		if err != nil {
@@ -268,6 +278,9 @@ func (c *cluster) start(i int, tweak func(*aegis.Config)) error {
 		tr = ct
 	}
 	cfg.Transport = tr
+	if c.logs != nil {
+		cfg.Logger = slog.New(c.logs)
+	}
 	if tweak != nil {
 		tweak(cfg)
 	}
@@ -341,6 +354,7 @@ func (c *cluster) register(ctx context.Context, i int, svc, id string) (*aegis.R
 	if err != nil {
 		return nil, fmt.Errorf("node %d: register %s/%s: %w", i, svc, id, err)
 	}
+	c.regs.Store(instKey{svc, id}, r)
 	return r, nil
 }
 

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"os"
+	"runtime/pprof"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -120,6 +122,7 @@ func runCost(args []string) error {
 	per := fs.Int("instances", 5, "instances registered on each node")
 	dur := fs.Duration("duration", 30*time.Second, "measurement window")
 	warm := fs.Duration("warm", 5*time.Second, "extra wait after -settle before the window, so registration gossip has drained")
+	winProf := fs.String("window-cpuprofile", "", "write a CPU profile of the measurement window alone to this file")
 	claims := fs.Int("claims", 0, "resource claims made (spread over one extra instance per node) before the window, to measure what ownership costs at rest")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -156,9 +159,14 @@ func runCost(args []string) error {
 	c.startLoss()
 	progress("  warm %v, then measuring %v", *warm, *dur)
 	time.Sleep(*warm)
+	stopWin, err := startWindowProfile(*winProf)
+	if err != nil {
+		return err
+	}
 	a := c.costSnap()
 	time.Sleep(*dur)
 	b := c.costSnap()
+	stopWin()
 
 	secs := b.at.Sub(a.at).Seconds()
 	perNode := func(x float64) float64 { return x / secs / float64(*n) }
@@ -190,6 +198,8 @@ func runCost(args []string) error {
 		{"HeartbeatsSent/s per node", fmt.Sprintf("%.2f", perNode(float64(b.stats.HeartbeatsSent-a.stats.HeartbeatsSent))), ""},
 		{"HeartbeatsReceived/s per node", fmt.Sprintf("%.1f", perNode(float64(b.stats.HeartbeatsReceived-a.stats.HeartbeatsReceived))), ""},
 		{"HeartbeatsUnknown/s per node", fmt.Sprintf("%.2f", perNode(float64(b.stats.HeartbeatsUnknown-a.stats.HeartbeatsUnknown))), ""},
+		{"HeartbeatWants/s per node (requests for missed heartbeats)", fmt.Sprintf("%.2f", perNode(float64(b.stats.HeartbeatWants-a.stats.HeartbeatWants))), ""},
+		{"HeartbeatRepairs/s per node (messages sent in answer)", fmt.Sprintf("%.2f", perNode(float64(b.stats.HeartbeatRepairs-a.stats.HeartbeatRepairs))), ""},
 		{"TCP streams dialed since start (all nodes, incl. joins)", fmt.Sprintf("%d (%d bytes)", b.tcpDials, b.tcpBytes), ""},
 		{"GossipDropped in window (all nodes)", fmt.Sprintf("%d", b.stats.GossipDropped-a.stats.GossipDropped), ""},
 	}
@@ -265,4 +275,24 @@ func ppNote(from, to, base, period time.Duration) string {
 		return "no periodic push/pull (the TCP figure leaves that cost out)"
 	}
 	return fmt.Sprintf("on average %.2f periodic push/pulls per node", e)
+}
+
+// startWindowProfile starts a CPU profile into path (none when path is
+// empty) and returns the function that ends it.
+func startWindowProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }

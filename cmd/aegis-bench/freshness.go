@@ -62,6 +62,8 @@ func sumStats(nodes []*aegis.Node) aegis.Stats {
 		s.HeartbeatsSent += x.HeartbeatsSent
 		s.HeartbeatsReceived += x.HeartbeatsReceived
 		s.HeartbeatsUnknown += x.HeartbeatsUnknown
+		s.HeartbeatWants += x.HeartbeatWants
+		s.HeartbeatRepairs += x.HeartbeatRepairs
 	}
 	return s
 }
@@ -73,6 +75,8 @@ func statsDelta(a, b aegis.Stats) aegis.Stats {
 		HeartbeatsSent:     b.HeartbeatsSent - a.HeartbeatsSent,
 		HeartbeatsReceived: b.HeartbeatsReceived - a.HeartbeatsReceived,
 		HeartbeatsUnknown:  b.HeartbeatsUnknown - a.HeartbeatsUnknown,
+		HeartbeatWants:     b.HeartbeatWants - a.HeartbeatWants,
+		HeartbeatRepairs:   b.HeartbeatRepairs - a.HeartbeatRepairs,
 	}
 }
 
@@ -286,6 +290,8 @@ func runFreshness(args []string) error {
 	add("HeartbeatsSent", stats1.HeartbeatsSent, d.HeartbeatsSent)
 	add("HeartbeatsReceived", stats1.HeartbeatsReceived, d.HeartbeatsReceived)
 	add("HeartbeatsUnknown", stats1.HeartbeatsUnknown, d.HeartbeatsUnknown)
+	add("HeartbeatWants", stats1.HeartbeatWants, d.HeartbeatWants)
+	add("HeartbeatRepairs", stats1.HeartbeatRepairs, d.HeartbeatRepairs)
 	table([]string{"counter", "total since start", "during window", "per node per second (window)"}, srows)
 	return nil
 }

@@ -14,6 +14,7 @@
 //	aegis-bench cost      [-n 50] [-instances 5] [-duration 30s]
 //	aegis-bench many      [-n 3] [-instances 10000] [-watch 2m]
 //	aegis-bench promotion [-runs 20] [-modes majority,always] [-lease 400ms]
+//	aegis-bench scale     [-n 50,100,200,500] [-instances 2] [-cost 30s] [-fresh 60s]
 //	aegis-bench verdicts  [-n 20] [-duration 10m] [-loss 0.1] [-starve busy|cpumax|stop|none]
 //
 // Common flags: -gossip lan|fast|local, -mem, -cap, -settle, -seeds.
@@ -49,6 +50,7 @@ var subcommands = []subcommand{
 	{"cost", "steady-state gossip bytes and CPU per node per second", runCost},
 	{"many", "one node of a few registers thousands of instances; registration time, time until all are healthy everywhere, verdicts afterwards", runMany},
 	{"promotion", "a role group's active crashes (Shutdown); time until a standby is promoted and answers calls", runPromotion},
+	{"scale", "for each cluster size on the in-memory network: spread, cold start, heartbeat freshness, bytes and CPU per node", runScale},
 	{"verdicts", "agent processes in a network namespace with packet loss, one starved of CPU at intervals; false node-failed verdicts (Linux, root)", runVerdicts},
 }
 

@@ -205,6 +205,18 @@ func spreadRun(opt *common, n, run int) convergence {
 	for i := range keys {
 		keys[i] = instKey{"spread", fmt.Sprintf("i-%d", i)}
 	}
+	return c.spreadOnce(ctx, keys)
+}
+
+// spreadOnce is the measured phase of spread: behind a barrier, node i
+// registers keys[i] (all at the same moment); it waits until every node
+// sees every key (or the cap) and measures from the barrier's release.
+// The keys must be of one service that no node has instances of yet.
+func (c *cluster) spreadOnce(ctx context.Context, keys []instKey) convergence {
+	n := len(c.nodes)
+	fail := func(err error) convergence {
+		return convergence{n: n, total: n * n, err: err, p50: -1, p99: -1, p100: -1}
+	}
 	release := make(chan struct{})
 	var ready, done sync.WaitGroup
 	errs := make([]error, n)
@@ -232,7 +244,7 @@ func spreadRun(opt *common, n, run int) convergence {
 		}
 		regDone = max(regDone, returned[i].Sub(t0))
 	}
-	c.waitCount("spread", n, nil, opt.cap-time.Since(t0))
+	c.waitCount(keys[0].svc, n, nil, c.opt.cap-time.Since(t0))
 	cv := c.measure(t0, keys)
 	cv.regDone = regDone
 	return cv

@@ -26,13 +26,16 @@ const MaxIndex uint32 = 1<<31 - 1
 // and the optional epoch as a uvarint (absent: 0). A node numbers the
 // heartbeats of one round alike, so a beat usually takes two bytes. There
 // is no send time (Record.Time is informational; a compact heartbeat
-// leaves it as it was).
+// leaves it as it was). Round numbers the sender's heartbeat rounds (0:
+// not given); the messages of one round share it, and a receiver keeps the
+// newest round's messages to hand on to a member that missed them (Want).
 type Beats struct {
 	_struct bool `codec:",toarray"` //nolint:unused // codec directive
 
 	Node   string
 	Life   uint64 // the sender's life: random, fixed while it runs, never 0
 	Packed []byte
+	Round  uint64
 
 	// Entries is Packed decoded; DecodeLimited fills it, Encode ignores
 	// it (use PackBeats).
@@ -177,6 +180,80 @@ func (s *scanner) beats() error {
 		if i == 0 || i == 2 { // Node, Packed
 			err = s.str()
 		} else {
+			err = s.skip(2)
+		}
+	}
+	return err
+}
+
+// MsgWant asks a member for the newest compact heartbeats it holds of the
+// nodes named (Want).
+const MsgWant MsgType = 7
+
+// MaxWantOrigins is the most nodes one Want names.
+const MaxWantOrigins = 32
+
+// Want is sent by a node that missed the heartbeats it expected from some
+// nodes. The member asked answers From, a live member, straight away with
+// the newest Beats messages it holds of each origin named whose life
+// differs or whose round is newer than the one given.
+type Want struct {
+	_struct bool `codec:",toarray"` //nolint:unused // codec directive
+
+	From    string
+	Origins []WantOrigin
+}
+
+// WantOrigin names a node whose heartbeats are missed, with the life and
+// round of the newest of its messages the asking node has.
+type WantOrigin struct {
+	_struct bool `codec:",toarray"` //nolint:unused // codec directive
+
+	Node  string
+	Life  uint64
+	Round uint64
+}
+
+// Validate reports whether w may be acted on: From and every origin are
+// valid node names, at most MaxWantOrigins of them. The error wraps
+// ErrInvalid.
+func (w *Want) Validate() error {
+	if !ValidName(w.From, MaxNameLen) {
+		return fmt.Errorf("%w: want: From %s: %s", ErrInvalid, clip(w.From), nameRule)
+	}
+	if len(w.Origins) == 0 || len(w.Origins) > MaxWantOrigins {
+		return fmt.Errorf("%w: want from %s: %d origins (1 to %d)", ErrInvalid, clip(w.From), len(w.Origins), MaxWantOrigins)
+	}
+	for i := range w.Origins {
+		if !ValidName(w.Origins[i].Node, MaxNameLen) {
+			return fmt.Errorf("%w: want from %s: Origins[%d]: %s", ErrInvalid, clip(w.From), i, nameRule)
+		}
+	}
+	return nil
+}
+
+// want checks a Want body.
+func (s *scanner) want() error {
+	n, err := s.structHeader("want")
+	for i := 0; i < n && err == nil; i++ {
+		switch i {
+		case 0: // From
+			err = s.str()
+		case 1:
+			var k int
+			k, err = s.collection(kindArray, "Origins", MaxWantOrigins)
+			for j := 0; j < k && err == nil; j++ {
+				var fields int
+				fields, err = s.structHeader("want origin")
+				for f := 0; f < fields && err == nil; f++ {
+					if f == 0 { // Node
+						err = s.str()
+					} else {
+						err = s.skip(4)
+					}
+				}
+			}
+		default:
 			err = s.skip(2)
 		}
 	}

@@ -89,3 +89,47 @@ func TestPackBeatsLimit(t *testing.T) {
 	_, n = PackBeatsLimit(in, 1)
 	require.Equal(t, 1, n, "at least one beat")
 }
+
+func TestWantRoundTripAndRules(t *testing.T) {
+	w := &Want{From: "node-1", Origins: []WantOrigin{{Node: "node-2", Life: 5, Round: 12}, {Node: "node-3", Life: 1}}}
+	b, err := Encode(w)
+	require.NoError(t, err)
+	m, err := Decode(Direct(b))
+	require.NoError(t, err)
+	require.Equal(t, MsgWant, m.Type)
+	require.True(t, m.Direct)
+	require.Equal(t, w, m.Want)
+	require.NoError(t, m.Validate(Limits{}))
+
+	bad := map[string]*Want{
+		"From":       {From: "bad name", Origins: w.Origins},
+		"0 origins":  {From: "node-1"},
+		"Origins[1]": {From: "node-1", Origins: []WantOrigin{{Node: "ok"}, {Node: ""}}},
+	}
+	for what, v := range bad {
+		b, err := Encode(v)
+		require.NoError(t, err)
+		m, err := Decode(b)
+		require.NoError(t, err, what)
+		err = m.Validate(Limits{})
+		require.ErrorIs(t, err, ErrInvalid, what)
+		if what != "0 origins" {
+			require.Contains(t, err.Error(), what)
+		}
+	}
+	// More origins than allowed are refused before the codec allocates.
+	b, err = Encode(&Want{From: "node-1", Origins: make([]WantOrigin, MaxWantOrigins+1)})
+	require.NoError(t, err)
+	_, err = Decode(b)
+	require.ErrorIs(t, err, ErrInvalid)
+}
+
+func TestBeatsCarryRound(t *testing.T) {
+	in := &Beats{Node: "n", Life: 3, Packed: PackBeats(someBeats()), Round: 1 << 40}
+	b, err := Encode(in)
+	require.NoError(t, err)
+	m, err := Decode(b)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1<<40), m.Beats.Round)
+	require.Equal(t, someBeats(), m.Beats.Entries)
+}

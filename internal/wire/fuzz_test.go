@@ -32,6 +32,9 @@ func seedValues() []any {
 		&Leave{Node: "n", Addr: "10.0.0.1:7946", Time: 1}, &Leave{Node: "n"}, &Leave{Node: strings.Repeat("n", 200), Addr: "h:1"},
 		&Beats{Node: "n", Life: 3, Packed: PackBeats(someBeats())}, &Beats{Node: "n", Life: 1},
 		&Beats{Node: "n", Life: 0, Packed: []byte{beatSeq, 1, 2}},
+		&Beats{Node: "n", Life: 3, Packed: PackBeats(someBeats()), Round: 77},
+		&Want{From: "n", Origins: []WantOrigin{{Node: "m", Life: 3, Round: 9}, {Node: "o"}}},
+		&Want{From: "n"}, &Want{From: "n", Origins: make([]WantOrigin, MaxWantOrigins+1)},
 	}
 }
 
@@ -97,8 +100,22 @@ func value(m *Message) any {
 		return m.Leave
 	case m.Beats != nil:
 		return m.Beats
+	case m.Want != nil:
+		return m.Want
 	}
 	return m.State
+}
+
+// FuzzWant feeds requests for missed heartbeats, as sent directly (the
+// only way they travel) or not.
+func FuzzWant(f *testing.F) {
+	for _, b := range seeds(f, MsgWant, true) {
+		f.Add(b, false)
+		f.Add(b, true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, direct bool) {
+		checkMessage(t, withFrame(MsgWant, direct, body))
+	})
 }
 
 // FuzzClaims feeds claim batches, as gossiped or sent directly.

@@ -169,7 +169,7 @@ var handle = func() *codec.MsgpackHandle {
 }()
 
 // Encode returns the framed encoding of v, which must be a *Record,
-// *HeartbeatBatch, *State, *ClaimBatch, *Leave or *Beats.
+// *HeartbeatBatch, *State, *ClaimBatch, *Leave, *Beats or *Want.
 func Encode(v any) ([]byte, error) {
 	var t MsgType
 	switch v.(type) {
@@ -185,6 +185,8 @@ func Encode(v any) ([]byte, error) {
 		t = MsgLeave
 	case *Beats:
 		t = MsgBeats
+	case *Want:
+		t = MsgWant
 	default:
 		return nil, fmt.Errorf("wire: cannot encode %T", v)
 	}
@@ -208,6 +210,7 @@ type Message struct {
 	Claims     *ClaimBatch
 	Leave      *Leave
 	Beats      *Beats
+	Want       *Want
 }
 
 // Decode is DecodeLimited with DefaultLimits.
@@ -258,6 +261,9 @@ func DecodeLimited(b []byte, l Limits) (Message, error) {
 	case MsgBeats:
 		msg.Beats = new(Beats)
 		target, limit = msg.Beats, l.MaxBatchSize
+	case MsgWant:
+		msg.Want = new(Want)
+		target, limit = msg.Want, l.MaxBatchSize
 	default:
 		return Message{}, fmt.Errorf("%w: %d", ErrUnknownType, b[1])
 	}

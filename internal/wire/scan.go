@@ -54,6 +54,8 @@ func (s *scanner) message(t MsgType) error {
 		err = s.leave()
 	case MsgBeats:
 		err = s.beats()
+	case MsgWant:
+		err = s.want()
 	}
 	if err == nil && s.off != len(s.b) {
 		err = s.malformed("%d bytes after the message", len(s.b)-s.off)

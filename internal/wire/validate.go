@@ -30,6 +30,8 @@ func (m *Message) Validate(l Limits) error {
 		return m.Leave.Validate()
 	case m.Beats != nil:
 		return m.Beats.Validate()
+	case m.Want != nil:
+		return m.Want.Validate()
 	}
 	return fmt.Errorf("%w: empty message", ErrInvalid)
 }

@@ -1,0 +1,294 @@
+// This file holds heartbeat repair: every node keeps the newest round of
+// compact heartbeat messages it heard from each member, and a node that
+// misses a member's round asks two other members for it (wire.Want).
+//
+// A node sends each round's compact heartbeats straight to every member,
+// once (heartbeat.go). That is one copy per receiver, where epidemic
+// gossip needs about eight for the same freshness (each receiver misses a
+// gossiped message with a probability near e to the minus its copies).
+// What a lost packet costs is made up here: a receiver that has heard
+// nothing new from a member for 1.25 heartbeat intervals asks two random
+// other members, which very likely heard that round, and asks again every
+// tenth of an interval until it hears one, for up to three intervals
+// (then the member is taken to have stopped beating: its instances are
+// paused, deregistered or its node is gone, which the heartbeat timeout
+// and memberlist judge). Asking others rather than the origin also routes
+// around a path that fails one way only.
+
+package aegis
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/aegisipc/aegis/internal/clock"
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+// Repair timing, in heartbeat intervals: a member is late after
+// repairLate, asked again every repairRetry, and given up on after
+// repairGiveUp (until it is heard from again).
+const (
+	repairLateNum, repairLateDen = 5, 4 // 1.25 intervals
+	repairRetryDiv               = 10   // a tenth of an interval
+	repairGiveUp                 = 3    // intervals
+	repairAsk                    = 2    // members asked at once
+)
+
+// Bounds on what repair stores and sends.
+const (
+	// maxRoundParts bounds the messages kept of one member's round: a node
+	// with 10,000 instances sends about 40.
+	maxRoundParts = 128
+	// maxAnswerParts bounds the messages sent in answer to one Want.
+	maxAnswerParts = 128
+	// wantAnswersPerSec bounds the Wants this node answers per second, so
+	// that forged Wants cannot make it a traffic source: at 10% loss a
+	// member of a 500-node cluster answers about 20 a second.
+	wantAnswersPerSec = 500
+)
+
+// originBeats is what a node keeps of one member's compact heartbeats.
+type originBeats struct {
+	life, round uint64
+	msgs        [][]byte  // the frames of round, direct flag cleared
+	fresh       time.Time // when a message of it last advanced an instance here
+	asked       time.Time // when a Want last named it
+}
+
+// beatStore holds the newest round of compact heartbeats of every member
+// this node heard from, itself included.
+type beatStore struct {
+	mu sync.Mutex
+	m  map[string]*originBeats
+
+	windowStart time.Time // wantAnswersPerSec's current second
+	answered    int       // Wants answered in it
+}
+
+func newBeatStore() *beatStore {
+	return &beatStore{m: make(map[string]*originBeats)}
+}
+
+// keep stores frame, a compact heartbeat message from node (life, round)
+// that was applied here; fresh says it advanced an instance. A message of
+// an unknown life, or of a newer round, is kept only when fresh: its
+// records are known and it was news. It replaces the older round's
+// messages; another part of the same round is added to them.
+func (s *beatStore) keep(node string, life, round uint64, frame []byte, fresh bool, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := s.m[node]
+	switch {
+	case o == nil || o.life != life || round > o.round:
+		if !fresh {
+			return
+		}
+		if o == nil {
+			o = &originBeats{}
+			s.m[node] = o
+		}
+		o.life, o.round, o.msgs = life, round, [][]byte{undirect(frame)}
+	case round == o.round:
+		if len(o.msgs) < maxRoundParts && !slices.ContainsFunc(o.msgs, func(m []byte) bool { return bytes.Equal(m[1:], frame[1:]) }) {
+			o.msgs = append(o.msgs, undirect(frame))
+		}
+	}
+	if fresh {
+		o.fresh = now
+	}
+}
+
+// expect notes that node, in its life life, has an instance that sends
+// compact heartbeats (its record arrived at now), so that heartbeats
+// never heard from it are asked for too.
+func (s *beatStore) expect(node string, life uint64, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o := s.m[node]; o == nil || o.life != life {
+		s.m[node] = &originBeats{life: life, fresh: now}
+	}
+}
+
+// forget drops what is kept of node (it left or failed).
+func (s *beatStore) forget(node string) {
+	s.mu.Lock()
+	delete(s.m, node)
+	s.mu.Unlock()
+}
+
+// late returns the members to ask about at now: heard from last more than
+// late ago but less than giveUp ago, not asked within retry, live
+// (live(node)) and not self. It marks them asked, and drops what it keeps
+// of nodes not live and not heard from for giveUp.
+func (s *beatStore) late(self string, live func(string) bool, now time.Time, late, retry, giveUp time.Duration) []wire.WantOrigin {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []wire.WantOrigin
+	for node, o := range s.m {
+		if node == self {
+			continue
+		}
+		since := now.Sub(o.fresh)
+		// The ticker fires every retry, give or take: a tenth of slack
+		// keeps a member from being skipped at every other tick.
+		if since <= late || now.Sub(o.asked) < retry-retry/10 {
+			continue
+		}
+		if !live(node) {
+			if since >= giveUp {
+				delete(s.m, node) // gone, or named by records only
+			}
+			continue
+		}
+		if since >= giveUp {
+			continue
+		}
+		o.asked = now
+		out = append(out, wire.WantOrigin{Node: node, Life: o.life, Round: o.round})
+	}
+	return out
+}
+
+// answer returns the messages to send for w, at most maxAnswerParts: of
+// every origin named, the newest round kept when the asker's life differs
+// or its round is older. It returns nil once wantAnswersPerSec Wants have
+// been answered in the current second.
+func (s *beatStore) answer(w *wire.Want, now time.Time) (msgs [][]byte, limited bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.windowStart) >= time.Second || now.Before(s.windowStart) {
+		s.windowStart, s.answered = now, 0
+	}
+	if s.answered >= wantAnswersPerSec {
+		return nil, true
+	}
+	s.answered++
+	for _, want := range w.Origins {
+		o := s.m[want.Node]
+		if o == nil || (o.life == want.Life && o.round <= want.Round) {
+			continue
+		}
+		for _, m := range o.msgs {
+			if len(msgs) >= maxAnswerParts {
+				return msgs, false
+			}
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs, false
+}
+
+// repairRetry is the time between two Wants about one member.
+func repairRetry(interval time.Duration) time.Duration {
+	return max(interval/repairRetryDiv, time.Millisecond)
+}
+
+// undirect returns a copy of frame without the direct flag.
+func undirect(frame []byte) []byte {
+	cp := append([]byte(nil), frame...)
+	if len(cp) > 1 {
+		cp[1] &^= wire.FlagDirect
+	}
+	return cp
+}
+
+// repairLoop asks for missed heartbeats at every tick of t (a tenth of a
+// heartbeat interval, on the node's clock).
+func (g *gossiper) repairLoop(t clock.Ticker) {
+	interval := g.hbInterval
+	retry := repairRetry(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stopCh:
+			return
+		case <-t.C():
+		}
+		g.askLate(interval*repairLateNum/repairLateDen, retry, repairGiveUp*interval)
+	}
+}
+
+// askLate sends a Want for every late member (see beatStore.late), in
+// batches of wire.MaxWantOrigins, each to repairAsk random members other
+// than the ones it names (the ones it names only when too few others are
+// left).
+func (g *gossiper) askLate(late, retry, giveUp time.Duration) {
+	live := func(node string) bool {
+		g.peersMu.RLock()
+		defer g.peersMu.RUnlock()
+		return g.peers[node] != nil
+	}
+	origins := g.beats.late(g.name, live, g.clk.Now(), late, retry, giveUp)
+	if len(origins) == 0 {
+		return
+	}
+	g.peersMu.RLock()
+	peers := make(map[string]*memberlist.Node, len(g.peers))
+	for name, p := range g.peers {
+		peers[name] = p
+	}
+	g.peersMu.RUnlock()
+	for len(origins) > 0 {
+		k := min(len(origins), wire.MaxWantOrigins)
+		batch := origins[:k]
+		origins = origins[k:]
+		msg, err := wire.Encode(&wire.Want{From: g.name, Origins: batch})
+		if err != nil {
+			g.log.Error("encode heartbeat want", "err", err)
+			continue
+		}
+		for _, p := range wantTargets(peers, batch) {
+			g.queueDirect(outMsg{to: p, msg: wire.Direct(msg)})
+			g.stats.heartbeatWants.Add(1)
+		}
+	}
+}
+
+// wantTargets picks repairAsk members to ask about origins: random members
+// not among them, topped up with origins when too few others exist.
+func wantTargets(peers map[string]*memberlist.Node, origins []wire.WantOrigin) []*memberlist.Node {
+	named := make(map[string]bool, len(origins))
+	for _, o := range origins {
+		named[o.Node] = true
+	}
+	var others, fallback []*memberlist.Node
+	for name, p := range peers {
+		if named[name] {
+			fallback = append(fallback, p)
+		} else {
+			others = append(others, p)
+		}
+	}
+	pick := func(from []*memberlist.Node, n int) []*memberlist.Node {
+		rand.Shuffle(len(from), func(i, j int) { from[i], from[j] = from[j], from[i] })
+		return from[:min(n, len(from))]
+	}
+	out := pick(others, repairAsk)
+	return append(out, pick(fallback, repairAsk-len(out))...)
+}
+
+// answerWant sends the asker of w, a live member, the newest heartbeats
+// kept of the members it names.
+func (g *gossiper) answerWant(w *wire.Want) {
+	g.peersMu.RLock()
+	to := g.peers[w.From]
+	g.peersMu.RUnlock()
+	if to == nil {
+		return // not a live member: nowhere to answer
+	}
+	msgs, limited := g.beats.answer(w, g.clk.Now())
+	if limited {
+		g.warn.Warn("want-limit", "heartbeat wants refused: more than the limit a second", "limit", wantAnswersPerSec)
+		return
+	}
+	for _, m := range msgs {
+		g.queueDirect(outMsg{to: to, msg: wire.Direct(m)})
+		g.stats.heartbeatRepairs.Add(1)
+	}
+}

@@ -1,0 +1,131 @@
+package aegis
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/aegisipc/aegis/internal/testutil"
+	"github.com/aegisipc/aegis/internal/wire"
+)
+
+func beatFrame(t *testing.T, node string, life, round uint64, index uint32) []byte {
+	t.Helper()
+	b, err := wire.Encode(&wire.Beats{Node: node, Life: life, Round: round,
+		Packed: wire.PackBeats([]wire.Beat{{Index: index, Seq: round}})})
+	require.NoError(t, err)
+	return b
+}
+
+// What the store keeps of a member's rounds, and what it hands on.
+func TestBeatStoreKeepsNewestRound(t *testing.T) {
+	s := newBeatStore()
+	now := time.Unix(1000, 0)
+	r5a, r5b, r6 := beatFrame(t, "a", 1, 5, 1), beatFrame(t, "a", 1, 5, 2), beatFrame(t, "a", 1, 6, 1)
+
+	s.keep("a", 1, 5, r5a, false, now)
+	require.Empty(t, s.m, "a message that advanced nothing here is not kept for an unknown member")
+	s.keep("a", 1, 5, wire.Direct(r5a), true, now)
+	s.keep("a", 1, 5, r5b, false, now) // another part of the round
+	s.keep("a", 1, 5, r5b, true, now)  // and its copy
+	ask := &wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "a", Life: 1, Round: 4}}}
+	msgs, limited := s.answer(ask, now)
+	require.False(t, limited)
+	require.Equal(t, [][]byte{r5a, r5b}, msgs, "both parts of round 5, without the direct flag")
+
+	s.keep("a", 1, 4, beatFrame(t, "a", 1, 4, 1), true, now)
+	s.keep("a", 1, 6, r6, false, now)
+	msgs, _ = s.answer(ask, now)
+	require.Equal(t, [][]byte{r5a, r5b}, msgs, "an older round, or a newer one that advanced nothing, changes nothing")
+	s.keep("a", 1, 6, r6, true, now)
+	msgs, _ = s.answer(ask, now)
+	require.Equal(t, [][]byte{r6}, msgs)
+
+	msgs, _ = s.answer(&wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "a", Life: 1, Round: 6}}}, now)
+	require.Empty(t, msgs, "the asker has that round already")
+	msgs, _ = s.answer(&wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "a", Life: 2, Round: 60}}}, now)
+	require.Equal(t, [][]byte{r6}, msgs, "another life: whatever is kept")
+	msgs, _ = s.answer(&wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "b"}}}, now)
+	require.Empty(t, msgs)
+
+	s.forget("a")
+	msgs, _ = s.answer(ask, now)
+	require.Empty(t, msgs)
+}
+
+// Wants are answered at most wantAnswersPerSec times a second.
+func TestBeatStoreLimitsAnswers(t *testing.T) {
+	s := newBeatStore()
+	now := time.Unix(1000, 0)
+	s.keep("a", 1, 5, beatFrame(t, "a", 1, 5, 1), true, now)
+	ask := &wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "a", Life: 1}}}
+	for range wantAnswersPerSec {
+		msgs, limited := s.answer(ask, now)
+		require.False(t, limited)
+		require.Len(t, msgs, 1)
+	}
+	_, limited := s.answer(ask, now.Add(999*time.Millisecond))
+	require.True(t, limited)
+	_, limited = s.answer(ask, now.Add(time.Second))
+	require.False(t, limited, "a new second")
+}
+
+// A member is asked about once late, every retry, until giving up; never
+// when not live, never this node itself.
+func TestBeatStoreLate(t *testing.T) {
+	s := newBeatStore()
+	t0 := time.Unix(1000, 0)
+	for _, n := range []string{"self", "a", "gone"} {
+		s.keep(n, 1, 5, beatFrame(t, n, 1, 5, 1), true, t0)
+	}
+	live := func(n string) bool { return n != "gone" }
+	late := func(at time.Duration) []wire.WantOrigin {
+		return s.late("self", live, t0.Add(at), 6*time.Second, time.Second, 15*time.Second)
+	}
+	require.Empty(t, late(5*time.Second))
+	require.Equal(t, []wire.WantOrigin{{Node: "a", Life: 1, Round: 5}}, late(7*time.Second))
+	require.Empty(t, late(7500*time.Millisecond), "asked within retry")
+	require.Len(t, late(8*time.Second), 1)
+	require.Empty(t, late(16*time.Second), "given up")
+	require.NotContains(t, s.m, "gone", "dropped")
+	s.keep("a", 1, 6, beatFrame(t, "a", 1, 6, 1), true, t0.Add(16*time.Second))
+	require.Empty(t, late(17*time.Second), "heard again")
+}
+
+// Heartbeats from a node whose packets to one member are all lost (a
+// one-way fault: memberlist still sees that member alive through others)
+// reach it through repair: it asks the other members for them, and the
+// instance stays healthy there.
+func TestHeartbeatsRepairedAroundOneWayFault(t *testing.T) {
+	c := newCluster(t, 3, false, func(cfg *Config) {
+		cfg.HeartbeatInterval = 100 * time.Millisecond
+		cfg.HeartbeatTimeout = 600 * time.Millisecond
+	})
+	c.waitConverged(10 * time.Second)
+	c.net.SetLoss(c.nodes[0].Addr(), c.nodes[2].Addr(), 1)
+	t.Cleanup(c.net.Heal)
+	before := c.nodes[2].Stats().HeartbeatWants
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		require.Equal(t, StatusHealthy, status(c.nodes[2], "inst-0"), "inst-0 on node 2")
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Greater(t, c.nodes[2].Stats().HeartbeatWants, before)
+	require.Positive(t, c.nodes[1].Stats().HeartbeatRepairs, "node 1 answered")
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		return c.nodes[0].Stats().HeartbeatWants == 0
+	}, "node 0 hears everyone")
+}
+
+// Heartbeats travel by gossip as well only with HeartbeatRetransmitMult
+// set; by default a round goes straight to the members alone.
+func TestHeartbeatGossipOnlyWhenAsked(t *testing.T) {
+	for _, mult := range []int{0, 2} {
+		c := newCluster(t, 2, true, func(cfg *Config) { cfg.Gossip.HeartbeatRetransmitMult = mult })
+		c.waitConverged(10 * time.Second)
+		c.nodes[0].heartbeatRound(gossipOnly)
+		require.Equal(t, mult > 0, c.nodes[0].gossip.hbQueue.Len() > 0, "mult %d", mult)
+		require.Zero(t, c.nodes[1].gossip.hbQueue.Len(), "mult %d: a direct copy is not passed on", mult)
+	}
+}
