@@ -328,15 +328,15 @@ func LANGossip() GossipConfig {
 // Detection: a suspect is declared dead 3 × log10(N) × 200ms after the
 // first suspicion once one other member confirms it (0.78 s at 20 nodes,
 // 1.02 s at 50), up to six times that without a confirmation. Measured at
-// 20 nodes on loopback after an abrupt shutdown: median 1.12 s, max 1.39 s
-// (LANGossip 6.9 / 9.0 s; multiplier 4, as before, 1.57 / 1.80 s).
+// 20 nodes on loopback after an abrupt shutdown: median 1.1–1.3 s, max
+// 1.4 s (LANGossip 6.9 / 9.0 s; multiplier 4, as before, 1.57 / 1.80 s).
 // Probing every 150ms would give the same window with two confirmations
 // for a third more probes and CPU.
 //
 // Price, at 50 nodes with 5 instances each over loopback: 5 probes a
 // second per node instead of 1; 920 UDP bytes and 19.8 packets a second
-// per node instead of 528 and 11.8, and 2.0 ms of CPU a second instead of
-// 0.5 to 0.7 (more probes, more gossip rounds).
+// per node instead of 528 and 11.8, and 1.1 to 2.0 ms of CPU a second
+// instead of 0.5 to 0.7 (more probes, more gossip rounds).
 //
 // False verdicts: a member that cannot answer for about 0.8 s is taken
 // for dead. Measured over 10 minutes at 20 nodes with 10% packet loss and
