@@ -327,25 +327,28 @@ func LANGossip() GossipConfig {
 //
 // Detection: a suspect is declared dead 3 × log10(N) × 200ms after the
 // first suspicion once one other member confirms it (0.78 s at 20 nodes,
-// 1.02 s at 50), at most six times that without a confirmation. Measured
-// at 20 nodes on loopback after an abrupt shutdown: median 1.12 s, max
-// 1.39 s (LANGossip 6.9 / 9.0 s; multiplier 4, as before, 1.57 / 1.80).
+// 1.02 s at 50), up to six times that without a confirmation. Measured at
+// 20 nodes on loopback after an abrupt shutdown: median 1.1–1.3 s, max
+// 1.4 s (LANGossip 6.9 / 9.0 s; multiplier 4, as before, 1.57 / 1.80 s).
+// Probing every 150ms would give the same window with two confirmations
+// for a third more probes and CPU.
 //
-// Price, at 50 nodes with 5 instances each over loopback: 920 UDP bytes
-// and 19.8 packets a second per node instead of 528 and 11.8, and 2.0 ms
-// of CPU a second instead of 0.5 to 0.7 (more probes, more gossip rounds).
+// Price, at 50 nodes with 5 instances each over loopback: 5 probes a
+// second per node instead of 1; 920 UDP bytes and 19.8 packets a second
+// per node instead of 528 and 11.8, and 1.1 to 2.0 ms of CPU a second
+// instead of 0.5 to 0.7 (more probes, more gossip rounds).
 //
 // False verdicts: a member that cannot answer for about 0.8 s is taken
-// for dead. Over 10 minutes at 20 nodes with 10% packet loss, none while
-// a busy loop held both cores 5 s in every 30 (the starved node at nice
-// 19, or limited to 2% of a CPU by its cgroup); one in nearly every such
-// window when the starved node got less CPU than the ~15 ms/s it needs
-// (SCHED_IDLE: 19 of 20 windows; a 1% cgroup limit), which LANGossip's
-// 5.2 s window rides out. Loss alone makes members suspect a healthy one
-// about every 5 s at 20 nodes; each suspicion is cleared by a refutation
-// every member must hear: at RetransmitMult 4 one member missed it about
-// once in 70 suspicions (two false verdicts in 10 minutes), at 8 each hears
-// it about 14 times (see BENCHMARKS.md).
+// for dead. Measured over 10 minutes at 20 nodes with 10% packet loss and
+// one node starved 5 s in every 30: none while a busy loop held both
+// cores (the node at nice 19); one in 40 windows with the node's cgroup
+// limited to 2% of a CPU (it needs about 1.5%); one in nearly every
+// window when it could not run for longer stretches (SCHED_IDLE under the
+// busy loop, or a 1% limit), which LANGossip's 5.2 s window rides out.
+// Loss alone makes members suspect a healthy one every 4 s or so; every
+// member must then hear its refutation: at RetransmitMult 4 one of 19
+// missed all ~7 copies about once in 70 suspicions (a false verdict), at
+// 8 each hears about 14. See BENCHMARKS.md.
 func FastLANGossip() GossipConfig {
 	g := LANGossip()
 	g.ProbeInterval = 200 * time.Millisecond
