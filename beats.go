@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/aegisipc/aegis/internal/wire"
 )
@@ -134,18 +135,14 @@ func beatsName(node string, entries []wire.Beat) string {
 	return "b:" + node + "/" + strconv.FormatUint(uint64(first), 10)
 }
 
-// maxPackedBytes bounds the packed beats of one compact message, so that
-// it fits a gossip packet beside other broadcasts.
-const maxPackedBytes = 600
-
 // compactMessages splits round's beats (any order) into compact messages
-// of at most maxPackedBytes of beats each and encodes them.
+// of at most wire.MaxPackedPerMessage bytes of beats each and encodes them.
 func (n *Node) compactMessages(beats []wire.Beat, round uint64) ([]*wire.Beats, [][]byte) {
 	slices.SortFunc(beats, func(a, b wire.Beat) int { return cmp.Compare(a.Index, b.Index) })
 	var msgs []*wire.Beats
 	var encs [][]byte
 	for len(beats) > 0 {
-		packed, k := wire.PackBeatsLimit(beats, maxPackedBytes)
+		packed, k := wire.PackBeatsLimit(beats, wire.MaxPackedPerMessage)
 		m := &wire.Beats{Node: n.name, Life: n.life, Packed: packed, Entries: beats[:k], Round: round}
 		beats = beats[k:]
 		enc, err := wire.Encode(m)
@@ -211,6 +208,50 @@ func (r *recentBeats) add(body []byte) {
 	}
 	r.cur[string(body)] = struct{}{}
 }
+
+// recentRecords remembers, for recentRecordWindow, the bodies of record
+// messages that changed this node's registry, so that the delayed repeat
+// of a direct send (sendDirectTwice) and gossiped copies arriving
+// meanwhile are dropped before they are decoded: when hundreds of nodes
+// register at once, the repeats were a third of the work. Bodies that
+// changed nothing are not remembered (a record refused now may be taken
+// later), nor for long: the same record may be needed again once its node
+// has failed and come back. Two generations of at most max bodies each.
+type recentRecords struct {
+	mu       sync.Mutex
+	cur, old map[string]time.Time
+	max      int
+}
+
+func newRecentRecords(max int) *recentRecords {
+	return &recentRecords{cur: make(map[string]time.Time), old: make(map[string]time.Time), max: max}
+}
+
+// seen reports whether body was added within recentRecordWindow of now.
+func (r *recentRecords) seen(body []byte, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ok := r.cur[string(body)]
+	if !ok {
+		at, ok = r.old[string(body)]
+	}
+	return ok && now.Sub(at) <= recentRecordWindow
+}
+
+// add remembers body as applied at now.
+func (r *recentRecords) add(body []byte, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.cur) >= r.max {
+		r.old, r.cur = r.cur, make(map[string]time.Time, r.max)
+	}
+	r.cur[string(body)] = now
+}
+
+// recentRecordWindow is how long an applied record's copies are dropped
+// unread: past the repeat of a direct send (reannounceDelay, up to twice
+// it) with room for a loaded node.
+const recentRecordWindow = 2 * time.Second
 
 // recentBeatsMax bounds each generation of recentBeats: at 5,000 nodes
 // beating every 5 s it spans about four seconds, far longer than the

@@ -114,3 +114,36 @@ func TestRepeatedCompactHeartbeatsAreSkipped(t *testing.T) {
 	r.add([]byte("e"))
 	require.False(t, r.seen([]byte("a")), "and forgotten when the newer fills again")
 }
+
+// TestRepeatedRecordsAreSkipped: the copy of a record message that changed
+// the registry a moment ago is dropped before decoding; a record that
+// changed nothing is read again; past the window every copy is read.
+func TestRepeatedRecordsAreSkipped(t *testing.T) {
+	c := newCluster(t, 2, false)
+	c.waitConverged(10 * time.Second)
+	from, to := c.nodes[0], c.nodes[1]
+	rec := ownRecord(from, instKey{"svc", "inst-0"})
+	rec.Seq += 100
+	msg := encode(t, &rec)
+	before := to.Stats().GossipReceived
+	to.gossip.handleGossip(msg)
+	to.gossip.handleGossip(wire.Direct(msg))
+	require.Equal(t, before+1, to.Stats().GossipReceived, "the repeat is skipped")
+	stale := ownRecord(from, instKey{"svc", "inst-0"})
+	stale.Seq = 1
+	old := encode(t, &stale)
+	to.gossip.handleGossip(old)
+	to.gossip.handleGossip(old)
+	require.Equal(t, before+3, to.Stats().GossipReceived, "a record that changed nothing is not remembered")
+
+	r := newRecentRecords(2)
+	at := time.Unix(1000, 0)
+	r.add([]byte("a"), at)
+	require.True(t, r.seen([]byte("a"), at.Add(recentRecordWindow)))
+	require.False(t, r.seen([]byte("a"), at.Add(recentRecordWindow+time.Millisecond)), "past the window")
+	for _, b := range []string{"b", "c", "d", "e"} {
+		r.add([]byte(b), at)
+	}
+	require.False(t, r.seen([]byte("a"), at), "forgotten when the newer generation fills again")
+	require.True(t, r.seen([]byte("d"), at), "the older generation is kept")
+}

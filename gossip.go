@@ -53,6 +53,7 @@ type gossiper struct {
 	queue   *bqueue.Queue                         // records and tombstones
 	hbQueue *bqueue.Queue                         // heartbeat batches
 	recent  *recentBeats                          // compact heartbeat messages received lately
+	recRecs *recentRecords                        // record messages applied lately
 	beats   *beatStore                            // each member's newest heartbeats, for repair (repair.go)
 	outbox  chan outMsg                           // direct sends, run by outboxLoop
 
@@ -97,6 +98,7 @@ func newGossiper(n *Node) (*gossiper, error) {
 		outbox:   make(chan outMsg, outboxSize),
 		syncKick: make(chan struct{}, 1),
 		recent:   newRecentBeats(recentBeatsMax),
+		recRecs:  newRecentRecords(recentBeatsMax),
 		beats:    newBeatStore(),
 	}
 	if n.cfg.HeartbeatEnabled {
@@ -357,6 +359,10 @@ func (g *gossiper) handleGossip(b []byte) {
 	if beats && g.recent.seen(b[2:]) {
 		return // a copy of a compact heartbeat message applied already
 	}
+	record := len(b) > 2 && wire.MsgType(b[1]&^wire.FlagDirect) == wire.MsgRecord
+	if record && g.recRecs.seen(b[2:], g.clk.Now()) {
+		return // a copy of a record message applied a moment ago
+	}
 	msg, ok := g.receive(b, "message")
 	if !ok {
 		return
@@ -364,8 +370,11 @@ func (g *gossiper) handleGossip(b []byte) {
 
 	switch msg.Type {
 	case wire.MsgRecord:
-		if g.applyRecord(msg.Record) && (!msg.Direct || msg.Record.Deleted) {
-			g.relay(recordName(instKey{msg.Record.Service, msg.Record.ID}), b, msg.Direct)
+		if g.applyRecord(msg.Record) {
+			g.recRecs.add(b[2:], g.clk.Now())
+			if !msg.Direct || msg.Record.Deleted {
+				g.relay(recordName(instKey{msg.Record.Service, msg.Record.ID}), b, msg.Direct)
+			}
 		}
 	case wire.MsgHeartbeats:
 		g.applyHeartbeats(msg.Heartbeats, b, msg.Direct)

@@ -47,10 +47,20 @@ const (
 	maxRoundParts = 128
 	// maxAnswerParts bounds the messages sent in answer to one Want.
 	maxAnswerParts = 128
-	// wantAnswersPerSec bounds the Wants this node answers per second, so
-	// that forged Wants cannot make it a traffic source: at 10% loss a
-	// member of a 500-node cluster answers about 20 a second.
-	wantAnswersPerSec = 500
+	// repairFramesPerSec bounds the messages this node sends per second in
+	// answer to Wants, so that neither forged Wants nor a cluster-wide
+	// burst of them (every node starved at once) make repair a traffic
+	// source: at 10% loss a member of a 500-node cluster answers about 20
+	// a second, of a 5,000-node one about 200.
+	repairFramesPerSec = 1000
+	// repairHoldMin and repairHoldDiv: when more than repairHoldMin members
+	// and more than one in repairHoldDiv of them are newly late at once,
+	// the cause is most likely this node (starved of CPU, its receive path
+	// congested, or cut off) rather than lost packets, and asking would
+	// only add load: the node holds its Wants that tick. Rounds keep
+	// coming straight from every member, and the heartbeat timeout spans
+	// six of them.
+	repairHoldMin, repairHoldDiv = 4, 4
 )
 
 // originBeats is what a node keeps of one member's compact heartbeats.
@@ -67,8 +77,8 @@ type beatStore struct {
 	mu sync.Mutex
 	m  map[string]*originBeats
 
-	windowStart time.Time // wantAnswersPerSec's current second
-	answered    int       // Wants answered in it
+	windowStart time.Time // repairFramesPerSec's current second
+	answered    int       // messages sent in answer in it
 }
 
 func newBeatStore() *beatStore {
@@ -157,25 +167,27 @@ func (s *beatStore) late(self string, live func(string) bool, now time.Time, lat
 
 // answer returns the messages to send for w, at most maxAnswerParts: of
 // every origin named, the newest round kept when the asker's life differs
-// or its round is older. It returns nil once wantAnswersPerSec Wants have
-// been answered in the current second.
+// or its round is older. Answers stop at repairFramesPerSec messages in the
+// current second: then it returns what still fits, and limited once none
+// does.
 func (s *beatStore) answer(w *wire.Want, now time.Time) (msgs [][]byte, limited bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now.Sub(s.windowStart) >= time.Second || now.Before(s.windowStart) {
 		s.windowStart, s.answered = now, 0
 	}
-	if s.answered >= wantAnswersPerSec {
+	budget := min(maxAnswerParts, repairFramesPerSec-s.answered)
+	if budget <= 0 {
 		return nil, true
 	}
-	s.answered++
+	defer func() { s.answered += len(msgs) }()
 	for _, want := range w.Origins {
 		o := s.m[want.Node]
 		if o == nil || (o.life == want.Life && o.round <= want.Round) {
 			continue
 		}
 		for _, m := range o.msgs {
-			if len(msgs) >= maxAnswerParts {
+			if len(msgs) >= budget {
 				return msgs, false
 			}
 			msgs = append(msgs, m)
@@ -234,6 +246,11 @@ func (g *gossiper) askLate(late, retry, giveUp time.Duration) {
 		peers[name] = p
 	}
 	g.peersMu.RUnlock()
+	if holdRepair(len(origins), len(peers)) {
+		g.warn.Warn("repair-hold", "heartbeats of many members late at once: repair held (this node may be starved of CPU or cut off)",
+			"late", len(origins), "members", len(peers))
+		return
+	}
 	for len(origins) > 0 {
 		k := min(len(origins), wire.MaxWantOrigins)
 		batch := origins[:k]
@@ -248,6 +265,12 @@ func (g *gossiper) askLate(late, retry, giveUp time.Duration) {
 			g.stats.heartbeatWants.Add(1)
 		}
 	}
+}
+
+// holdRepair reports whether a node that finds late members late of its
+// members alive should hold its Wants (see repairHoldMin).
+func holdRepair(late, members int) bool {
+	return late > repairHoldMin && late > members/repairHoldDiv
 }
 
 // wantTargets picks repairAsk members to ask about origins: random members
@@ -284,7 +307,7 @@ func (g *gossiper) answerWant(w *wire.Want) {
 	}
 	msgs, limited := g.beats.answer(w, g.clk.Now())
 	if limited {
-		g.warn.Warn("want-limit", "heartbeat wants refused: more than the limit a second", "limit", wantAnswersPerSec)
+		g.warn.Warn("want-limit", "heartbeat wants refused: repair answers reached their limit a second", "limit", repairFramesPerSec)
 		return
 	}
 	for _, m := range msgs {

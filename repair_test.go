@@ -54,21 +54,37 @@ func TestBeatStoreKeepsNewestRound(t *testing.T) {
 	require.Empty(t, msgs)
 }
 
-// Wants are answered at most wantAnswersPerSec times a second.
+// Wants are answered with at most repairFramesPerSec messages a second.
 func TestBeatStoreLimitsAnswers(t *testing.T) {
 	s := newBeatStore()
 	now := time.Unix(1000, 0)
 	s.keep("a", 1, 5, beatFrame(t, "a", 1, 5, 1), true, now)
-	ask := &wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "a", Life: 1}}}
-	for range wantAnswersPerSec {
-		msgs, limited := s.answer(ask, now)
+	s.keep("b", 1, 5, beatFrame(t, "b", 1, 5, 1), true, now)
+	one := &wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "a", Life: 1}}}
+	two := &wire.Want{From: "x", Origins: []wire.WantOrigin{{Node: "a", Life: 1}, {Node: "b", Life: 1}}}
+	for range repairFramesPerSec - 1 {
+		msgs, limited := s.answer(one, now)
 		require.False(t, limited)
 		require.Len(t, msgs, 1)
 	}
-	_, limited := s.answer(ask, now.Add(999*time.Millisecond))
+	msgs, limited := s.answer(two, now.Add(time.Millisecond))
+	require.False(t, limited)
+	require.Len(t, msgs, 1, "only what still fits the second")
+	_, limited = s.answer(one, now.Add(999*time.Millisecond))
 	require.True(t, limited)
-	_, limited = s.answer(ask, now.Add(time.Second))
+	msgs, limited = s.answer(two, now.Add(time.Second))
 	require.False(t, limited, "a new second")
+	require.Len(t, msgs, 2)
+}
+
+// A node holds its Wants when many members are late at once: then it is
+// most likely starved or cut off itself, and asking would add load.
+func TestRepairHeldWhenManyAreLate(t *testing.T) {
+	require.False(t, holdRepair(1, 2), "one member of a small cluster")
+	require.False(t, holdRepair(4, 4), "a few, even all of a small cluster")
+	require.False(t, holdRepair(20, 499), "a few percent, as loss makes them")
+	require.True(t, holdRepair(125, 499), "a quarter of a large cluster")
+	require.True(t, holdRepair(499, 499))
 }
 
 // A member is asked about once late, every retry, until giving up; never

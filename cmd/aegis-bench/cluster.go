@@ -19,13 +19,14 @@ import (
 
 // common holds the flags every subcommand shares.
 type common struct {
-	gossip string        // "lan" or "local"
-	mem    bool          // in-memory network instead of loopback
-	cap    time.Duration // give up waiting for convergence after this
-	settle time.Duration // extra quiet time after the cluster converged
-	seeds  int           // how many nodes each node joins
-	hbMult int           // GossipConfig.HeartbeatRetransmitMult; 0: the profile's
-	loss   float64       // packet loss on every link of the in-memory network
+	gossip   string        // "lan" or "local"
+	mem      bool          // in-memory network instead of loopback
+	cap      time.Duration // give up waiting for convergence after this
+	settle   time.Duration // extra quiet time after the cluster converged
+	seeds    int           // how many nodes each node joins
+	hbMult   int           // GossipConfig.HeartbeatRetransmitMult; 0: the profile's
+	suspMult int           // GossipConfig.SuspicionMult; 0: the profile's
+	loss     float64       // packet loss on every link of the in-memory network
 
 	cpuprofile string // write a CPU profile of the run here
 }
@@ -37,6 +38,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.settle, "settle", 2*time.Second, "quiet time after the cluster has converged, before a measurement starts")
 	fs.Float64Var(&c.loss, "loss", 0, "with -mem: probability that a packet on any link is lost (transport.Network.SetLoss), once every instance has been seen everywhere (freshness, cost)")
 	fs.IntVar(&c.hbMult, "hbmult", 0, "override GossipConfig.HeartbeatRetransmitMult (0: the profile's own)")
+	fs.IntVar(&c.suspMult, "suspicion-mult", 0, "override GossipConfig.SuspicionMult (0: the profile's own); hundreds of in-process nodes share this machine's cores, and a burst that starves them all for seconds makes memberlist declare live nodes dead, which no real cluster of separate hosts would see")
 	fs.IntVar(&c.seeds, "seeds", 1, "nodes each new node joins: node 0, plus seeds-1 random earlier nodes")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 }
@@ -49,6 +51,9 @@ func (c *common) validate() error {
 	}
 	if c.seeds < 1 {
 		return fmt.Errorf("-seeds must be at least 1")
+	}
+	if c.suspMult < 0 || c.hbMult < 0 {
+		return fmt.Errorf("-suspicion-mult and -hbmult must not be negative")
 	}
 	if c.cap <= 0 {
 		return fmt.Errorf("-cap must be positive")
@@ -87,6 +92,9 @@ func (c *common) gossipConfig() aegis.GossipConfig {
 	}
 	if c.hbMult > 0 {
 		g.HeartbeatRetransmitMult = c.hbMult
+	}
+	if c.suspMult > 0 {
+		g.SuspicionMult = c.suspMult
 	}
 	return g
 }
@@ -141,11 +149,13 @@ type view struct {
 	nevents int
 }
 
-func newView() *view {
+// newView returns a view sized for about size instances (growing its maps
+// while hundreds of nodes register at once cost the measured phase CPU).
+func newView(size int) *view {
 	return &view{
 		count:  make(map[string]int),
-		live:   make(map[instKey]bool),
-		seenAt: make(map[instKey]time.Time),
+		live:   make(map[instKey]bool, size),
+		seenAt: make(map[instKey]time.Time, size),
 		badAt:  make(map[instKey]badMark),
 		goneAt: make(map[instKey]string),
 	}
@@ -236,7 +246,7 @@ func newCluster(opt *common, n int, count bool) *cluster {
 		stopWatch: func() {},
 	}
 	for i := range c.views {
-		c.views[i] = newView()
+		c.views[i] = newView(4 * n)
 	}
 	if opt.mem {
 		c.nw = transport.NewNetwork()

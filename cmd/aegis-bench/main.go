@@ -14,7 +14,8 @@
 //	aegis-bench cost      [-n 50] [-instances 5] [-duration 30s]
 //	aegis-bench many      [-n 3] [-instances 10000] [-watch 2m]
 //	aegis-bench promotion [-runs 20] [-modes majority,always] [-lease 400ms]
-//	aegis-bench scale     [-n 50,100,200,500] [-instances 2] [-cost 30s] [-fresh 60s]
+//	aegis-bench scale     [-n 50,100,200,500] [-instances 2] [-cost 30s] [-fresh 60s] [-csv F]
+//	aegis-bench model     [-measured F] [-n 1000,5000] [-instances 2] [-interval 5s] [-loss 0.01]
 //	aegis-bench verdicts  [-n 20] [-duration 10m] [-loss 0.1] [-starve busy|cpumax|stop|none]
 //
 // Common flags: -gossip lan|fast|local, -mem, -cap, -settle, -seeds.
@@ -51,6 +52,7 @@ var subcommands = []subcommand{
 	{"many", "one node of a few registers thousands of instances; registration time, time until all are healthy everywhere, verdicts afterwards", runMany},
 	{"promotion", "a role group's active crashes (Shutdown); time until a standby is promoted and answers calls", runPromotion},
 	{"scale", "for each cluster size on the in-memory network: spread, cold start, heartbeat freshness, bytes and CPU per node", runScale},
+	{"model", "bytes, CPU and convergence per node as functions of N, instances, interval, fan-out and loss, fitted to a scale run; projects larger clusters", runModel},
 	{"verdicts", "agent processes in a network namespace with packet loss, one starved of CPU at intervals; false node-failed verdicts (Linux, root)", runVerdicts},
 }
 

@@ -14,6 +14,11 @@ const MsgBeats MsgType = 6
 // MaxIndex is the largest instance index (Record.Index) accepted.
 const MaxIndex uint32 = 1<<31 - 1
 
+// MaxPackedPerMessage bounds the packed beats of one compact message a
+// node sends, so that the message fits a gossip packet beside other
+// broadcasts: a round's beats that do not fit go in further messages.
+const MaxPackedPerMessage = 600
+
 // Beats is the compact heartbeat message: a node's heartbeats for the
 // instances whose records carry its Life and their Index. A receiver
 // without such a record cannot apply that beat (it pulls the records from
