@@ -115,7 +115,7 @@ func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
 	g.met.heartbeatsRecv.Add(bg, int64(len(msg.Entries)))
 	if out.unknown > 0 {
 		g.stats.heartbeatsUnknown.Add(uint64(out.unknown))
-		g.requestPull(msg.Node)
+		g.missingRecords(msg.Node, msg.Life)
 	}
 	if out.fresh > 0 && !direct && g.hbGossip() {
 		// Gossiped by a node with HeartbeatRetransmitMult set: passed on

@@ -54,6 +54,7 @@ type gossiper struct {
 	hbQueue *bqueue.Queue                         // heartbeat batches
 	recent  *recentBeats                          // compact heartbeat messages received lately
 	recRecs *recentRecords                        // record messages applied lately
+	recAsks *recordAsks                           // records asked of their origins, and sent on request (repair.go)
 	beats   *beatStore                            // each member's newest heartbeats, for repair (repair.go)
 	outbox  chan outMsg                           // direct sends, run by outboxLoop
 
@@ -74,7 +75,8 @@ type gossiper struct {
 	// (they may be that node's), the catch-up pull brings them again.
 	joining atomic.Int32
 
-	lastPull atomic.Int64 // clock time (unix ns) of the last pull triggered by an unknown heartbeat
+	lastPull atomic.Int64  // clock time (unix ns) of the last pull triggered by an unknown heartbeat
+	pulls    atomic.Uint64 // pulls run (tests)
 
 	turn             atomic.Uint64 // which queue fills the next packet first (GetBroadcasts)
 	syncKick         chan struct{} // syncSoon's requests to syncLoop (1 pending at most)
@@ -99,6 +101,7 @@ func newGossiper(n *Node) (*gossiper, error) {
 		syncKick: make(chan struct{}, 1),
 		recent:   newRecentBeats(recentBeatsMax),
 		recRecs:  newRecentRecords(recentBeatsMax),
+		recAsks:  newRecordAsks(),
 		beats:    newBeatStore(),
 	}
 	if n.cfg.HeartbeatEnabled {
@@ -323,6 +326,7 @@ func (d *delegate) NotifyLeave(node *memberlist.Node) {
 	delete(g.peers, node.Name)
 	g.peersMu.Unlock()
 	g.beats.forget(node.Name)
+	g.recAsks.forget(node.Name)
 	// memberlist passes its Node without the state (left or dead), so a
 	// departure counts as graceful when the node said so (its leave notice
 	// or its instances' tombstones), or memberlist's own state says left
@@ -372,7 +376,7 @@ func (g *gossiper) handleGossip(b []byte) {
 	case wire.MsgRecord:
 		if g.applyRecord(msg.Record) {
 			g.recRecs.add(b[2:], g.clk.Now())
-			if !msg.Direct || msg.Record.Deleted {
+			if !msg.Direct || msg.Record.Deleted && g.relayDirect() {
 				g.relay(recordName(instKey{msg.Record.Service, msg.Record.ID}), b, msg.Direct)
 			}
 		}
@@ -572,6 +576,24 @@ func (g *gossiper) relay(name string, b []byte, direct bool) {
 	}
 }
 
+// relayDirect decides whether this node relays a tombstone it received
+// straight from its origin: always in a cluster of up to directRelayers
+// other members, otherwise with probability directRelayers over their
+// number, so that about directRelayers members relay each one. Relays reach
+// a member the origin's direct send missed (it did not know the member
+// yet, or the path fails one way); every member relaying every tombstone
+// made a burst of 500 deregistrations at 500 nodes cost 3 million gossip
+// sends.
+func (g *gossiper) relayDirect() bool {
+	g.peersMu.RLock()
+	n := len(g.peers)
+	g.peersMu.RUnlock()
+	return n <= directRelayers || rand.IntN(n) < directRelayers
+}
+
+// directRelayers is how many members relay a direct tombstone, on average.
+const directRelayers = 8
+
 // maxQueued bounds each broadcast queue; a message past it is not gossiped
 // (direct sends and push/pull still carry state).
 const maxQueued = 4096
@@ -682,6 +704,7 @@ const pullInterval = 500 * time.Millisecond
 // member): with the member named prefer if there is one, otherwise (or if
 // that fails) with up to three random peers until one succeeds.
 func (g *gossiper) pull(prefer string) {
+	g.pulls.Add(1)
 	g.peersMu.RLock()
 	p := g.peers[prefer]
 	g.peersMu.RUnlock()

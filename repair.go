@@ -305,6 +305,15 @@ func (g *gossiper) answerWant(w *wire.Want) {
 	if to == nil {
 		return // not a live member: nowhere to answer
 	}
+	for _, o := range w.Origins {
+		if o.Node == g.name {
+			// Asked for this node's own records (see missingRecords).
+			if g.recAsks.serve(w.From, g.clk.Now()) {
+				g.queueDirect(outMsg{to: to, introduce: true})
+			}
+			break
+		}
+	}
 	msgs, limited := g.beats.answer(w, g.clk.Now())
 	if limited {
 		g.warn.Warn("want-limit", "heartbeat wants refused: repair answers reached their limit a second", "limit", repairFramesPerSec)
@@ -313,5 +322,140 @@ func (g *gossiper) answerWant(w *wire.Want) {
 	for _, m := range msgs {
 		g.queueDirect(outMsg{to: to, msg: wire.Direct(m)})
 		g.stats.heartbeatRepairs.Add(1)
+	}
+}
+
+// Asking a node for its own records. A compact heartbeat names instances
+// by their index; a receiver without the record of one (its direct send
+// still queued somewhere, or lost) used to run a full push/pull at once:
+// every record of the cluster, N×I of them, both ways. In a burst of
+// registrations at 500 nodes those pulls outweighed all other work. Now the
+// receiver first asks the heartbeat's sender, which surely has the record,
+// for its own records only: a Want naming the very node it is sent to. The
+// full pull follows only when that node's heartbeats still name an unknown
+// instance a while after asking.
+
+// Record asks: wait recordAskWait after asking before a full pull; forget
+// an ask after recordAskForget (the next unknown instance asks again);
+// answer one asker at most once per recordServeEvery, and at most
+// recordServesPerSec askers a second in all.
+const (
+	recordAskWait      = time.Second
+	recordAskForget    = 10 * time.Second
+	recordServeEvery   = time.Second
+	recordServesPerSec = 50
+	maxRecordAsks      = 4096 // origins and askers remembered, each
+)
+
+// askStep is what missingRecords does next about one origin.
+type askStep int
+
+const (
+	askOrigin askStep = iota // ask the origin for its records
+	askWait                  // asked a moment ago: wait for the answer
+	askPull                  // asked and still missing: pull the full state
+)
+
+// recordAsks remembers the record asks this node made and answered.
+type recordAsks struct {
+	mu     sync.Mutex
+	asked  map[string]time.Time // origin → when its records were last asked for
+	served map[string]time.Time // asker → when it was last sent this node's records
+
+	windowStart time.Time // recordServesPerSec's current second
+	serves      int
+}
+
+func newRecordAsks() *recordAsks {
+	return &recordAsks{asked: make(map[string]time.Time), served: make(map[string]time.Time)}
+}
+
+// next decides what to do about origin's unknown instances at now.
+func (a *recordAsks) next(origin string, now time.Time) askStep {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	at, ok := a.asked[origin]
+	since := now.Sub(at)
+	switch {
+	case ok && since >= 0 && since < recordAskWait:
+		return askWait
+	case ok && since >= 0 && since < recordAskForget:
+		a.asked[origin] = now // pull now; ask again if still missing a while later
+		return askPull
+	}
+	if !ok && len(a.asked) >= maxRecordAsks {
+		pruneBefore(a.asked, now.Add(-recordAskForget))
+		if len(a.asked) >= maxRecordAsks {
+			return askPull // remembers too many origins: the pull's own limit applies
+		}
+	}
+	a.asked[origin] = now
+	return askOrigin
+}
+
+// serve reports whether asker may be sent this node's records at now.
+func (a *recordAsks) serve(asker string, now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if at, ok := a.served[asker]; ok && now.Sub(at) < recordServeEvery && !now.Before(at) {
+		return false
+	}
+	if now.Sub(a.windowStart) >= time.Second || now.Before(a.windowStart) {
+		a.windowStart, a.serves = now, 0
+	}
+	if a.serves >= recordServesPerSec {
+		return false
+	}
+	if len(a.served) >= maxRecordAsks {
+		pruneBefore(a.served, now.Add(-recordServeEvery))
+		if len(a.served) >= maxRecordAsks {
+			return false
+		}
+	}
+	a.serves++
+	a.served[asker] = now
+	return true
+}
+
+// forget drops what is remembered about node (it left or failed).
+func (a *recordAsks) forget(node string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.asked, node)
+	delete(a.served, node)
+}
+
+// pruneBefore deletes the entries of m older than t.
+func pruneBefore(m map[string]time.Time, t time.Time) {
+	for k, at := range m {
+		if at.Before(t) {
+			delete(m, k)
+		}
+	}
+}
+
+// missingRecords handles a compact heartbeat from origin (life) naming
+// instances this node has no record of.
+func (g *gossiper) missingRecords(origin string, life uint64) {
+	switch g.recAsks.next(origin, g.clk.Now()) {
+	case askWait:
+	case askPull:
+		g.requestPull(origin)
+	case askOrigin:
+		g.peersMu.RLock()
+		to := g.peers[origin]
+		g.peersMu.RUnlock()
+		if to == nil {
+			g.requestPull(origin)
+			return
+		}
+		msg, err := wire.Encode(&wire.Want{From: g.name, Origins: []wire.WantOrigin{{Node: origin, Life: life}}})
+		if err != nil {
+			g.log.Error("encode record ask", "err", err)
+			return
+		}
+		if g.queueDirect(outMsg{to: to, msg: wire.Direct(msg)}) {
+			g.stats.heartbeatWants.Add(1)
+		}
 	}
 }

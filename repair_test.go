@@ -1,6 +1,8 @@
 package aegis
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -144,4 +146,62 @@ func TestHeartbeatGossipOnlyWhenAsked(t *testing.T) {
 		require.Equal(t, mult > 0, c.nodes[0].gossip.hbQueue.Len() > 0, "mult %d", mult)
 		require.Zero(t, c.nodes[1].gossip.hbQueue.Len(), "mult %d: a direct copy is not passed on", mult)
 	}
+}
+
+// A node that hears a heartbeat naming an instance it has no record of asks
+// the heartbeat's sender for its records, and pulls the full state only if
+// still missing a while after asking.
+func TestRecordAsksSteps(t *testing.T) {
+	a := newRecordAsks()
+	t0 := time.Unix(1000, 0)
+	require.Equal(t, askOrigin, a.next("o", t0))
+	require.Equal(t, askWait, a.next("o", t0.Add(recordAskWait/2)), "the answer is on its way")
+	require.Equal(t, askPull, a.next("o", t0.Add(recordAskWait)), "still missing")
+	require.Equal(t, askWait, a.next("o", t0.Add(recordAskWait+time.Millisecond)))
+	require.Equal(t, askOrigin, a.next("o", t0.Add(recordAskWait+recordAskForget)), "an old ask is forgotten")
+	require.Equal(t, askOrigin, a.next("p", t0), "each origin apart")
+	a.forget("p")
+	require.Equal(t, askOrigin, a.next("p", t0.Add(time.Millisecond)))
+
+	require.True(t, a.serve("x", t0))
+	require.False(t, a.serve("x", t0.Add(recordServeEvery/2)), "one asker once per recordServeEvery")
+	require.True(t, a.serve("x", t0.Add(recordServeEvery)))
+	for i := range recordServesPerSec - 1 {
+		require.True(t, a.serve(fmt.Sprint("y", i), t0.Add(recordServeEvery)))
+	}
+	require.False(t, a.serve("z", t0.Add(recordServeEvery)), "recordServesPerSec askers a second")
+	require.True(t, a.serve("z", t0.Add(recordServeEvery+time.Second)))
+}
+
+// A record a node lacks comes back from its origin when the origin's
+// heartbeats name it, without a full pull.
+func TestMissingRecordAskedOfItsOrigin(t *testing.T) {
+	c := newCluster(t, 3, false, func(cfg *Config) {
+		cfg.Gossip.PushPullInterval = time.Hour // no periodic push/pull to bring it back
+		cfg.HeartbeatInterval, cfg.HeartbeatTimeout = 500*time.Millisecond, 5*time.Second
+	})
+	c.waitConverged(10 * time.Second)
+	from, to := c.nodes[0], c.nodes[2]
+	k := instKey{"svc", "inst-0"}
+	// Let the registrations' gossip and the direct sends' repeats pass:
+	// either could bring the record back without an ask.
+	require.NoError(t, from.gossip.waitQueueDrained(context.Background(), 5*time.Second))
+	time.Sleep(3 * reannounceDelay)
+	pulls, wants := to.gossip.pulls.Load(), to.Stats().HeartbeatWants
+	to.reg.mu.Lock()
+	e := to.reg.entries[k]
+	require.NotNil(t, e)
+	to.reg.removeLocked(k, e, "test", time.Now())
+	to.reg.mu.Unlock()
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		to.reg.mu.RLock()
+		defer to.reg.mu.RUnlock()
+		return to.reg.entries[k] != nil
+	}, "the record is back")
+	require.Greater(t, to.Stats().HeartbeatWants, wants, "asked")
+	from.gossip.recAsks.mu.Lock()
+	_, served := from.gossip.recAsks.served[to.Name()]
+	from.gossip.recAsks.mu.Unlock()
+	require.True(t, served, "the origin sent its records")
+	require.Equal(t, pulls, to.gossip.pulls.Load(), "no full pull")
 }

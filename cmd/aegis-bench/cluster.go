@@ -26,6 +26,8 @@ type common struct {
 	seeds    int           // how many nodes each node joins
 	hbMult   int           // GossipConfig.HeartbeatRetransmitMult; 0: the profile's
 	suspMult int           // GossipConfig.SuspicionMult; 0: the profile's
+	probeInt time.Duration // GossipConfig.ProbeInterval; 0: the profile's
+	probeTO  time.Duration // GossipConfig.ProbeTimeout; 0: the profile's
 	loss     float64       // packet loss on every link of the in-memory network
 
 	cpuprofile string // write a CPU profile of the run here
@@ -39,6 +41,8 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.loss, "loss", 0, "with -mem: probability that a packet on any link is lost (transport.Network.SetLoss), once every instance has been seen everywhere (freshness, cost)")
 	fs.IntVar(&c.hbMult, "hbmult", 0, "override GossipConfig.HeartbeatRetransmitMult (0: the profile's own)")
 	fs.IntVar(&c.suspMult, "suspicion-mult", 0, "override GossipConfig.SuspicionMult (0: the profile's own); hundreds of in-process nodes share this machine's cores, and a burst that starves them all for seconds makes memberlist declare live nodes dead, which no real cluster of separate hosts would see")
+	fs.DurationVar(&c.probeInt, "probe-interval", 0, "override GossipConfig.ProbeInterval (0: the profile's own); see -suspicion-mult")
+	fs.DurationVar(&c.probeTO, "probe-timeout", 0, "override GossipConfig.ProbeTimeout (0: the profile's own); see -suspicion-mult")
 	fs.IntVar(&c.seeds, "seeds", 1, "nodes each new node joins: node 0, plus seeds-1 random earlier nodes")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 }
@@ -52,8 +56,8 @@ func (c *common) validate() error {
 	if c.seeds < 1 {
 		return fmt.Errorf("-seeds must be at least 1")
 	}
-	if c.suspMult < 0 || c.hbMult < 0 {
-		return fmt.Errorf("-suspicion-mult and -hbmult must not be negative")
+	if c.suspMult < 0 || c.hbMult < 0 || c.probeInt < 0 || c.probeTO < 0 {
+		return fmt.Errorf("-suspicion-mult, -hbmult, -probe-interval and -probe-timeout must not be negative")
 	}
 	if c.cap <= 0 {
 		return fmt.Errorf("-cap must be positive")
@@ -95,6 +99,12 @@ func (c *common) gossipConfig() aegis.GossipConfig {
 	}
 	if c.suspMult > 0 {
 		g.SuspicionMult = c.suspMult
+	}
+	if c.probeInt > 0 {
+		g.ProbeInterval = c.probeInt
+	}
+	if c.probeTO > 0 {
+		g.ProbeTimeout = c.probeTO
 	}
 	return g
 }

@@ -201,7 +201,10 @@ const MaxWantOrigins = 32
 // Want is sent by a node that missed the heartbeats it expected from some
 // nodes. The member asked answers From, a live member, straight away with
 // the newest Beats messages it holds of each origin named whose life
-// differs or whose round is newer than the one given.
+// differs or whose round is newer than the one given. A Want naming the
+// very node it is sent to also asks for that node's own records: a
+// receiver of heartbeats naming instances it has no record of asks their
+// sender before pulling the full state of the cluster.
 type Want struct {
 	_struct bool `codec:",toarray"` //nolint:unused // codec directive
 
