@@ -20,8 +20,8 @@ package main
 //     frames.
 //   - Push/pull: every node exchanges full state with one random member
 //     every PushPullInterval × max(1, ⌈log2 N − 5⌉ + 1) (memberlist scales
-//     it above 32 nodes); a state holds every record (N×I, encoded here)
-//     and memberlist's node list (N entries, fitted or estimated).
+//     it above 32 nodes); a state holds every record (N×I) and memberlist's
+//     member list (N entries), both encoded here.
 //   - CPU: a constant plus a cost per UDP packet sent or received, fitted.
 //   - Spread: a registration goes straight from its node to every member
 //     (twice, 150–300 ms apart) and by gossip. aegis-bench measures all N
@@ -45,9 +45,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-msgpack/v2/codec"
+
 	"github.com/aegisipc/aegis"
 	"github.com/aegisipc/aegis/internal/wire"
 )
+
+// measuredRound is about the heartbeat round numbers of a scale run (a
+// few minutes at 5 s): one-byte sequence numbers. Projections use
+// modelOpts.round, a node that has run for a week.
+const measuredRound = 60
 
 // defaultMeasured is the scale run BENCHMARKS.md reports, kept in the
 // repository so that the model can be refitted and checked.
@@ -66,6 +73,8 @@ type modelOpts struct {
 	cpuBudget float64 // ms of CPU per second per node heartbeats may take
 	bwBudget  float64 // heartbeat bytes per second per node, each way
 	measured  string
+	round     uint64  // heartbeat round number of the projected nodes
+	cpuPkt    float64 // µs of CPU per packet sent or received; 0: the fitted one
 }
 
 // measuredRow is one line of aegis-bench scale -csv.
@@ -81,7 +90,6 @@ type modelFit struct {
 	spread0, spreadK   float64 // ms; ms per N(N−1)
 	cold0, coldK       float64 // ms; ms per N
 	mlNode             float64 // bytes per member in memberlist's push/pull state
-	mlNodeFitted       bool
 	r2                 map[string]float64
 }
 
@@ -100,6 +108,7 @@ func runModel(args []string) error {
 	fs.Float64Var(&mo.cores, "cores", 2, "cores of the machine the measured points ran on (all nodes in one process)")
 	fs.Float64Var(&mo.cpuBudget, "cpu-budget", 10, "CPU per node, in ms per second, that heartbeats may take before the interval should rise (10: 1% of a core)")
 	fs.Float64Var(&mo.bwBudget, "bw-budget", 100_000, "heartbeat bytes per node per second, each way, before the interval should rise")
+	fs.Float64Var(&mo.cpuPkt, "cpu-per-packet", 0, "µs of CPU per UDP packet sent or received on the projected hosts (0: the in-process fit; a real socket costs more, see BENCHMARKS.md)")
 	fs.StringVar(&mo.measured, "measured", defaultMeasured, "CSV written by aegis-bench scale -csv: the measured points the coefficients are fitted to (rows without loss)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -108,6 +117,7 @@ func runModel(args []string) error {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
 	var err error
+	mo.round = uint64(7 * 24 * time.Hour / mo.interval) // a week of rounds
 	if mo.ns, err = parseInts(*ns); err != nil {
 		return err
 	}
@@ -120,8 +130,8 @@ func runModel(args []string) error {
 		return errors.New("-loss must be in [0, 1)")
 	case mo.hbmult < 0 || mo.pushPull <= 0 || mo.nameLen < 1 || mo.nameLen > wire.MaxNameLen || mo.cores <= 0:
 		return fmt.Errorf("need -hbmult >= 0, -pushpull > 0, -name-len 1..%d, -cores > 0", wire.MaxNameLen)
-	case mo.cpuBudget <= 0 || mo.bwBudget <= 0:
-		return errors.New("budgets must be positive")
+	case mo.cpuBudget <= 0 || mo.bwBudget <= 0 || mo.cpuPkt < 0:
+		return errors.New("budgets must be positive, -cpu-per-packet not negative")
 	}
 	rows, err := readMeasured(mo.measured)
 	if err != nil {
@@ -200,7 +210,7 @@ func fitModel(all []measuredRow, mo *modelOpts) (*modelFit, error) {
 		return
 	}
 	perSec := func(r measuredRow) float64 { return (r["n"] - 1) / h } // rounds a node sends (to each member once) and receives, a second
-	msgs, enc := roundSize(inst, nameLenOf(rows))                     // one round as the measured run encoded it
+	msgs, enc := roundSize(inst, nameLenOf(rows), measuredRound)      // one round as the measured run encoded it
 
 	xs, ys := col("udp_Bps", perSec)
 	var slope float64
@@ -225,23 +235,7 @@ func fitModel(all []measuredRow, mo *modelOpts) (*modelFit, error) {
 			f.cold0, f.coldK, f.r2["cold_max_ms"] = linFit(cx, cy)
 		}
 	}
-	// memberlist's share of a push/pull: what the measured streams carried
-	// beyond the two Aegis states, per member.
-	var per []float64
-	for _, r := range rows {
-		if bpd := r["tcp_bytes_per_dial"]; bpd > 0 {
-			n := int(r["n"])
-			per = append(per, (bpd/2-float64(stateSize(n, inst, nameLenOf(rows))))/float64(n))
-		}
-	}
-	if len(per) > 0 {
-		f.mlNode, f.mlNodeFitted = median(per), true
-	} else {
-		// memberlist encodes each member as a map with field names: about
-		// 60 bytes of keys and small values, plus the name and metadata (the
-		// call address).
-		f.mlNode = float64(60 + mo.nameLen + 16)
-	}
+	f.mlNode = float64(memberEntrySize(mo.nameLen))
 	return f, nil
 }
 
@@ -249,11 +243,10 @@ func fitModel(all []measuredRow, mo *modelOpts) (*modelFit, error) {
 // nodes n000-abcdef).
 func nameLenOf([]measuredRow) int { return len("n000-abcdef") }
 
-// roundSize encodes one heartbeat round of inst instances from a node whose
-// name is nameLen bytes, after a week of rounds at 5 s (sequence numbers
-// take three bytes), and returns its messages and their encoded bytes.
-func roundSize(inst, nameLen int) (msgs, bytes int) {
-	const round = 120_000
+// roundSize encodes heartbeat round number round (sequence numbers follow
+// it) of inst instances from a node whose name is nameLen bytes, and
+// returns its messages and their encoded bytes.
+func roundSize(inst, nameLen int, round uint64) (msgs, bytes int) {
 	beats := make([]wire.Beat, inst)
 	for i := range beats {
 		beats[i] = wire.Beat{Index: uint32(i + 1), Seq: round, Status: 1}
@@ -282,6 +275,29 @@ func recordSize(nameLen int) int {
 		panic(err)
 	}
 	return len(b) - 2 // a state holds records without the message header
+}
+
+// memberEntrySize is the encoded size of one member in memberlist's
+// push/pull state: memberlist sends a struct of these fields, encoded by
+// go-msgpack as a map with the field names, the node's metadata being
+// Aegis's call address.
+func memberEntrySize(nameLen int) int {
+	type pushNodeState struct {
+		Name        string
+		Addr        []byte
+		Port        uint16
+		Meta        []byte
+		Incarnation uint32
+		State       uint8
+		Vsn         []uint8
+	}
+	var b []byte
+	st := pushNodeState{Name: strings.Repeat("n", nameLen), Addr: []byte{10, 123, 45, 67}, Port: 7946,
+		Meta: []byte("10.123.45.67:40001"), Incarnation: 70_000, State: 0, Vsn: []uint8{1, 5, 2, 2, 5, 4}}
+	if err := codec.NewEncoderBytes(&b, &codec.MsgpackHandle{}).Encode(&st); err != nil {
+		panic(err)
+	}
+	return len(b)
 }
 
 // stateSize is the Aegis part of a push/pull state: n×inst records.
@@ -320,7 +336,7 @@ type projection struct {
 func project(n int, f *modelFit, mo *modelOpts) projection {
 	p := projection{n: n, records: n * mo.inst}
 	h := mo.interval.Seconds()
-	msgs, enc := roundSize(mo.inst, mo.nameLen)
+	msgs, enc := roundSize(mo.inst, mo.nameLen, mo.round)
 	roundBytes := float64(enc) + float64(msgs)*f.frame
 	copies := 1.0
 	if mo.hbmult > 0 {
@@ -343,12 +359,24 @@ func project(n int, f *modelFit, mo *modelOpts) projection {
 	p.udpPps = f.probePps + p.hbPps + repairPps
 	p.stateBytes = 2 * (float64(stateSize(n, mo.inst, mo.nameLen)) + float64(n)*f.mlNode)
 	p.tcpBps = p.stateBytes / pushPullPeriod(mo.pushPull, n)
-	p.cpuMs = f.cpu0 + f.cpuPerPkt*2*p.udpPps
-	p.hbCPUMs = f.cpuPerPkt * 2 * (p.hbPps + repairPps)
+	perPkt := f.cpuPerPkt // ms
+	if mo.cpuPkt > 0 {
+		perPkt = mo.cpuPkt / 1000
+	}
+	p.cpuMs = f.cpu0 + perPkt*2*p.udpPps
+	p.hbCPUMs = perPkt * 2 * (p.hbPps + repairPps)
 	p.clusterMBps = float64(n) * p.udpBps / 1e6
 	nn := float64(n)
 	p.spreadInProc = f.spread0 + f.spreadK*nn*(nn-1)
-	p.spreadHosts = max(f.spread0, 0) + f.spreadK*mo.cores*(nn-1)
+	// On hosts of their own, each node sends its N−1 deliveries (and their
+	// repeats) and receives as many, at what a delivery cost in process or,
+	// given -cpu-per-packet, four packets (two sent, two received),
+	// whichever is more.
+	perDelivery := f.spreadK * mo.cores
+	if mo.cpuPkt > 0 {
+		perDelivery = max(perDelivery, 4*perPkt)
+	}
+	p.spreadHosts = max(f.spread0, 0) + perDelivery*(nn-1)
 	if mo.loss > 0 {
 		one := 1 - math.Pow(1-mo.loss, nn-1)         // some member lost the first copy
 		two := 1 - math.Pow(1-mo.loss*mo.loss, nn-1) // some member lost both
@@ -388,7 +416,7 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 	fmt.Fprintf(w, "- command: `%s`\n", commandLine())
 	fmt.Fprintf(w, "- library: %s\n", libraryVersion())
 	fmt.Fprintf(w, "- fitted to %s (rows without loss)\n", mo.measured)
-	msgs, enc := roundSize(mo.inst, mo.nameLen)
+	msgs, enc := roundSize(mo.inst, mo.nameLen, mo.round)
 	fmt.Fprintf(w, "- projected for: %d instance(s) per node, names of %d bytes (a heartbeat round: %d message(s), %d bytes encoded; a record: %d bytes), HeartbeatInterval %v, HeartbeatTimeout %v, loss %.3g, HeartbeatRetransmitMult %d, PushPullInterval %v\n",
 		mo.inst, mo.nameLen, msgs, enc, recordSize(mo.nameLen), mo.interval, mo.timeout, mo.loss, mo.hbmult, mo.pushPull)
 	fmt.Fprintf(w, "- budgets per node: heartbeats may take %.3g ms/s of CPU and %.0f B/s each way; the interval may rise to a quarter of the timeout\n\n", mo.cpuBudget, mo.bwBudget)
@@ -400,19 +428,16 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 		{"UDP packets per node per second", fmt.Sprintf("%.2f + (N−1)/H × %.3f", f.probePps, f.pktPerMsg*float64(msgsAt(rows))), fmt.Sprintf("%.4f", f.r2["udp_pps"]), "one packet per member per round"},
 		{"CPU ms per node per second (in-process)", fmt.Sprintf("%.3f + %.2f µs × packets sent and received", f.cpu0, f.cpuPerPkt*1000), fmt.Sprintf("%.4f", f.r2["cpu_ms_per_s"]), "includes the Go runtime and this program"},
 		{"spread max, all N at once in one process (ms)", fmt.Sprintf("%.1f + %.3g × N(N−1)", f.spread0, f.spreadK), fmt.Sprintf("%.4f", f.r2["spread_max_ms"]),
-			fmt.Sprintf("one delivery of a direct send costs %.1f µs of the %.0f cores", f.spreadK*mo.cores*1000, mo.cores)},
+			fmt.Sprintf("one delivery of a direct send (its repeat included) costs %.1f µs of CPU on %.0f cores", f.spreadK*mo.cores*1000, mo.cores)},
 	}
 	if f.coldK != 0 {
 		fp = append(fp, []string{"cold start max, in one process (ms)", fmt.Sprintf("%.0f + %.2f × N", f.cold0, f.coldK), fmt.Sprintf("%.4f", f.r2["cold_max_ms"]), "joins one after another to node 0"})
 	}
-	src := "estimated (no push/pull in the measured windows)"
-	if f.mlNodeFitted {
-		src = "fitted from the measured push/pull streams"
-	}
-	fp = append(fp, []string{"memberlist's push/pull state per member (bytes)", fmt.Sprintf("%.0f", f.mlNode), "", src})
+	fp = append(fp, []string{"memberlist's push/pull state per member (bytes)", fmt.Sprintf("%.0f", f.mlNode), "encoded",
+		"not fitted: a 30 s window holds few push/pulls among many small TCP fallback pings, so the measured bytes per stream say little; encoded as memberlist encodes a member"})
 	tableTo(w, []string{"quantity", "fit", "R²", "meaning"}, fp)
 
-	fmt.Fprintf(w, "Measured against the model at the measured points (%d instance(s) per node, as measured):\n\n", msgsAt(rows))
+	fmt.Fprintf(w, "Measured against the model at the measured points (%d instance(s) per node, as measured):\n\n", int(rows[0]["instances"]))
 	var mrows [][]string
 	for _, r := range rows {
 		if r["loss"] != 0 {
@@ -420,7 +445,7 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 		}
 		mm := *mo
 		mm.inst, mm.interval, mm.loss, mm.hbmult = int(r["instances"]), time.Duration(r["interval_s"]*float64(time.Second)), 0, 0
-		mm.nameLen = nameLenOf(rows)
+		mm.nameLen, mm.round, mm.cpuPkt = nameLenOf(rows), measuredRound, 0
 		p := project(int(r["n"]), f, &mm)
 		mrows = append(mrows, []string{strconv.Itoa(int(r["n"])),
 			fmt.Sprintf("%.0f / %.0f", r["udp_Bps"], p.udpBps),
@@ -463,7 +488,7 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 // msgsAt is the instance count of the measured rows' heartbeat round in
 // messages (1 below about 250 instances per node).
 func msgsAt(rows []measuredRow) int {
-	m, _ := roundSize(int(rows[0]["instances"]), nameLenOf(rows))
+	m, _ := roundSize(int(rows[0]["instances"]), nameLenOf(rows), measuredRound)
 	return m
 }
 
