@@ -538,7 +538,7 @@ func (g *gossiper) refute(rec *wire.Record) {
 	tomb := tombstoneOf(rec, supersede, g.clk.Now())
 	g.reg.apply(&tomb, "deregistered")
 	if msg, err := wire.Encode(&tomb); err == nil {
-		g.announce(recordName(k), msg)
+		g.announceTombstone(recordName(k), msg)
 	}
 }
 
@@ -608,6 +608,20 @@ const maxQueued = 4096
 func (g *gossiper) announce(name string, msg []byte) {
 	queued := g.enqueue(g.queue, name, msg)
 	if !g.sendDirectTwice(wire.Direct(msg)) || !queued {
+		g.syncSoon()
+	}
+}
+
+// announceTombstone is announce for a tombstone, sent straight to every
+// member a third time a few seconds later. Every member learns of a new
+// instance at the latest when its heartbeats name it (missingRecords), but
+// nothing names an instance that is gone: a member that lost both direct
+// copies in a burst (hundreds of deregistrations at once overflow receive
+// queues) would keep it until a relayed copy, the next push/pull (minutes
+// in a large cluster) or the heartbeat timeout.
+func (g *gossiper) announceTombstone(name string, msg []byte) {
+	queued := g.enqueue(g.queue, name, msg)
+	if !g.queueDirect(outMsg{msg: wire.Direct(msg), repeat: true, late: true}) || !queued {
 		g.syncSoon()
 	}
 }

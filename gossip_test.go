@@ -114,3 +114,22 @@ func TestDirectTombstoneIsRelayed(t *testing.T) {
 		require.Zero(t, g.queue.Len(), "a copy of what was applied already is not relayed")
 	}
 }
+
+// A tombstone's direct send is repeated twice: after reannounceDelay and
+// once more after lateRepeatDelay (the first repeat carries the request).
+func TestTombstoneSentThreeTimes(t *testing.T) {
+	c := newCluster(t, 1, true)
+	g := c.nodes[0].gossip
+	now := c.clk.Now()
+	keep, again := g.deliverDue([]delayed{
+		{due: now, m: outMsg{msg: []byte{1}, late: true}},
+		{due: now, m: outMsg{msg: []byte{2}}},
+		{due: now.Add(time.Second), m: outMsg{msg: []byte{3}}},
+	}, now)
+	require.Len(t, keep, 1, "not due yet")
+	require.Len(t, again, 1, "one late repeat")
+	require.False(t, again[0].m.late, "and no more")
+	require.Equal(t, []byte{1}, again[0].m.msg)
+	require.False(t, again[0].due.Before(now.Add(lateRepeatDelay)))
+	require.True(t, again[0].due.Before(now.Add(lateRepeatDelay*3/2)))
+}

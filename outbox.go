@@ -21,6 +21,7 @@ type outMsg struct {
 	msg       []byte
 	introduce bool
 	repeat    bool // send again after reannounceDelay (see sendDirectTwice)
+	late      bool // and once more after lateRepeatDelay (see announceTombstone)
 }
 
 // delayed is an outMsg waiting in outboxLoop until due.
@@ -44,6 +45,10 @@ const (
 // reannounceDelay is the least wait before an announcement is repeated (up
 // to twice that, with jitter).
 const reannounceDelay = 150 * time.Millisecond
+
+// lateRepeatDelay is the least wait before a tombstone's third send (up to
+// 1.5 times that): past the burst that may have cost both earlier copies.
+const lateRepeatDelay = 2 * time.Second
 
 // sendDirectTwice sends msg straight to every member now and once more a
 // moment later. A packet lost in a burst (a hundred nodes announcing at
@@ -88,12 +93,15 @@ func (g *gossiper) outboxLoop(timer clock.Timer) {
 			g.deliver(m)
 			if m.repeat {
 				due := g.clk.Now().Add(reannounceDelay + time.Duration(rand.Int64N(int64(reannounceDelay))))
-				later = append(later, delayed{due: due, m: outMsg{to: m.to, msg: m.msg}})
+				later = append(later, delayed{due: due, m: outMsg{to: m.to, msg: m.msg, late: m.late}})
 				arm(due)
 			}
 		case <-timer.C():
 			next = time.Time{}
-			later = g.deliverDue(later, g.clk.Now())
+			now := g.clk.Now()
+			var again []delayed
+			later, again = g.deliverDue(later, now)
+			later = append(later, again...)
 			for _, d := range later {
 				arm(d.due)
 			}
@@ -102,18 +110,22 @@ func (g *gossiper) outboxLoop(timer clock.Timer) {
 }
 
 // deliverDue sends the messages in later that are due at now and returns
-// the rest.
-func (g *gossiper) deliverDue(later []delayed, now time.Time) []delayed {
-	keep := later[:0]
+// the rest, and the late repeats the sent ones ask for.
+func (g *gossiper) deliverDue(later []delayed, now time.Time) (keep, again []delayed) {
+	keep = later[:0]
 	for _, d := range later {
 		if d.due.After(now) {
 			keep = append(keep, d)
 			continue
 		}
 		g.deliver(d.m)
+		if d.m.late {
+			due := now.Add(lateRepeatDelay + time.Duration(rand.Int64N(int64(lateRepeatDelay/2))))
+			again = append(again, delayed{due: due, m: outMsg{to: d.m.to, msg: d.m.msg}})
+		}
 	}
 	clear(later[len(keep):])
-	return keep
+	return keep, again
 }
 
 func (g *gossiper) deliver(m outMsg) {

@@ -422,7 +422,7 @@ func (n *Node) deregister(r *Registration, reason string) {
 	r.done.Store(true)
 	if tomb, ok := n.reg.tombstoneLocal(r.key, reason); ok {
 		if msg, err := wire.Encode(&tomb); err == nil {
-			n.gossip.announce(recordName(r.key), msg)
+			n.gossip.announceTombstone(recordName(r.key), msg)
 		}
 	}
 	n.log.Info("deregistered instance", "service", r.key.service, "instance", r.key.id, "reason", reason)

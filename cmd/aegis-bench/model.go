@@ -25,12 +25,13 @@ package main
 //   - CPU: a constant plus a cost per UDP packet sent or received, fitted.
 //   - Spread: a registration goes straight from its node to every member
 //     (twice, 150–300 ms apart) and by gossip. aegis-bench measures all N
-//     nodes registering at once in one process on C cores, which costs
-//     N(N−1) deliveries shared by C cores: fitted as s0 + k·N(N−1). On real
-//     hosts each node does its own N−1 sends and receives at the same time:
-//     s0 + k·C·(N−1). A member that loses both direct copies (probability
-//     p² each) learns the instance from gossip or, at the latest, when its
-//     first heartbeat names it (one interval, then a pull).
+//     nodes registering at once in one process on C cores: N(N−1)
+//     deliveries shared by C cores, fitted as a power of N (the exponent
+//     passes 2 where the process saturates). On hosts of their own each
+//     node sends and receives its 4(N−1) packets at the same time, at the
+//     per-packet CPU cost. A member that loses both direct copies
+//     (probability p² each) learns the instance from gossip or, at the
+//     latest, when its next heartbeat names it (then it asks the origin).
 
 import (
 	"encoding/csv"
@@ -87,8 +88,8 @@ type modelFit struct {
 	frame              float64 // wireMsg minus the encoded message: memberlist's framing
 	pktPerMsg          float64 // packets per heartbeat message (1 when unbundled)
 	cpu0, cpuPerPkt    float64 // ms/s per node; ms per packet sent or received
-	spread0, spreadK   float64 // ms; ms per N(N−1)
-	cold0, coldK       float64 // ms; ms per N
+	spreadA, spreadB   float64 // in-process spread max ≈ spreadA × N^spreadB ms
+	coldA, coldB       float64 // in-process cold start max ≈ coldA × N^coldB ms
 	mlNode             float64 // bytes per member in memberlist's push/pull state
 	r2                 map[string]float64
 }
@@ -222,8 +223,8 @@ func fitModel(all []measuredRow, mo *modelOpts) (*modelFit, error) {
 	f.pktPerMsg = slope / float64(msgs)
 	xs, ys = col("cpu_ms_per_s", func(r measuredRow) float64 { return 2 * r["udp_pps"] })
 	f.cpu0, f.cpuPerPkt, f.r2["cpu_ms_per_s"] = linFit(xs, ys)
-	xs, ys = col("spread_max_ms", func(r measuredRow) float64 { return r["n"] * (r["n"] - 1) })
-	f.spread0, f.spreadK, f.r2["spread_max_ms"] = linFit(xs, ys)
+	xs, ys = col("spread_max_ms", func(r measuredRow) float64 { return r["n"] })
+	f.spreadA, f.spreadB, f.r2["spread_max_ms"] = powFit(xs, ys)
 	if slices.ContainsFunc(rows, func(r measuredRow) bool { _, ok := r["cold_max_ms"]; return ok && r["cold_max_ms"] > 0 }) {
 		var cx, cy []float64
 		for _, r := range rows {
@@ -232,7 +233,7 @@ func fitModel(all []measuredRow, mo *modelOpts) (*modelFit, error) {
 			}
 		}
 		if len(cx) >= 2 {
-			f.cold0, f.coldK, f.r2["cold_max_ms"] = linFit(cx, cy)
+			f.coldA, f.coldB, f.r2["cold_max_ms"] = powFit(cx, cy)
 		}
 	}
 	f.mlNode = float64(memberEntrySize(mo.nameLen))
@@ -367,16 +368,12 @@ func project(n int, f *modelFit, mo *modelOpts) projection {
 	p.hbCPUMs = perPkt * 2 * (p.hbPps + repairPps)
 	p.clusterMBps = float64(n) * p.udpBps / 1e6
 	nn := float64(n)
-	p.spreadInProc = f.spread0 + f.spreadK*nn*(nn-1)
-	// On hosts of their own, each node sends its N−1 deliveries (and their
-	// repeats) and receives as many, at what a delivery cost in process or,
-	// given -cpu-per-packet, four packets (two sent, two received),
-	// whichever is more.
-	perDelivery := f.spreadK * mo.cores
-	if mo.cpuPkt > 0 {
-		perDelivery = max(perDelivery, 4*perPkt)
-	}
-	p.spreadHosts = max(f.spread0, 0) + perDelivery*(nn-1)
+	p.spreadInProc = f.spreadA * math.Pow(nn, f.spreadB)
+	// On hosts of their own, every node registering at once, each node
+	// sends its N−1 deliveries and their repeats and receives as many: four
+	// packets per member, at the per-packet CPU cost (network latency, a
+	// fraction of a millisecond on a LAN, left out).
+	p.spreadHosts = 4 * perPkt * (nn - 1)
 	if mo.loss > 0 {
 		one := 1 - math.Pow(1-mo.loss, nn-1)         // some member lost the first copy
 		two := 1 - math.Pow(1-mo.loss*mo.loss, nn-1) // some member lost both
@@ -400,13 +397,13 @@ func project(n int, f *modelFit, mo *modelOpts) projection {
 	maxInterval := mo.timeout.Seconds() / 4 // keep four rounds inside a timeout
 	switch {
 	case float64(p.records) > 0.75*float64(wire.DefaultLimits().MaxStateRecords):
-		p.advice = fmt.Sprintf("split: %d records is past three quarters of the push/pull limit (%d)", p.records, wire.DefaultLimits().MaxStateRecords)
+		p.advice = fmt.Sprintf("split: %d records is past three quarters of the push/pull state limit (%d records)", p.records, wire.DefaultLimits().MaxStateRecords)
 	case need <= h:
 		p.advice = "the default interval is within budget"
-	case need <= maxInterval:
-		p.advice = fmt.Sprintf("raise HeartbeatInterval to %.0f s", math.Ceil(need))
+	case halfUp(need) <= maxInterval:
+		p.advice = fmt.Sprintf("raise HeartbeatInterval to %.1f s", halfUp(need))
 	default:
-		p.advice = fmt.Sprintf("split the cluster, or raise HeartbeatTimeout to %.0f s with HeartbeatInterval %.0f s (hung instances are then noticed that much later)", 4*math.Ceil(need), math.Ceil(need))
+		p.advice = fmt.Sprintf("split the cluster, or raise HeartbeatTimeout to %.0f s with HeartbeatInterval %.1f s (hung instances are then noticed that much later)", 4*halfUp(need), halfUp(need))
 	}
 	return p
 }
@@ -427,11 +424,11 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 			fmt.Sprintf("intercept: memberlist's probes; slope: one round's messages on the wire, %.1f bytes of memberlist framing each", f.frame)},
 		{"UDP packets per node per second", fmt.Sprintf("%.2f + (N−1)/H × %.3f", f.probePps, f.pktPerMsg*float64(msgsAt(rows))), fmt.Sprintf("%.4f", f.r2["udp_pps"]), "one packet per member per round"},
 		{"CPU ms per node per second (in-process)", fmt.Sprintf("%.3f + %.2f µs × packets sent and received", f.cpu0, f.cpuPerPkt*1000), fmt.Sprintf("%.4f", f.r2["cpu_ms_per_s"]), "includes the Go runtime and this program"},
-		{"spread max, all N at once in one process (ms)", fmt.Sprintf("%.1f + %.3g × N(N−1)", f.spread0, f.spreadK), fmt.Sprintf("%.4f", f.r2["spread_max_ms"]),
-			fmt.Sprintf("one delivery of a direct send (its repeat included) costs %.1f µs of CPU on %.0f cores", f.spreadK*mo.cores*1000, mo.cores)},
+		{"spread max, all N at once in one process (ms)", fmt.Sprintf("%.3g × N^%.2f", f.spreadA, f.spreadB), fmt.Sprintf("%.4f", f.r2["spread_max_ms"]),
+			fmt.Sprintf("N(N−1) deliveries on %.0f cores would make the exponent 2; above it, the process is saturated and queues grow", mo.cores)},
 	}
-	if f.coldK != 0 {
-		fp = append(fp, []string{"cold start max, in one process (ms)", fmt.Sprintf("%.0f + %.2f × N", f.cold0, f.coldK), fmt.Sprintf("%.4f", f.r2["cold_max_ms"]), "joins one after another to node 0"})
+	if f.coldA != 0 {
+		fp = append(fp, []string{"cold start max, in one process (ms)", fmt.Sprintf("%.3g × N^%.2f", f.coldA, f.coldB), fmt.Sprintf("%.4f", f.r2["cold_max_ms"]), "N−1 nodes join node 0 at once"})
 	}
 	fp = append(fp, []string{"memberlist's push/pull state per member (bytes)", fmt.Sprintf("%.0f", f.mlNode), "encoded",
 		"not fitted: a 30 s window holds few push/pulls among many small TCP fallback pings, so the measured bytes per stream say little; encoded as memberlist encodes a member"})
@@ -493,10 +490,29 @@ func msgsAt(rows []measuredRow) int {
 }
 
 func coldCell(r measuredRow, f *modelFit) string {
-	if r["cold_max_ms"] <= 0 || f.coldK == 0 {
+	if r["cold_max_ms"] <= 0 || f.coldA == 0 {
 		return "—"
 	}
-	return fmt.Sprintf("%.0f / %.0f", r["cold_max_ms"], f.cold0+f.coldK*r["n"])
+	return fmt.Sprintf("%.0f / %.0f", r["cold_max_ms"], f.coldA*math.Pow(r["n"], f.coldB))
+}
+
+// halfUp rounds seconds up to the next half second.
+func halfUp(v float64) float64 { return math.Ceil(v*2) / 2 }
+
+// powFit fits y = a·x^b by least squares on logarithms and returns a, b
+// and R² (of the logarithms). Points with x or y not positive are left out.
+func powFit(xs, ys []float64) (a, b, r2 float64) {
+	var lx, ly []float64
+	for i := range xs {
+		if xs[i] > 0 && ys[i] > 0 {
+			lx, ly = append(lx, math.Log(xs[i])), append(ly, math.Log(ys[i]))
+		}
+	}
+	if len(lx) < 2 {
+		return 0, 0, 0
+	}
+	la, b, r2 := linFit(lx, ly)
+	return math.Exp(la), b, r2
 }
 
 // linFit fits y = a + b·x by least squares and returns a, b and R².

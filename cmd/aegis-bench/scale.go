@@ -91,7 +91,7 @@ func runScale(args []string) error {
 	fs.DurationVar(&so.costWin, "cost", 30*time.Second, "quiet window for bytes and CPU per node")
 	fs.DurationVar(&so.freshWin, "fresh", 60*time.Second, "freshness window (0: none)")
 	fs.DurationVar(&so.every, "every", time.Second, "freshness sampling period")
-	fs.StringVar(&so.profPrefix, "phase-cpuprofile", "", "write a CPU profile of each phase to <prefix>-n<N>-<phase>.prof (phases: setup, spread, cost, fresh, cold), and a heap profile after the cost window to <prefix>-n<N>-heap.prof")
+	fs.StringVar(&so.profPrefix, "phase-cpuprofile", "", "write a CPU profile of each phase to <prefix>-n<N>-<phase>.prof (phases: setup, spread<run>, dereg<run> (between spread runs), cost, fresh, cold<run>), and a heap profile after the cost window to <prefix>-n<N>-heap.prof")
 	fs.StringVar(&so.csv, "csv", "", "also write one line of figures per size to this CSV file (aegis-bench model -measured reads it)")
 	fs.IntVar(&so.gogc, "gogc", 400, "garbage collector target percentage for this process (debug.SetGCPercent; Go's default is 100): hundreds of nodes in one process allocate fast, and memory is plentiful")
 	fs.Float64Var(&so.joinCPU, "pace-cpu", 0.8, "join nodes and register the \"svc\" instances one after another, pausing while this process uses more than this many cores or the machine all its cores less a fifth (memberlist re-gossips every member a joiner learns, so joins cost O(N² log N) cluster-wide, and a process starved by them misses probes and declares live nodes dead); 0: no pauses")
@@ -220,7 +220,10 @@ func scaleRun(opt *common, so *scaleOpts, n int) (r scaleResult) {
 			}
 			progress("  spread: 50%% %s ms, 99%% %s ms, 100%% %s ms", fmtPct(cv.p50), fmtPct(cv.p99), fmtPct(cv.p100))
 			if run < so.spreadRuns {
-				if err := c.deregisterAll(ctx, keys); err != nil {
+				stopProf := prof(fmt.Sprintf("dereg%d", run))
+				err := c.deregisterAll(ctx, keys)
+				stopProf()
+				if err != nil {
 					r.err = err
 					return
 				}
