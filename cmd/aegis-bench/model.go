@@ -109,7 +109,7 @@ func runModel(args []string) error {
 	fs.Float64Var(&mo.cores, "cores", 2, "cores of the machine the measured points ran on (all nodes in one process)")
 	fs.Float64Var(&mo.cpuBudget, "cpu-budget", 10, "CPU per node, in ms per second, that heartbeats may take before the interval should rise (10: 1% of a core)")
 	fs.Float64Var(&mo.bwBudget, "bw-budget", 100_000, "heartbeat bytes per node per second, each way, before the interval should rise")
-	fs.Float64Var(&mo.cpuPkt, "cpu-per-packet", 0, "µs of CPU per UDP packet sent or received on the projected hosts (0: the in-process fit; a real socket costs more, see BENCHMARKS.md)")
+	fs.Float64Var(&mo.cpuPkt, "cpu-per-packet", 7, "µs of CPU per UDP packet sent or received on the projected hosts: 7 was measured on real sockets (aegis-bench cost at 25 and 100 nodes, BENCHMARKS.md); 0: the in-process fit (the in-memory network is cheaper)")
 	fs.StringVar(&mo.measured, "measured", defaultMeasured, "CSV written by aegis-bench scale -csv: the measured points the coefficients are fitted to (rows without loss)")
 	if err := fs.Parse(args); err != nil {
 		return err
