@@ -163,6 +163,13 @@ func (g *gossiper) memberlistConfig(c Config, tr memberlist.NodeAwareTransport) 
 	// round sends packets; memberlist's LZW compression of each one costs
 	// far more CPU than the bytes it saves.
 	mc.EnableCompression = false
+	// Every member registering at once sends each node 2(N−1) messages
+	// within a few hundred milliseconds (each direct send and its repeat);
+	// memberlist's default queue of 1,024 between its packet reader and
+	// NotifyMsg dropped part of such a burst at 500 nodes, and each drop
+	// cost a pair a repeat or a record ask. The queue holds references to
+	// packets already read, a few hundred bytes each.
+	mc.HandoffQueueDepth = handoffQueueDepth
 	mc.Keyring = g.keyring
 	mc.Label = c.ClusterName
 	advertise := c.AdvertiseAddr
@@ -590,6 +597,10 @@ func (g *gossiper) relayDirect() bool {
 	g.peersMu.RUnlock()
 	return n <= directRelayers || rand.IntN(n) < directRelayers
 }
+
+// handoffQueueDepth is memberlist's queue of received messages awaiting
+// NotifyMsg (its default is 1,024).
+const handoffQueueDepth = 4096
 
 // directRelayers is how many members relay a direct tombstone, on average.
 const directRelayers = 8
