@@ -109,7 +109,7 @@ func (g *gossiper) applyCompact(msg *wire.Beats, b []byte, direct bool) {
 		// Copies of it can be skipped unread from now on; not while it
 		// names instances whose records have yet to arrive: a copy coming
 		// after them must still count.
-		g.recent.add(b[2:])
+		g.recent.add(b[2:], g.clk.Now())
 	}
 	g.stats.heartbeatsReceived.Add(uint64(len(msg.Entries)))
 	g.met.heartbeatsRecv.Add(bg, int64(len(msg.Entries)))
@@ -175,71 +175,42 @@ func (n *Node) newIndex() uint32 {
 	return i
 }
 
-// recentBeats remembers the bodies of the compact heartbeat messages
-// received lately, so that the copies gossip brings again (each node hears
-// a message about 8 times) are dropped before they are decoded: applying
-// one twice changes nothing. Two generations of at most max bodies each;
-// when the newer fills, the older is forgotten.
-type recentBeats struct {
-	mu       sync.Mutex
-	cur, old map[string]struct{}
-	max      int
-}
-
-func newRecentBeats(max int) *recentBeats {
-	return &recentBeats{cur: make(map[string]struct{}), old: make(map[string]struct{}), max: max}
-}
-
-// seen reports whether body was added lately.
-func (r *recentBeats) seen(body []byte) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, cur := r.cur[string(body)]
-	_, old := r.old[string(body)]
-	return cur || old
-}
-
-// add remembers body.
-func (r *recentBeats) add(body []byte) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.cur) >= r.max {
-		r.old, r.cur = r.cur, make(map[string]struct{}, r.max)
-	}
-	r.cur[string(body)] = struct{}{}
-}
-
-// recentRecords remembers, for recentRecordWindow, the bodies of record
-// messages that changed this node's registry, so that the delayed repeat
-// of a direct send (sendDirectTwice) and gossiped copies arriving
-// meanwhile are dropped before they are decoded: when hundreds of nodes
-// register at once, the repeats were a third of the work. Bodies that
-// changed nothing are not remembered (a record refused now may be taken
-// later), nor for long: the same record may be needed again once its node
-// has failed and come back. Two generations of at most max bodies each.
-type recentRecords struct {
+// recentBodies remembers message bodies received lately, so that copies
+// of a message already applied are dropped before they are decoded:
+// applying one twice changes nothing. Compact heartbeats are remembered
+// for as long as the generations hold them (gossip brings each about 8
+// times when HeartbeatRetransmitMult is set; repair answers may come from
+// two members). Records are remembered for a window only (recentRecordWindow):
+// only those that changed the registry (a record refused now may be taken
+// later), and not for long, since the same record may be needed again once
+// its node has failed and come back; the delayed repeat of a direct send
+// and gossiped copies arriving meanwhile were much of the work when
+// hundreds of nodes registered at once. Two generations of at most max
+// bodies each; when the newer fills, the older is forgotten.
+type recentBodies struct {
+	window   time.Duration // 0: no expiry
 	mu       sync.Mutex
 	cur, old map[string]time.Time
 	max      int
 }
 
-func newRecentRecords(max int) *recentRecords {
-	return &recentRecords{cur: make(map[string]time.Time), old: make(map[string]time.Time), max: max}
+func newRecentBodies(max int, window time.Duration) *recentBodies {
+	return &recentBodies{window: window, cur: make(map[string]time.Time), old: make(map[string]time.Time), max: max}
 }
 
-// seen reports whether body was added within recentRecordWindow of now.
-func (r *recentRecords) seen(body []byte, now time.Time) bool {
+// seen reports whether body was added lately (within the window of now).
+func (r *recentBodies) seen(body []byte, now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	at, ok := r.cur[string(body)]
 	if !ok {
 		at, ok = r.old[string(body)]
 	}
-	return ok && now.Sub(at) <= recentRecordWindow
+	return ok && (r.window == 0 || now.Sub(at) <= r.window)
 }
 
 // add remembers body as applied at now.
-func (r *recentRecords) add(body []byte, now time.Time) {
+func (r *recentBodies) add(body []byte, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.cur) >= r.max {
@@ -253,7 +224,7 @@ func (r *recentRecords) add(body []byte, now time.Time) {
 // it) with room for a loaded node.
 const recentRecordWindow = 2 * time.Second
 
-// recentBeatsMax bounds each generation of recentBeats: at 5,000 nodes
+// recentMax bounds each generation of recentBodies: at 5,000 nodes
 // beating every 5 s it spans about four seconds, far longer than the
 // copies of one message take to arrive.
-const recentBeatsMax = 4096
+const recentMax = 4096

@@ -105,14 +105,15 @@ func TestRepeatedCompactHeartbeatsAreSkipped(t *testing.T) {
 	require.Equal(t, before+1, to.Stats().GossipReceived, "copies skipped")
 	to.gossip.handleGossip(msg(own.Seq + 101))
 	require.Equal(t, before+2, to.Stats().GossipReceived)
-	r := newRecentBeats(2)
+	r := newRecentBodies(2, 0)
+	at := time.Unix(1000, 0)
 	for _, b := range []string{"a", "b", "c"} {
-		r.add([]byte(b))
+		r.add([]byte(b), at)
 	}
-	require.True(t, r.seen([]byte("a")), "the older generation is kept")
-	r.add([]byte("d"))
-	r.add([]byte("e"))
-	require.False(t, r.seen([]byte("a")), "and forgotten when the newer fills again")
+	require.True(t, r.seen([]byte("a"), at.Add(time.Hour)), "the older generation is kept")
+	r.add([]byte("d"), at)
+	r.add([]byte("e"), at)
+	require.False(t, r.seen([]byte("a"), at), "and forgotten when the newer fills again")
 }
 
 // TestRepeatedRecordsAreSkipped: the copy of a record message that changed
@@ -136,7 +137,7 @@ func TestRepeatedRecordsAreSkipped(t *testing.T) {
 	to.gossip.handleGossip(old)
 	require.Equal(t, before+3, to.Stats().GossipReceived, "a record that changed nothing is not remembered")
 
-	r := newRecentRecords(2)
+	r := newRecentBodies(2, recentRecordWindow)
 	at := time.Unix(1000, 0)
 	r.add([]byte("a"), at)
 	require.True(t, r.seen([]byte("a"), at.Add(recentRecordWindow)))

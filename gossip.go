@@ -52,8 +52,8 @@ type gossiper struct {
 	mlp     atomic.Pointer[memberlist.Memberlist] // ml, for callbacks that can run during Create
 	queue   *bqueue.Queue                         // records and tombstones
 	hbQueue *bqueue.Queue                         // heartbeat batches
-	recent  *recentBeats                          // compact heartbeat messages received lately
-	recRecs *recentRecords                        // record messages applied lately
+	recent  *recentBodies                         // compact heartbeat messages received lately
+	recRecs *recentBodies                         // record messages applied lately (recentRecordWindow)
 	recAsks *recordAsks                           // records asked of their origins, and sent on request (repair.go)
 	beats   *beatStore                            // each member's newest heartbeats, for repair (repair.go)
 	outbox  chan outMsg                           // direct sends, run by outboxLoop
@@ -99,8 +99,8 @@ func newGossiper(n *Node) (*gossiper, error) {
 		failed:   failedNodes{m: make(map[string]failedNode)},
 		outbox:   make(chan outMsg, outboxSize),
 		syncKick: make(chan struct{}, 1),
-		recent:   newRecentBeats(recentBeatsMax),
-		recRecs:  newRecentRecords(recentBeatsMax),
+		recent:   newRecentBodies(recentMax, 0),
+		recRecs:  newRecentBodies(recentMax, recentRecordWindow),
 		recAsks:  newRecordAsks(),
 		beats:    newBeatStore(),
 	}
@@ -366,13 +366,17 @@ func (d *delegate) NotifyUpdate(node *memberlist.Node) {
 // it yet (a large cluster learns of a joining node over seconds) or cannot
 // reach it (a fault in one direction only), before the next push/pull.
 func (g *gossiper) handleGossip(b []byte) {
-	beats := len(b) > 2 && wire.MsgType(b[1]&^wire.FlagDirect) == wire.MsgBeats
-	if beats && g.recent.seen(b[2:]) {
-		return // a copy of a compact heartbeat message applied already
-	}
-	record := len(b) > 2 && wire.MsgType(b[1]&^wire.FlagDirect) == wire.MsgRecord
-	if record && g.recRecs.seen(b[2:], g.clk.Now()) {
-		return // a copy of a record message applied a moment ago
+	if len(b) > 2 {
+		switch wire.MsgType(b[1] &^ wire.FlagDirect) {
+		case wire.MsgBeats:
+			if g.recent.seen(b[2:], g.clk.Now()) {
+				return // a copy of a compact heartbeat message applied already
+			}
+		case wire.MsgRecord:
+			if g.recRecs.seen(b[2:], g.clk.Now()) {
+				return // a copy of a record message applied a moment ago
+			}
+		}
 	}
 	msg, ok := g.receive(b, "message")
 	if !ok {
@@ -589,8 +593,8 @@ func (g *gossiper) relay(name string, b []byte, direct bool) {
 // number, so that about directRelayers members relay each one. Relays reach
 // a member the origin's direct send missed (it did not know the member
 // yet, or the path fails one way); every member relaying every tombstone
-// made a burst of 500 deregistrations at 500 nodes cost 3 million gossip
-// sends.
+// would make a burst of 500 deregistrations at 500 nodes cost about 3
+// million gossip sends (500 × 499 relayers × 12 retransmits).
 func (g *gossiper) relayDirect() bool {
 	g.peersMu.RLock()
 	n := len(g.peers)
@@ -617,10 +621,7 @@ const maxQueued = 4096
 // registrations at once) the queue or the outbox fills; then what they
 // refused goes by push/pull instead (syncSoon).
 func (g *gossiper) announce(name string, msg []byte) {
-	queued := g.enqueue(g.queue, name, msg)
-	if !g.sendDirectTwice(wire.Direct(msg)) || !queued {
-		g.syncSoon()
-	}
+	g.announceDirect(name, outMsg{msg: wire.Direct(msg), repeat: true}, msg)
 }
 
 // announceTombstone is announce for a tombstone, sent straight to every
@@ -631,8 +632,14 @@ func (g *gossiper) announce(name string, msg []byte) {
 // queues) would keep it until a relayed copy, the next push/pull (minutes
 // in a large cluster) or the heartbeat timeout.
 func (g *gossiper) announceTombstone(name string, msg []byte) {
+	g.announceDirect(name, outMsg{msg: wire.Direct(msg), repeat: true, late: true}, msg)
+}
+
+// announceDirect queues msg for gossip under name and hands direct to the
+// outbox; what either refuses goes by push/pull instead (syncSoon).
+func (g *gossiper) announceDirect(name string, direct outMsg, msg []byte) {
 	queued := g.enqueue(g.queue, name, msg)
-	if !g.queueDirect(outMsg{msg: wire.Direct(msg), repeat: true, late: true}) || !queued {
+	if !g.queueDirect(direct) || !queued {
 		g.syncSoon()
 	}
 }

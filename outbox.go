@@ -98,10 +98,7 @@ func (g *gossiper) outboxLoop(timer clock.Timer) {
 			}
 		case <-timer.C():
 			next = time.Time{}
-			now := g.clk.Now()
-			var again []delayed
-			later, again = g.deliverDue(later, now)
-			later = append(later, again...)
+			later = g.deliverDue(later, g.clk.Now())
 			for _, d := range later {
 				arm(d.due)
 			}
@@ -110,9 +107,11 @@ func (g *gossiper) outboxLoop(timer clock.Timer) {
 }
 
 // deliverDue sends the messages in later that are due at now and returns
-// the rest, and the late repeats the sent ones ask for.
-func (g *gossiper) deliverDue(later []delayed, now time.Time) (keep, again []delayed) {
-	keep = later[:0]
+// the rest, with the late repeats the sent ones ask for (each
+// lateRepeatDelay from now, up to half of it more).
+func (g *gossiper) deliverDue(later []delayed, now time.Time) []delayed {
+	keep := later[:0]
+	var again []delayed
 	for _, d := range later {
 		if d.due.After(now) {
 			keep = append(keep, d)
@@ -125,7 +124,7 @@ func (g *gossiper) deliverDue(later []delayed, now time.Time) (keep, again []del
 		}
 	}
 	clear(later[len(keep):])
-	return keep, again
+	return append(keep, again...)
 }
 
 func (g *gossiper) deliver(m outMsg) {

@@ -77,8 +77,23 @@ type beatStore struct {
 	mu sync.Mutex
 	m  map[string]*originBeats
 
-	windowStart time.Time // repairFramesPerSec's current second
-	answered    int       // messages sent in answer in it
+	answered perSecond // messages sent in answer (repairFramesPerSec)
+}
+
+// perSecond counts what was done in the current second of a clock; its
+// owner's lock guards it.
+type perSecond struct {
+	start time.Time
+	n     int
+}
+
+// room returns how many more fit limit in the second at now, starting a
+// new second when now has left the current one.
+func (p *perSecond) room(now time.Time, limit int) int {
+	if now.Sub(p.start) >= time.Second || now.Before(p.start) {
+		p.start, p.n = now, 0
+	}
+	return limit - p.n
 }
 
 func newBeatStore() *beatStore {
@@ -173,14 +188,11 @@ func (s *beatStore) late(self string, live func(string) bool, now time.Time, lat
 func (s *beatStore) answer(w *wire.Want, now time.Time) (msgs [][]byte, limited bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now.Sub(s.windowStart) >= time.Second || now.Before(s.windowStart) {
-		s.windowStart, s.answered = now, 0
-	}
-	budget := min(maxAnswerParts, repairFramesPerSec-s.answered)
+	budget := min(maxAnswerParts, s.answered.room(now, repairFramesPerSec))
 	if budget <= 0 {
 		return nil, true
 	}
-	defer func() { s.answered += len(msgs) }()
+	defer func() { s.answered.n += len(msgs) }()
 	for _, want := range w.Origins {
 		o := s.m[want.Node]
 		if o == nil || (o.life == want.Life && o.round <= want.Round) {
@@ -241,16 +253,17 @@ func (g *gossiper) askLate(late, retry, giveUp time.Duration) {
 		return
 	}
 	g.peersMu.RLock()
+	if members := len(g.peers); holdRepair(len(origins), members) {
+		g.peersMu.RUnlock()
+		g.warn.Warn("repair-hold", "heartbeats of many members late at once: repair held (this node may be starved of CPU or cut off)",
+			"late", len(origins), "members", members)
+		return
+	}
 	peers := make(map[string]*memberlist.Node, len(g.peers))
 	for name, p := range g.peers {
 		peers[name] = p
 	}
 	g.peersMu.RUnlock()
-	if holdRepair(len(origins), len(peers)) {
-		g.warn.Warn("repair-hold", "heartbeats of many members late at once: repair held (this node may be starved of CPU or cut off)",
-			"late", len(origins), "members", len(peers))
-		return
-	}
 	for len(origins) > 0 {
 		k := min(len(origins), wire.MaxWantOrigins)
 		batch := origins[:k]
@@ -362,8 +375,7 @@ type recordAsks struct {
 	asked  map[string]time.Time // origin → when its records were last asked for
 	served map[string]time.Time // asker → when it was last sent this node's records
 
-	windowStart time.Time // recordServesPerSec's current second
-	serves      int
+	serves perSecond // askers sent this node's records (recordServesPerSec)
 }
 
 func newRecordAsks() *recordAsks {
@@ -400,10 +412,7 @@ func (a *recordAsks) serve(asker string, now time.Time) bool {
 	if at, ok := a.served[asker]; ok && now.Sub(at) < recordServeEvery && !now.Before(at) {
 		return false
 	}
-	if now.Sub(a.windowStart) >= time.Second || now.Before(a.windowStart) {
-		a.windowStart, a.serves = now, 0
-	}
-	if a.serves >= recordServesPerSec {
+	if a.serves.room(now, recordServesPerSec) <= 0 {
 		return false
 	}
 	if len(a.served) >= maxRecordAsks {
@@ -412,7 +421,7 @@ func (a *recordAsks) serve(asker string, now time.Time) bool {
 			return false
 		}
 	}
-	a.serves++
+	a.serves.n++
 	a.served[asker] = now
 	return true
 }

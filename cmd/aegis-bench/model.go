@@ -25,9 +25,9 @@ package main
 //   - CPU: a constant plus a cost per UDP packet sent or received, fitted.
 //   - Spread: a registration goes straight from its node to every member
 //     (twice, 150–300 ms apart) and by gossip. aegis-bench measures all N
-//     nodes registering at once in one process on C cores: N(N−1)
-//     deliveries shared by C cores, fitted as a power of N (the exponent
-//     passes 2 where the process saturates). On hosts of their own each
+//     nodes registering at once in one process: N(N−1) deliveries shared
+//     by its cores, fitted as a power of N (the exponent passes 2 where
+//     the process saturates). On hosts of their own each
 //     node sends and receives its 4(N−1) packets at the same time, at the
 //     per-packet CPU cost. A member that loses both direct copies
 //     (probability p² each) learns the instance from gossip or, at the
@@ -70,7 +70,6 @@ type modelOpts struct {
 	hbmult    int
 	pushPull  time.Duration
 	nameLen   int
-	cores     float64
 	cpuBudget float64 // ms of CPU per second per node heartbeats may take
 	bwBudget  float64 // heartbeat bytes per second per node, each way
 	measured  string
@@ -84,8 +83,9 @@ type measuredRow map[string]float64
 // modelFit holds the fitted coefficients.
 type modelFit struct {
 	probeBps, probePps float64 // intercepts: memberlist's probes, per node
-	wireMsg            float64 // bytes per heartbeat message on the wire at the measured I
-	frame              float64 // wireMsg minus the encoded message: memberlist's framing
+	roundBytes         float64 // bytes of one heartbeat round per member on the wire, as measured (the slope)
+	roundPkts          float64 // packets of one heartbeat round per member, as measured
+	frame              float64 // per message: roundBytes less the encoded round: memberlist's framing
 	pktPerMsg          float64 // packets per heartbeat message (1 when unbundled)
 	cpu0, cpuPerPkt    float64 // ms/s per node; ms per packet sent or received
 	spreadA, spreadB   float64 // in-process spread max ≈ spreadA × N^spreadB ms
@@ -106,7 +106,6 @@ func runModel(args []string) error {
 	fs.IntVar(&mo.hbmult, "hbmult", def.Gossip.HeartbeatRetransmitMult, "GossipConfig.HeartbeatRetransmitMult: 0 sends each heartbeat once to every member (default); m > 0 also gossips it, m⌈log10(N+1)⌉ copies per receiver")
 	fs.DurationVar(&mo.pushPull, "pushpull", def.Gossip.PushPullInterval, "GossipConfig.PushPullInterval")
 	fs.IntVar(&mo.nameLen, "name-len", 16, "length of node names, service names and instance IDs in bytes")
-	fs.Float64Var(&mo.cores, "cores", 2, "cores of the machine the measured points ran on (all nodes in one process)")
 	fs.Float64Var(&mo.cpuBudget, "cpu-budget", 10, "CPU per node, in ms per second, that heartbeats may take before the interval should rise (10: 1% of a core)")
 	fs.Float64Var(&mo.bwBudget, "bw-budget", 100_000, "heartbeat bytes per node per second, each way, before the interval should rise")
 	fs.Float64Var(&mo.cpuPkt, "cpu-per-packet", 7, "µs of CPU per UDP packet sent or received on the projected hosts: 7 was measured on real sockets (aegis-bench cost at 25 and 100 nodes, BENCHMARKS.md); 0: the in-process fit (the in-memory network is cheaper)")
@@ -129,8 +128,8 @@ func runModel(args []string) error {
 		return errors.New("need -interval > 0 and -timeout >= -interval")
 	case mo.loss < 0 || mo.loss >= 1:
 		return errors.New("-loss must be in [0, 1)")
-	case mo.hbmult < 0 || mo.pushPull <= 0 || mo.nameLen < 1 || mo.nameLen > wire.MaxNameLen || mo.cores <= 0:
-		return fmt.Errorf("need -hbmult >= 0, -pushpull > 0, -name-len 1..%d, -cores > 0", wire.MaxNameLen)
+	case mo.hbmult < 0 || mo.pushPull <= 0 || mo.nameLen < 1 || mo.nameLen > wire.MaxNameLen:
+		return fmt.Errorf("need -hbmult >= 0, -pushpull > 0, -name-len 1..%d", wire.MaxNameLen)
 	case mo.cpuBudget <= 0 || mo.bwBudget <= 0 || mo.cpuPkt < 0:
 		return errors.New("budgets must be positive, -cpu-per-packet not negative")
 	}
@@ -211,38 +210,27 @@ func fitModel(all []measuredRow, mo *modelOpts) (*modelFit, error) {
 		return
 	}
 	perSec := func(r measuredRow) float64 { return (r["n"] - 1) / h } // rounds a node sends (to each member once) and receives, a second
-	msgs, enc := roundSize(inst, nameLenOf(rows), measuredRound)      // one round as the measured run encoded it
+	msgs, enc := roundSize(inst, measuredNameLen, measuredRound)      // one round as the measured run encoded it
 
 	xs, ys := col("udp_Bps", perSec)
-	var slope float64
-	f.probeBps, slope, f.r2["udp_Bps"] = linFit(xs, ys)
-	f.wireMsg = slope / float64(msgs)
-	f.frame = (slope - float64(enc)) / float64(msgs)
+	f.probeBps, f.roundBytes, f.r2["udp_Bps"] = linFit(xs, ys)
+	f.frame = (f.roundBytes - float64(enc)) / float64(msgs)
 	xs, ys = col("udp_pps", perSec)
-	f.probePps, slope, f.r2["udp_pps"] = linFit(xs, ys)
-	f.pktPerMsg = slope / float64(msgs)
+	f.probePps, f.roundPkts, f.r2["udp_pps"] = linFit(xs, ys)
+	f.pktPerMsg = f.roundPkts / float64(msgs)
 	xs, ys = col("cpu_ms_per_s", func(r measuredRow) float64 { return 2 * r["udp_pps"] })
 	f.cpu0, f.cpuPerPkt, f.r2["cpu_ms_per_s"] = linFit(xs, ys)
 	xs, ys = col("spread_max_ms", func(r measuredRow) float64 { return r["n"] })
 	f.spreadA, f.spreadB, f.r2["spread_max_ms"] = powFit(xs, ys)
-	if slices.ContainsFunc(rows, func(r measuredRow) bool { _, ok := r["cold_max_ms"]; return ok && r["cold_max_ms"] > 0 }) {
-		var cx, cy []float64
-		for _, r := range rows {
-			if r["cold_max_ms"] > 0 {
-				cx, cy = append(cx, r["n"]), append(cy, r["cold_max_ms"])
-			}
-		}
-		if len(cx) >= 2 {
-			f.coldA, f.coldB, f.r2["cold_max_ms"] = powFit(cx, cy)
-		}
-	}
+	xs, ys = col("cold_max_ms", func(r measuredRow) float64 { return r["n"] }) // runs without a cold start hold -1 or 0: powFit leaves them out
+	f.coldA, f.coldB, f.r2["cold_max_ms"] = powFit(xs, ys)
 	f.mlNode = float64(memberEntrySize(mo.nameLen))
 	return f, nil
 }
 
-// nameLenOf is the node-name length of the measured run (aegis-bench names
-// nodes n000-abcdef).
-func nameLenOf([]measuredRow) int { return len("n000-abcdef") }
+// measuredNameLen is the node-name length of a scale run: cluster.start
+// names nodes n000-abcdef (below 1,000 nodes).
+const measuredNameLen = len("n000-abcdef")
 
 // roundSize encodes heartbeat round number round (sequence numbers follow
 // it) of inst instances from a node whose name is nameLen bytes, and
@@ -420,12 +408,12 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 
 	fmt.Fprintf(w, "Fitted coefficients (least squares; R² per fit):\n\n")
 	fp := []([]string){
-		{"UDP bytes per node per second", fmt.Sprintf("%.0f + (N−1)/H × %.1f", f.probeBps, f.wireMsg*float64(msgsAt(rows))), fmt.Sprintf("%.4f", f.r2["udp_Bps"]),
+		{"UDP bytes per node per second", fmt.Sprintf("%.0f + (N−1)/H × %.1f", f.probeBps, f.roundBytes), fmt.Sprintf("%.4f", f.r2["udp_Bps"]),
 			fmt.Sprintf("intercept: memberlist's probes; slope: one round's messages on the wire, %.1f bytes of memberlist framing each", f.frame)},
-		{"UDP packets per node per second", fmt.Sprintf("%.2f + (N−1)/H × %.3f", f.probePps, f.pktPerMsg*float64(msgsAt(rows))), fmt.Sprintf("%.4f", f.r2["udp_pps"]), "one packet per member per round"},
+		{"UDP packets per node per second", fmt.Sprintf("%.2f + (N−1)/H × %.3f", f.probePps, f.roundPkts), fmt.Sprintf("%.4f", f.r2["udp_pps"]), "one packet per member per round"},
 		{"CPU ms per node per second (in-process)", fmt.Sprintf("%.3f + %.2f µs × packets sent and received", f.cpu0, f.cpuPerPkt*1000), fmt.Sprintf("%.4f", f.r2["cpu_ms_per_s"]), "includes the Go runtime and this program"},
 		{"spread max, all N at once in one process (ms)", fmt.Sprintf("%.3g × N^%.2f", f.spreadA, f.spreadB), fmt.Sprintf("%.4f", f.r2["spread_max_ms"]),
-			fmt.Sprintf("N(N−1) deliveries on %.0f cores would make the exponent 2; above it, the process is saturated and queues grow", mo.cores)},
+			"N(N−1) deliveries shared by the process's cores would make the exponent 2; above it, the process is saturated and queues grow"},
 	}
 	if f.coldA != 0 {
 		fp = append(fp, []string{"cold start max, in one process (ms)", fmt.Sprintf("%.3g × N^%.2f", f.coldA, f.coldB), fmt.Sprintf("%.4f", f.r2["cold_max_ms"]), "N−1 nodes join node 0 at once"})
@@ -442,7 +430,7 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 		}
 		mm := *mo
 		mm.inst, mm.interval, mm.loss, mm.hbmult = int(r["instances"]), time.Duration(r["interval_s"]*float64(time.Second)), 0, 0
-		mm.nameLen, mm.round, mm.cpuPkt = nameLenOf(rows), measuredRound, 0
+		mm.nameLen, mm.round, mm.cpuPkt = measuredNameLen, measuredRound, 0
 		p := project(int(r["n"]), f, &mm)
 		mrows = append(mrows, []string{strconv.Itoa(int(r["n"])),
 			fmt.Sprintf("%.0f / %.0f", r["udp_Bps"], p.udpBps),
@@ -480,13 +468,6 @@ func printModel(w io.Writer, rows []measuredRow, f *modelFit, mo *modelOpts) {
 		}
 		fmt.Fprintln(w)
 	}
-}
-
-// msgsAt is the instance count of the measured rows' heartbeat round in
-// messages (1 below about 250 instances per node).
-func msgsAt(rows []measuredRow) int {
-	m, _ := roundSize(int(rows[0]["instances"]), nameLenOf(rows), measuredRound)
-	return m
 }
 
 func coldCell(r measuredRow, f *modelFit) string {

@@ -31,7 +31,7 @@ func TestLinAndPowFitRecoverExactLaws(t *testing.T) {
 // advises a longer interval or a split only for large clusters.
 func TestModelOnMeasuredRun(t *testing.T) {
 	mo := &modelOpts{inst: 2, interval: 5 * time.Second, timeout: 30 * time.Second, pushPull: 30 * time.Second,
-		nameLen: 16, cores: 2, cpuBudget: 10, bwBudget: 100_000, measured: "testdata/scale.csv", round: 120_000}
+		nameLen: 16, cpuBudget: 10, bwBudget: 100_000, measured: "testdata/scale.csv", round: 120_000}
 	rows, err := readMeasured(mo.measured)
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +42,7 @@ func TestModelOnMeasuredRun(t *testing.T) {
 	}
 	for _, r := range rows {
 		m := *mo
-		m.nameLen, m.round = nameLenOf(rows), measuredRound
+		m.nameLen, m.round = measuredNameLen, measuredRound
 		p := project(int(r["n"]), f, &m)
 		if d := math.Abs(p.udpBps-r["udp_Bps"]) / r["udp_Bps"]; d > 0.05 {
 			t.Errorf("N=%v: model %.0f B/s, measured %.0f", r["n"], p.udpBps, r["udp_Bps"])

@@ -465,6 +465,17 @@ func (s *starver) close() {
 // renice sets the nice value of every thread of process pid (nice is per
 // thread on Linux; threads made later inherit their creator's).
 func renice(pid, nice int) error {
+	return eachThread(pid, func(tid int) error {
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice); err != nil {
+			return fmt.Errorf("setpriority %d: %w", tid, err)
+		}
+		return nil
+	})
+}
+
+// eachThread calls f for every thread of process pid and joins the errors
+// it returns, leaving out threads that ended meanwhile (ESRCH).
+func eachThread(pid int, f func(tid int) error) error {
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return err
@@ -475,8 +486,8 @@ func renice(pid, nice int) error {
 		if err != nil {
 			continue
 		}
-		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, syscall.ESRCH) {
-			errs = append(errs, fmt.Errorf("setpriority %d: %w", tid, err))
+		if err := f(tid); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -491,23 +502,13 @@ const (
 // setScheduler sets the scheduling policy of every thread of process pid
 // (threads made later inherit their creator's).
 func setScheduler(pid, policy int) error {
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
+	return eachThread(pid, func(tid int) error {
 		var param struct{ priority int32 }
-		_, _, e := syscall.Syscall(syscall.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(policy), uintptr(unsafe.Pointer(&param)))
-		if e != 0 && e != syscall.ESRCH {
-			errs = append(errs, fmt.Errorf("sched_setscheduler %d: %w", tid, e))
+		if _, _, e := syscall.Syscall(syscall.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(policy), uintptr(unsafe.Pointer(&param))); e != 0 {
+			return fmt.Errorf("sched_setscheduler %d: %w", tid, e)
 		}
-	}
-	return errors.Join(errs...)
+		return nil
+	})
 }
 
 // cgroup is a cgroup of the cpu controller holding the victim: v2 where
